@@ -1,0 +1,34 @@
+//! Errors a probe returns. They cross process boundaries, so they are plain data.
+
+use serde::{Deserialize, Serialize};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
+pub enum Error {
+    /// The model could not be loaded; `message` is the implementation's own words.
+    #[error("cannot load model {path}: {message}")]
+    Load { path: String, message: String },
+    /// A request the probe cannot serve as asked (token id outside the vocabulary, prompt
+    /// longer than the context, unknown option, …).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The implementation failed while computing.
+    #[error("{0}")]
+    Backend(String),
+    /// The probe's process died. `stderr_tail` holds its last lines (a GGML_ASSERT, say).
+    #[error("{probe} exited ({status}) during {during}; its stderr ends with:\n{stderr_tail}")]
+    Crashed { probe: String, status: String, during: String, stderr_tail: String },
+    /// The two sides of the wire protocol misunderstood each other.
+    #[error("wire protocol: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e.to_string())
+    }
+}

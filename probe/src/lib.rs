@@ -1,0 +1,240 @@
+//! The contract between bitprobe and an inference engine under test.
+//!
+//! A [`Probe`] is anything that can run a BitNet b1.58 model: our Rust engine in-process, the
+//! bitnet.cpp oracle in a child process, or a third-party engine speaking the [`wire`]
+//! protocol. The one design choice that matters: **a probe must expose every intermediate
+//! stage, not only logits.** Logits tell you *that* two engines disagree; the stage tensors
+//! ([`Stage`], in bitnet.cpp's evaluation order) tell you *where* — the first (position,
+//! layer, stage) at which they part is the bug's address.
+//!
+//! So [`Probe::forward`] takes a whole prompt as one batch and returns logits for **every**
+//! position plus the stage tensors selected by a [`Capture`]; [`Probe::generate`] goes on
+//! token by token through the KV cache, capturing the same stages at each decode step.
+//!
+//! This crate knows nothing about FFI, kernels or GGUF. Its only dependencies are serde,
+//! serde_json, blake3 and thiserror.
+
+pub mod capture;
+pub mod error;
+pub mod stage;
+pub mod tensor;
+pub mod wire;
+
+pub use capture::Capture;
+pub use error::{Error, Result};
+pub use stage::{Stage, StageId};
+pub use tensor::{blake3_f32, StageTensor, Stats};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A token id. bitnet.cpp's `llama_token` is i32; ids are never negative in a valid vocab.
+pub type Token = u32;
+
+/// How a probe is opened: the model file, threads, context size and probe-specific options.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpenRequest {
+    pub model: PathBuf,
+    /// Worker threads for compute; 0 = the probe's default.
+    #[serde(default)]
+    pub threads: usize,
+    /// Context size (KV cache length) in tokens; 0 = min(model's training context, 4096).
+    #[serde(default)]
+    pub n_ctx: usize,
+    /// Probe-specific settings (for the engine: `tokenizer = gguf|truth|<path>`,
+    /// `fault = <name>`). A probe rejects keys it does not know.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl OpenRequest {
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        OpenRequest { model: model.into(), threads: 0, n_ctx: 0, options: BTreeMap::new() }
+    }
+
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    pub fn option(mut self, key: &str, value: &str) -> Self {
+        self.options.insert(key.to_string(), value.to_string());
+        self
+    }
+}
+
+/// What a probe reports about its loaded model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// `general.architecture`: `bitnet` or `bitnet-b1.58`.
+    pub arch: String,
+    pub name: String,
+    pub n_vocab: u32,
+    pub n_ctx_train: u32,
+    /// The context this probe was opened with.
+    pub n_ctx: u32,
+    pub n_embd: u32,
+    pub n_layer: u32,
+    pub n_head: u32,
+    pub n_head_kv: u32,
+    pub head_dim: u32,
+    pub n_ff: u32,
+    pub rope_freq_base: f32,
+    pub rms_eps: f32,
+    pub bos: Option<Token>,
+    pub eos: Option<Token>,
+    /// Tensor type name (`I2_S`, `F16`, …) → number of tensors of that type.
+    pub weight_types: BTreeMap<String, u32>,
+    /// Who computed this: `engine 0.1.0`, `bitnet.cpp (bitnet-cpp-sys 0.0.5)`, ….
+    pub implementation: String,
+    pub threads: u32,
+}
+
+/// Result of one batched forward pass over a prompt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Forward {
+    pub n_vocab: u32,
+    /// `n_tokens × n_vocab`, row-major: the logits at every position.
+    #[serde(with = "crate::wire::blob")]
+    pub logits: Vec<f32>,
+    /// Captured stages, in evaluation order within each position.
+    pub stages: Vec<StageTensor>,
+}
+
+impl Forward {
+    pub fn n_tokens(&self) -> usize {
+        self.logits.len() / (self.n_vocab.max(1) as usize)
+    }
+
+    /// The logits row of position `i`.
+    pub fn logits_at(&self, i: usize) -> &[f32] {
+        let n = self.n_vocab as usize;
+        &self.logits[i * n..(i + 1) * n]
+    }
+}
+
+/// How the next token is chosen.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Sampling {
+    /// Highest logit; ties go to the lowest id.
+    Greedy,
+    /// Temperature → top-k → top-p → draw with a seeded RNG. Reproducible for one probe;
+    /// two probes need not draw the same tokens.
+    Seeded { temperature: f32, top_k: u32, top_p: f32, seed: u64 },
+}
+
+/// A generation request: prefill `prompt`, then decode up to `max_tokens` one at a time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    pub prompt: Vec<Token>,
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    /// Teacher forcing: when set, decode step `i` feeds `forced[i]` whatever was chosen, so
+    /// two probes stay on the same sequence and their steps stay comparable.
+    #[serde(default)]
+    pub forced: Option<Vec<Token>>,
+    /// Stages to capture at prompt positions and at each decode step.
+    #[serde(default)]
+    pub capture: Capture,
+    /// Return each decode step's logits (and the prompt's, in `prefill`).
+    #[serde(default)]
+    pub keep_logits: bool,
+    /// Stop when the end-of-generation token is chosen.
+    #[serde(default)]
+    pub stop_at_eos: bool,
+}
+
+impl GenerateRequest {
+    pub fn greedy(prompt: Vec<Token>, max_tokens: usize) -> Self {
+        GenerateRequest {
+            prompt,
+            max_tokens,
+            sampling: Sampling::Greedy,
+            forced: None,
+            capture: Capture::none(),
+            keep_logits: false,
+            stop_at_eos: false,
+        }
+    }
+}
+
+/// One decode step: the token fed at `position` and what came out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DecodeStep {
+    pub position: u32,
+    /// The token fed at this position (the previous choice, or the forced token).
+    pub input: Token,
+    /// The token chosen from this step's logits.
+    pub chosen: Token,
+    #[serde(default, with = "crate::wire::blob_opt")]
+    pub logits: Option<Vec<f32>>,
+    pub stages: Vec<StageTensor>,
+}
+
+/// Result of [`Probe::generate`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    /// The prompt pass: logits of every prompt position when `keep_logits`, else of the last
+    /// one only; stages as captured.
+    pub prefill: Forward,
+    /// The token chosen from the prompt's last position (the first generated token).
+    pub first: Token,
+    /// One entry per decode step after the first token.
+    pub steps: Vec<DecodeStep>,
+    /// All generated tokens in order (`first`, then each step's `chosen`).
+    pub tokens: Vec<Token>,
+    pub prefill_seconds: f64,
+    pub decode_seconds: f64,
+}
+
+/// An inference engine under test. See the crate docs for why stages are part of the contract.
+pub trait Probe {
+    fn info(&self) -> &ModelInfo;
+
+    /// Text → ids. `add_bos` adds exactly one BOS (never a second); `parse_special` makes
+    /// `<|eot_id|>`-style text map to special ids instead of plain bytes.
+    fn tokenize(&mut self, text: &str, add_bos: bool, parse_special: bool) -> Result<Vec<Token>>;
+
+    /// Each id's piece as raw bytes (a piece may be a partial UTF-8 sequence). Special tokens
+    /// render as their text.
+    fn pieces(&mut self, ids: &[Token]) -> Result<Vec<Vec<u8>>>;
+
+    /// Ids → text (the pieces concatenated, decoded lossily).
+    fn detokenize(&mut self, ids: &[Token]) -> Result<String> {
+        let bytes: Vec<u8> = self.pieces(ids)?.concat();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// One batched pass over `tokens` from an empty KV cache: logits for every position and
+    /// the captured stages.
+    fn forward(&mut self, tokens: &[Token], capture: &Capture) -> Result<Forward>;
+
+    /// Prefill then decode token by token through the KV cache.
+    fn generate(&mut self, request: &GenerateRequest) -> Result<Generation>;
+}
+
+/// Index of the largest value; ties go to the lowest index. NaN never wins.
+pub fn argmax(values: &[f32]) -> Token {
+    let mut best = 0usize;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &v) in values.iter().enumerate() {
+        if v > best_v {
+            best = i;
+            best_v = v;
+        }
+    }
+    best as Token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_ties_go_low_and_nan_never_wins() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
+        assert_eq!(argmax(&[f32::NAN, 0.5, f32::NAN]), 1);
+    }
+}

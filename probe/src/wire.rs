@@ -1,0 +1,600 @@
+//! The wire protocol: a [`Probe`] in another process, driven over its stdin/stdout.
+//!
+//! The oracle runs this way so that a bitnet.cpp abort (GGML_ASSERT, a bad model) kills a
+//! child process, not the harness. Any engine in any language can join by serving it.
+//!
+//! ## Framing
+//! Every message, request or reply, is one frame:
+//!
+//! ```text
+//! u32 LE  json_len
+//! [json_len bytes]  UTF-8 JSON: {"op": "...", "args": ...} or {"reply": "...", "value": ...}
+//! u32 LE  n_blobs
+//! n_blobs × ( u64 LE n_floats, n_floats × f32 LE )
+//! ```
+//!
+//! Large float arrays (logits, stage data) travel as blobs: inside the JSON they appear as
+//! `{"blob": i}`, the index of a blob in the frame. Outside the wire (plain `serde_json`)
+//! the same fields serialize as ordinary arrays.
+//!
+//! ## Conversation
+//! The client sends `open` first and gets `opened` (a [`ModelInfo`]) or `error`; then any
+//! number of `tokenize`, `pieces`, `forward`, `generate`, each answered by one reply. End of
+//! input ends the server. See [`Request`] and [`Response`] for the JSON shapes.
+
+use crate::{Capture, Error, Forward, GenerateRequest, Generation, ModelInfo, OpenRequest, Probe, Result, Token};
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+/// A request from client to server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", content = "args", rename_all = "snake_case")]
+pub enum Request {
+    Open(OpenRequest),
+    Tokenize { text: String, add_bos: bool, parse_special: bool },
+    Pieces { ids: Vec<Token> },
+    Forward { tokens: Vec<Token>, capture: Capture },
+    Generate(GenerateRequest),
+}
+
+impl Request {
+    fn op(&self) -> &'static str {
+        match self {
+            Request::Open(_) => "open",
+            Request::Tokenize { .. } => "tokenize",
+            Request::Pieces { .. } => "pieces",
+            Request::Forward { .. } => "forward",
+            Request::Generate(_) => "generate",
+        }
+    }
+}
+
+/// A reply from server to client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", content = "value", rename_all = "snake_case")]
+pub enum Response {
+    Opened(ModelInfo),
+    Tokens(Vec<Token>),
+    Pieces(Vec<Vec<u8>>),
+    Forward(Forward),
+    Generation(Generation),
+    Error(Error),
+}
+
+// ---------------------------------------------------------------------------------------
+// Blobs. Written by hand: serde has no notion of out-of-band binary attachments, and
+// JSON arrays of 30M floats would make each oracle call seconds slower.
+
+thread_local! {
+    /// While a frame is being written: the blob payload accumulated so far.
+    static SINK: RefCell<Option<(u32, Vec<u8>)>> = const { RefCell::new(None) };
+    /// While a frame is being read: its blobs, taken as they are referenced.
+    static SOURCE: RefCell<Option<Vec<Option<Vec<f32>>>>> = const { RefCell::new(None) };
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum BlobRepr {
+    Blob { blob: usize },
+    Array(Vec<f32>),
+}
+
+fn put_blob(v: &[f32]) -> Option<usize> {
+    SINK.with(|s| {
+        let mut s = s.borrow_mut();
+        let (count, payload) = s.as_mut()?;
+        payload.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        payload.reserve(v.len() * 4);
+        for x in v {
+            payload.extend_from_slice(&x.to_le_bytes());
+        }
+        *count += 1;
+        Some(*count as usize - 1)
+    })
+}
+
+fn take_blob<E: serde::de::Error>(i: usize) -> std::result::Result<Vec<f32>, E> {
+    SOURCE.with(|s| {
+        let mut s = s.borrow_mut();
+        let blobs = s.as_mut().ok_or_else(|| E::custom("blob reference outside a wire frame"))?;
+        blobs
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| E::custom(format!("blob {i} missing or referenced twice")))
+    })
+}
+
+/// `#[serde(with = "crate::wire::blob")]` for `Vec<f32>` fields.
+pub mod blob {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[f32], s: S) -> std::result::Result<S::Ok, S::Error> {
+        match put_blob(v) {
+            Some(i) => BlobRepr::Blob { blob: i }.serialize(s),
+            None => v.serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<f32>, D::Error> {
+        match BlobRepr::deserialize(d)? {
+            BlobRepr::Blob { blob } => take_blob(blob),
+            BlobRepr::Array(v) => Ok(v),
+        }
+    }
+}
+
+/// `#[serde(with = "crate::wire::blob_opt")]` for `Option<Vec<f32>>` fields.
+pub mod blob_opt {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<f32>>, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match v {
+            None => s.serialize_none(),
+            Some(v) => match put_blob(v) {
+                Some(i) => s.serialize_some(&BlobRepr::Blob { blob: i }),
+                None => s.serialize_some(v),
+            },
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Vec<f32>>, D::Error> {
+        match Option::<BlobRepr>::deserialize(d)? {
+            None => Ok(None),
+            Some(BlobRepr::Blob { blob }) => take_blob(blob).map(Some),
+            Some(BlobRepr::Array(v)) => Ok(Some(v)),
+        }
+    }
+}
+
+/// Largest JSON part accepted in a frame (token lists and metadata are small; data is in blobs).
+const MAX_JSON: u32 = 256 << 20;
+/// Largest blob accepted: 4 G floats (16 GiB) — far above any real logits matrix.
+const MAX_BLOB_FLOATS: u64 = 1 << 32;
+
+/// Writes one frame.
+pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
+    SINK.with(|s| *s.borrow_mut() = Some((0, Vec::new())));
+    let json = serde_json::to_vec(msg);
+    let (n_blobs, payload) = SINK.with(|s| s.borrow_mut().take()).unwrap_or_default();
+    let json = json.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    w.write_all(&(json.len() as u32).to_le_bytes())?;
+    w.write_all(&json)?;
+    w.write_all(&n_blobs.to_le_bytes())?;
+    w.write_all(&payload)?;
+    w.flush()
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of input (EOF before the first byte).
+pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    // EOF before the first byte ends the conversation; EOF inside a frame is an error.
+    loop {
+        match r.read(&mut len[..1]) {
+            Ok(0) => return Ok(None),
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    r.read_exact(&mut len[1..])?;
+    let json_len = u32::from_le_bytes(len);
+    if json_len > MAX_JSON {
+        return Err(invalid(format!("frame JSON length {json_len} exceeds {MAX_JSON}")));
+    }
+    let mut json = vec![0u8; json_len as usize];
+    r.read_exact(&mut json)?;
+    r.read_exact(&mut len)?;
+    let n_blobs = u32::from_le_bytes(len);
+    let mut blobs = Vec::new();
+    for i in 0..n_blobs {
+        let mut n = [0u8; 8];
+        r.read_exact(&mut n)?;
+        let n = u64::from_le_bytes(n);
+        if n > MAX_BLOB_FLOATS {
+            return Err(invalid(format!("blob {i} claims {n} floats, limit {MAX_BLOB_FLOATS}")));
+        }
+        let mut bytes = vec![0u8; n as usize * 4];
+        r.read_exact(&mut bytes)?;
+        let floats = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        blobs.push(Some(floats));
+    }
+    SOURCE.with(|s| *s.borrow_mut() = Some(blobs));
+    let parsed = serde_json::from_slice(&json);
+    SOURCE.with(|s| *s.borrow_mut() = None);
+    parsed.map(Some).map_err(|e| invalid(format!("bad frame JSON: {e}")))
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+// ---------------------------------------------------------------------------------------
+// Server side.
+
+/// Serves the protocol until `input` ends. `open` builds a probe from an `open` request;
+/// a second `open` replaces the first probe.
+pub fn serve<P: Probe>(
+    mut open: impl FnMut(&OpenRequest) -> Result<P>,
+    input: impl Read,
+    output: impl Write,
+) -> io::Result<()> {
+    let mut input = BufReader::with_capacity(1 << 20, input);
+    let mut output = BufWriter::with_capacity(1 << 20, output);
+    let mut probe: Option<P> = None;
+    while let Some(req) = read_frame::<Request>(&mut input)? {
+        let reply = match (&req, probe.as_mut()) {
+            (Request::Open(o), _) => {
+                probe = None; // free the old model before loading the next
+                match open(o) {
+                    Ok(p) => {
+                        let info = p.info().clone();
+                        probe = Some(p);
+                        Response::Opened(info)
+                    }
+                    Err(e) => Response::Error(e),
+                }
+            }
+            (_, None) => Response::Error(Error::InvalidRequest(format!("'{}' before 'open'", req.op()))),
+            (Request::Tokenize { text, add_bos, parse_special }, Some(p)) => {
+                reply(p.tokenize(text, *add_bos, *parse_special), Response::Tokens)
+            }
+            (Request::Pieces { ids }, Some(p)) => reply(p.pieces(ids), Response::Pieces),
+            (Request::Forward { tokens, capture }, Some(p)) => reply(p.forward(tokens, capture), Response::Forward),
+            (Request::Generate(g), Some(p)) => reply(p.generate(g), Response::Generation),
+        };
+        write_frame(&mut output, &reply)?;
+    }
+    Ok(())
+}
+
+fn reply<T>(r: Result<T>, ok: impl FnOnce(T) -> Response) -> Response {
+    match r {
+        Ok(v) => ok(v),
+        Err(e) => Response::Error(e),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Client side.
+
+/// How many stderr lines of a dead server are kept for its error message.
+const STDERR_TAIL_LINES: usize = 30;
+
+struct Server {
+    child: Child,
+    stdin: BufWriter<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    stderr_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A [`Probe`] served by a child process. When the child dies mid-request the call returns
+/// [`Error::Crashed`] with its exit status and stderr tail; the next call starts a fresh
+/// child and re-opens the model.
+pub struct RemoteProbe {
+    label: String,
+    program: PathBuf,
+    args: Vec<String>,
+    open: OpenRequest,
+    server: Option<Server>,
+    info: ModelInfo,
+}
+
+impl RemoteProbe {
+    /// Starts `program args…` and opens the model. `label` names the probe in errors.
+    pub fn spawn(label: &str, program: impl Into<PathBuf>, args: &[&str], open: OpenRequest) -> Result<Self> {
+        let mut rp = RemoteProbe {
+            label: label.to_string(),
+            program: program.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            open,
+            server: None,
+            info: placeholder_info(),
+        };
+        rp.ensure_open()?;
+        Ok(rp)
+    }
+
+    /// Process id of the running server, if one is running.
+    pub fn pid(&self) -> Option<u32> {
+        self.server.as_ref().map(|s| s.child.id())
+    }
+
+    fn start(&self) -> Result<Server> {
+        let mut child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Io(format!("cannot start {} ({}): {e}", self.label, self.program.display())))?;
+        let stdin = BufWriter::with_capacity(1 << 20, child.stdin.take().expect("piped stdin"));
+        let stdout = BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped stdout"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let tail = stderr_tail.clone();
+        let stderr_thread = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).split(b'\n') {
+                let Ok(line) = line else { break };
+                let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                if t.len() == STDERR_TAIL_LINES {
+                    t.pop_front();
+                }
+                t.push_back(String::from_utf8_lossy(&line).into_owned());
+            }
+        });
+        Ok(Server { child, stdin, stdout, stderr_tail, stderr_thread: Some(stderr_thread) })
+    }
+
+    fn ensure_open(&mut self) -> Result<()> {
+        if self.server.is_some() {
+            return Ok(());
+        }
+        self.server = Some(self.start()?);
+        match self.exchange(&Request::Open(self.open.clone()))? {
+            Response::Opened(info) => {
+                self.info = info;
+                Ok(())
+            }
+            other => {
+                self.shutdown();
+                Err(unexpected(other, "opened"))
+            }
+        }
+    }
+
+    /// One request/reply with the running server; on I/O failure, reap it and report a crash.
+    fn exchange(&mut self, req: &Request) -> Result<Response> {
+        let server = self.server.as_mut().expect("server started");
+        let io = write_frame(&mut server.stdin, req).and_then(|_| read_frame::<Response>(&mut server.stdout));
+        match io {
+            Ok(Some(Response::Error(e))) => Err(e),
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(self.crashed(req.op())),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                self.shutdown();
+                Err(Error::Protocol(format!("{} replied to '{}' with an unreadable frame: {e}", self.label, req.op())))
+            }
+            Err(_) => Err(self.crashed(req.op())),
+        }
+    }
+
+    fn crashed(&mut self, during: &str) -> Error {
+        let mut server = self.server.take().expect("server started");
+        drop(server.stdin);
+        let status = match server.child.wait() {
+            Ok(s) => describe_status(s),
+            Err(e) => format!("status unknown: {e}"),
+        };
+        if let Some(t) = server.stderr_thread.take() {
+            let _ = t.join();
+        }
+        let tail = server.stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
+        Error::Crashed {
+            probe: self.label.clone(),
+            status,
+            during: during.to_string(),
+            stderr_tail: tail.iter().cloned().collect::<Vec<_>>().join("\n"),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+        }
+    }
+
+    fn call(&mut self, req: Request) -> Result<Response> {
+        self.ensure_open()?;
+        self.exchange(&req)
+    }
+}
+
+impl Drop for RemoteProbe {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            drop(s.stdin); // EOF: the server exits on its own
+            let _ = s.child.wait();
+        }
+    }
+}
+
+fn describe_status(s: std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = s.signal() {
+            let name = match sig {
+                6 => " (SIGABRT)",
+                9 => " (SIGKILL)",
+                11 => " (SIGSEGV)",
+                _ => "",
+            };
+            return format!("killed by signal {sig}{name}");
+        }
+    }
+    match s.code() {
+        Some(c) => format!("exit status {c}"),
+        None => s.to_string(),
+    }
+}
+
+fn unexpected(r: Response, wanted: &str) -> Error {
+    let got = serde_json::to_value(&r).ok().and_then(|v| v.get("reply").cloned()).unwrap_or_default();
+    Error::Protocol(format!("expected reply '{wanted}', got {got}"))
+}
+
+fn placeholder_info() -> ModelInfo {
+    ModelInfo {
+        arch: String::new(),
+        name: String::new(),
+        n_vocab: 0,
+        n_ctx_train: 0,
+        n_ctx: 0,
+        n_embd: 0,
+        n_layer: 0,
+        n_head: 0,
+        n_head_kv: 0,
+        head_dim: 0,
+        n_ff: 0,
+        rope_freq_base: 0.0,
+        rms_eps: 0.0,
+        bos: None,
+        eos: None,
+        weight_types: Default::default(),
+        implementation: String::new(),
+        threads: 0,
+    }
+}
+
+impl Probe for RemoteProbe {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn tokenize(&mut self, text: &str, add_bos: bool, parse_special: bool) -> Result<Vec<Token>> {
+        match self.call(Request::Tokenize { text: text.to_string(), add_bos, parse_special })? {
+            Response::Tokens(t) => Ok(t),
+            other => Err(unexpected(other, "tokens")),
+        }
+    }
+
+    fn pieces(&mut self, ids: &[Token]) -> Result<Vec<Vec<u8>>> {
+        match self.call(Request::Pieces { ids: ids.to_vec() })? {
+            Response::Pieces(p) => Ok(p),
+            other => Err(unexpected(other, "pieces")),
+        }
+    }
+
+    fn forward(&mut self, tokens: &[Token], capture: &Capture) -> Result<Forward> {
+        match self.call(Request::Forward { tokens: tokens.to_vec(), capture: capture.clone() })? {
+            Response::Forward(f) => Ok(f),
+            other => Err(unexpected(other, "forward")),
+        }
+    }
+
+    fn generate(&mut self, request: &GenerateRequest) -> Result<Generation> {
+        match self.call(Request::Generate(request.clone()))? {
+            Response::Generation(g) => Ok(g),
+            other => Err(unexpected(other, "generation")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Stage, StageTensor};
+
+    fn sample_forward() -> Forward {
+        Forward {
+            n_vocab: 3,
+            logits: vec![1.0, f32::NAN, -0.0, f32::INFINITY, 2.5, -7.0],
+            stages: vec![StageTensor {
+                stage: Stage::AttnQ,
+                layer: Some(1),
+                position: 0,
+                shape: vec![2, 2],
+                data: vec![0.1, 0.2, 0.3, 0.4],
+            }],
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_bit_exactly_with_blobs() {
+        let msg = Response::Forward(sample_forward());
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &msg).unwrap();
+        let back: Response = read_frame(&mut buf.as_slice()).unwrap().unwrap();
+        let (Response::Forward(a), Response::Forward(b)) = (&msg, &back) else { panic!("wrong variant") };
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a.logits), bits(&b.logits), "NaN, -0.0 and Inf survive the wire");
+        assert_eq!(a.stages, b.stages);
+        // The JSON part refers to blobs instead of inlining the floats.
+        let json_len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
+        let json = std::str::from_utf8(&buf[4..4 + json_len]).unwrap();
+        assert!(json.contains(r#"{"blob":0}"#), "{json}");
+    }
+
+    #[test]
+    fn plain_json_inlines_arrays() {
+        let f = Forward { n_vocab: 1, logits: vec![0.5], stages: vec![] };
+        let json = serde_json::to_string(&f).unwrap();
+        assert!(json.contains("[0.5]"), "{json}");
+        let back: Forward = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, f);
+    }
+
+    #[test]
+    fn truncated_and_oversized_frames_are_errors_not_panics() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Response::Forward(sample_forward())).unwrap();
+        for cut in 1..buf.len() {
+            assert!(read_frame::<Response>(&mut &buf[..cut]).is_err(), "prefix of {cut} bytes accepted");
+        }
+        assert!(read_frame::<Response>(&mut &[][..]).unwrap().is_none(), "clean EOF");
+        let mut huge = (MAX_JSON + 1).to_le_bytes().to_vec();
+        huge.extend_from_slice(&[0; 16]);
+        assert!(read_frame::<Response>(&mut huge.as_slice()).is_err());
+    }
+
+    #[test]
+    fn requests_have_readable_json() {
+        let r = Request::Tokenize { text: "hi".into(), add_bos: true, parse_special: false };
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(json, r#"{"op":"tokenize","args":{"text":"hi","add_bos":true,"parse_special":false}}"#);
+    }
+
+    struct Mock(ModelInfo);
+    impl Probe for Mock {
+        fn info(&self) -> &ModelInfo {
+            &self.0
+        }
+        fn tokenize(&mut self, text: &str, add_bos: bool, _: bool) -> Result<Vec<Token>> {
+            Ok(add_bos.then_some(99).into_iter().chain(text.bytes().map(Token::from)).collect())
+        }
+        fn pieces(&mut self, ids: &[Token]) -> Result<Vec<Vec<u8>>> {
+            Ok(ids.iter().map(|&i| vec![i as u8]).collect())
+        }
+        fn forward(&mut self, tokens: &[Token], _: &Capture) -> Result<Forward> {
+            Err(Error::InvalidRequest(format!("{} tokens", tokens.len())))
+        }
+        fn generate(&mut self, _: &GenerateRequest) -> Result<Generation> {
+            Err(Error::Backend("no".into()))
+        }
+    }
+
+    #[test]
+    fn serve_answers_each_request_and_refuses_work_before_open() {
+        let mut input = Vec::new();
+        write_frame(&mut input, &Request::Pieces { ids: vec![65] }).unwrap();
+        write_frame(&mut input, &Request::Open(OpenRequest::new("m.gguf"))).unwrap();
+        write_frame(&mut input, &Request::Tokenize { text: "AB".into(), add_bos: true, parse_special: false }).unwrap();
+        write_frame(&mut input, &Request::Forward { tokens: vec![1, 2], capture: Capture::none() }).unwrap();
+        let mut output = Vec::new();
+        serve(|o| {
+            let mut info = placeholder_info();
+            info.name = o.model.display().to_string();
+            Ok(Mock(info))
+        }, input.as_slice(), &mut output)
+        .unwrap();
+        let mut out = output.as_slice();
+        let mut replies = Vec::new();
+        while let Some(r) = read_frame::<Response>(&mut out).unwrap() {
+            replies.push(r);
+        }
+        assert_eq!(replies.len(), 4);
+        assert!(matches!(&replies[0], Response::Error(Error::InvalidRequest(m)) if m.contains("before 'open'")));
+        assert!(matches!(&replies[1], Response::Opened(i) if i.name == "m.gguf"));
+        assert_eq!(replies[2], Response::Tokens(vec![99, 65, 66]));
+        assert_eq!(replies[3], Response::Error(Error::InvalidRequest("2 tokens".into())));
+    }
+}
