@@ -212,7 +212,17 @@ pub trait Probe {
     fn forward(&mut self, tokens: &[Token], capture: &Capture) -> Result<Forward>;
 
     /// Prefill then decode token by token through the KV cache.
-    fn generate(&mut self, request: &GenerateRequest) -> Result<Generation>;
+    fn generate(&mut self, request: &GenerateRequest) -> Result<Generation> {
+        self.generate_with(request, &mut |_| {})
+    }
+
+    /// [`Probe::generate`], calling `on_token` with each token as soon as it is chosen (for
+    /// streaming output). Implementations override one of the two.
+    fn generate_with(&mut self, request: &GenerateRequest, on_token: &mut dyn FnMut(Token)) -> Result<Generation> {
+        let g = self.generate(request)?;
+        g.tokens.iter().for_each(|&t| on_token(t));
+        Ok(g)
+    }
 }
 
 /// Index of the largest value; ties go to the lowest index. NaN never wins.

@@ -63,6 +63,8 @@ pub enum Response {
     Pieces(Vec<Vec<u8>>),
     Forward(Forward),
     Generation(Generation),
+    /// Sent before the final `generation` reply, one per token as it is chosen.
+    Token(Token),
     Error(Error),
 }
 
@@ -247,7 +249,15 @@ pub fn serve<P: Probe>(
             }
             (Request::Pieces { ids }, Some(p)) => reply(p.pieces(ids), Response::Pieces),
             (Request::Forward { tokens, capture }, Some(p)) => reply(p.forward(tokens, capture), Response::Forward),
-            (Request::Generate(g), Some(p)) => reply(p.generate(g), Response::Generation),
+            (Request::Generate(g), Some(p)) => {
+                // Stream each token as a `token` frame; a failed write ends the stream quietly
+                // (the final reply's write reports it).
+                let out = &mut output;
+                let mut on_token = |t: Token| {
+                    let _ = write_frame(out, &Response::Token(t));
+                };
+                reply(p.generate_with(g, &mut on_token), Response::Generation)
+            }
         };
         write_frame(&mut output, &reply)?;
     }
@@ -352,8 +362,18 @@ impl RemoteProbe {
 
     /// One request/reply with the running server; on I/O failure, reap it and report a crash.
     fn exchange(&mut self, req: &Request) -> Result<Response> {
+        self.exchange_with(req, &mut |_| {})
+    }
+
+    /// As `exchange`, passing `token` frames that precede the reply to `on_token`.
+    fn exchange_with(&mut self, req: &Request, on_token: &mut dyn FnMut(Token)) -> Result<Response> {
         let server = self.server.as_mut().expect("server started");
-        let io = write_frame(&mut server.stdin, req).and_then(|_| read_frame::<Response>(&mut server.stdout));
+        let io = write_frame(&mut server.stdin, req).and_then(|_| loop {
+            match read_frame::<Response>(&mut server.stdout)? {
+                Some(Response::Token(t)) => on_token(t),
+                other => break Ok(other),
+            }
+        });
         match io {
             Ok(Some(Response::Error(e))) => Err(e),
             Ok(Some(r)) => Ok(r),
@@ -481,8 +501,9 @@ impl Probe for RemoteProbe {
         }
     }
 
-    fn generate(&mut self, request: &GenerateRequest) -> Result<Generation> {
-        match self.call(Request::Generate(request.clone()))? {
+    fn generate_with(&mut self, request: &GenerateRequest, on_token: &mut dyn FnMut(Token)) -> Result<Generation> {
+        self.ensure_open()?;
+        match self.exchange_with(&Request::Generate(request.clone()), on_token)? {
             Response::Generation(g) => Ok(g),
             other => Err(unexpected(other, "generation")),
         }

@@ -1,0 +1,301 @@
+//! F16 and F32 dot products with one fixed reduction order: ggml's AVX-512 order.
+//!
+//! `ggml_vec_dot_f16` / `ggml_vec_dot_f32` (ggml.c) built with `__AVX512F__` (the oracle is
+//! built with `-march=native` on these AVX-512 machines) keep 4 × 16 f32 lanes: element
+//! `i < n & !63` goes to lane `i % 64` by FMA (`GGML_F32Cx16_FMA`); then
+//! `GGML_F32Cx16_REDUCE` adds vectors (0+2), (1+3), then those two, and
+//! `_mm512_reduce_add_ps` (halves, quarters, swap of 64-bit pairs, last pair: clang 14
+//! emits `vextractf64x4`, `vextractf128`, `vpermilpd $1`, `vmovshdup`, checked in the
+//! oracle's `ggml.c.o`).
+//! For f16 the leftovers `n & 63` are added in double, `sumf += (double)(x*y)` with an f32
+//! product; for f32, `sumf += x[i]*y[i]` is one expression, which clang fuses into the f32
+//! sum (sequential `vfmadd231ss`). Every SIMD level here computes exactly this, so results
+//! are bit-identical across levels and to the oracle. On an AVX2-only oracle build ggml's
+//! order differs (32 lanes) and agreement is only close.
+//!
+//! These are ggml's `vec_dot` path: one token (decode), or `k % 16 != 0`. Two or more
+//! tokens of F16/F32 weights go to tinyBLAS instead ([`super::sgemm`]).
+//!
+//! Weight rows are raw little-endian bytes (f16 or f32, unaligned); activations are f32
+//! slices. For f16, ggml first rounds the activation row to f16 (`vec_dot_type` of F16 is
+//! F16, `ggml_fp32_to_fp16_row`); callers pass that row widened back to f32
+//! ([`round_to_f16`]), which is exact and saves a conversion per weight row.
+
+use super::Simd;
+use half::f16;
+
+/// Rounds `x` to f16 (round-to-nearest-even, as F16C `vcvtps2ph` with
+/// `_MM_FROUND_TO_NEAREST_INT` and `GGML_FP32_TO_FP16`) and widens back to f32.
+pub fn round_to_f16(x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len());
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = f16::from_f32(v).to_f32();
+    }
+}
+
+/// Dot of two f16 vectors in ggml's AVX-512 `ggml_vec_dot_f16` order.
+pub fn vec_dot_f16(w_row: &[f16], x_f16: &[f16]) -> f32 {
+    assert_eq!(w_row.len(), x_f16.len());
+    let x: Vec<f32> = x_f16.iter().map(|v| v.to_f32()).collect();
+    let bytes = unsafe { std::slice::from_raw_parts(w_row.as_ptr() as *const u8, w_row.len() * 2) };
+    vec_dot_f16_bytes(bytes, &x)
+}
+
+/// Dot of an f16 weight row (raw LE bytes, `2·x.len()` of them) with an activation row
+/// already rounded to f16 (see [`round_to_f16`]), mirroring `ggml_vec_dot_f16`.
+pub fn vec_dot_f16_bytes(w_row: &[u8], x: &[f32]) -> f32 {
+    vec_dot_f16_with(Simd::current(), w_row, x)
+}
+
+/// [`vec_dot_f16_bytes`] at an explicit SIMD level (clamped to what the CPU has).
+pub fn vec_dot_f16_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
+    assert!(
+        w_row.len() >= 2 * x.len(),
+        "f16 dot: row has {} bytes, need {}",
+        w_row.len(),
+        2 * x.len()
+    );
+    match simd.clamp() {
+        Simd::Scalar => dot_f16_scalar(w_row, x),
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { x86::dot_f16_avx2(w_row.as_ptr(), x) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { x86::dot_f16_avx512(w_row.as_ptr(), x) },
+        #[allow(unreachable_patterns)]
+        _ => dot_f16_scalar(w_row, x),
+    }
+}
+
+/// Dot of an f32 weight row (raw LE bytes) with `x`, mirroring `ggml_vec_dot_f32`'s
+/// AVX-512 order (leftovers fused sequentially into the f32 sum).
+pub fn vec_dot_f32_bytes(w_row: &[u8], x: &[f32]) -> f32 {
+    vec_dot_f32_with(Simd::current(), w_row, x)
+}
+
+/// Dot of two f32 slices (see [`vec_dot_f32_bytes`]).
+pub fn vec_dot_f32(w_row: &[f32], x: &[f32]) -> f32 {
+    assert_eq!(w_row.len(), x.len());
+    let bytes = unsafe { std::slice::from_raw_parts(w_row.as_ptr() as *const u8, w_row.len() * 4) };
+    vec_dot_f32_bytes(bytes, x)
+}
+
+/// [`vec_dot_f32_bytes`] at an explicit SIMD level (clamped to what the CPU has).
+pub fn vec_dot_f32_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
+    assert!(
+        w_row.len() >= 4 * x.len(),
+        "f32 dot: row has {} bytes, need {}",
+        w_row.len(),
+        4 * x.len()
+    );
+    match simd.clamp() {
+        Simd::Scalar => dot_f32_scalar(w_row, x),
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { x86::dot_f32_avx2(w_row.as_ptr(), x) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { x86::dot_f32_avx512(w_row.as_ptr(), x) },
+        #[allow(unreachable_patterns)]
+        _ => dot_f32_scalar(w_row, x),
+    }
+}
+
+/// `_mm512_reduce_add_ps`'s tree over 16 lanes (as the oracle's clang compiles it).
+#[inline(always)]
+pub(crate) fn reduce16(v: &[f32; 16]) -> f32 {
+    let mut t3 = [0f32; 8];
+    for i in 0..8 {
+        t3[i] = v[i + 8] + v[i];
+    }
+    let mut t6 = [0f32; 4];
+    for i in 0..4 {
+        t6[i] = t3[i + 4] + t3[i];
+    }
+    (t6[0] + t6[2]) + (t6[1] + t6[3])
+}
+
+/// `GGML_F32x16_REDUCE` over 4 × 16 lanes.
+#[inline(always)]
+pub(crate) fn reduce64(acc: &[f32; 64]) -> f32 {
+    let mut v = [0f32; 16];
+    for l in 0..16 {
+        v[l] = (acc[l] + acc[32 + l]) + (acc[16 + l] + acc[48 + l]);
+    }
+    reduce16(&v)
+}
+
+#[inline(always)]
+fn f16_le(w: &[u8], i: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([w[2 * i], w[2 * i + 1]])).to_f32()
+}
+
+#[inline(always)]
+fn f32_le(w: &[u8], i: usize) -> f32 {
+    f32::from_le_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]])
+}
+
+/// Portable f16 dot in the fixed order.
+pub fn dot_f16_scalar(w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len();
+    let np = n & !63;
+    let mut acc = [0f32; 64];
+    for i in (0..np).step_by(64) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a = f16_le(w, i + l).mul_add(x[i + l], *a);
+        }
+    }
+    let mut s = reduce64(&acc) as f64;
+    for i in np..n {
+        s += (f16_le(w, i) * x[i]) as f64;
+    }
+    s as f32
+}
+
+/// Portable f32 dot in the fixed order.
+pub fn dot_f32_scalar(w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len();
+    let np = n & !63;
+    let mut acc = [0f32; 64];
+    for i in (0..np).step_by(64) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a = f32_le(w, i + l).mul_add(x[i + l], *a);
+        }
+    }
+    let mut s = reduce64(&acc);
+    for i in np..n {
+        s = f32_le(w, i).mul_add(x[i], s);
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Reduces 16 lanes given as two 8-lane halves (`lo` = lanes 0..8) in the oracle's
+    /// `_mm512_reduce_add_ps` order.
+    #[inline(always)]
+    pub(crate) unsafe fn reduce16_halves(lo: __m256, hi: __m256) -> f32 {
+        let t3 = _mm256_add_ps(hi, lo);
+        let t6 = _mm_add_ps(_mm256_extractf128_ps(t3, 1), _mm256_castps256_ps128(t3));
+        let t8 = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
+        _mm_cvtss_f32(_mm_add_ss(t8, _mm_movehdup_ps(t8)))
+    }
+
+    #[inline(always)]
+    pub(crate) unsafe fn reduce16_zmm(v: __m512) -> f32 {
+        reduce16_halves(
+            _mm512_castps512_ps256(v),
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))),
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn ld_f16x8(p: *const u8) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16_avx2(w: *const u8, x: &[f32]) -> f32 {
+        let n = x.len();
+        let np = n & !63;
+        let xp = x.as_ptr();
+        let mut a = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i < np {
+            for k in 0..8 {
+                a[k] = _mm256_fmadd_ps(
+                    ld_f16x8(w.add(2 * (i + 8 * k))),
+                    _mm256_loadu_ps(xp.add(i + 8 * k)),
+                    a[k],
+                );
+            }
+            i += 64;
+        }
+        let lo = _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6]));
+        let hi = _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]));
+        let mut s = reduce16_halves(lo, hi) as f64;
+        let ws = std::slice::from_raw_parts(w, 2 * n);
+        for i in np..n {
+            s += (super::f16_le(ws, i) * x[i]) as f64;
+        }
+        s as f32
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    pub unsafe fn dot_f16_avx512(w: *const u8, x: &[f32]) -> f32 {
+        let n = x.len();
+        let np = n & !63;
+        let xp = x.as_ptr();
+        let mut a = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i < np {
+            for k in 0..4 {
+                let wv =
+                    _mm512_cvtph_ps(_mm256_loadu_si256(w.add(2 * (i + 16 * k)) as *const __m256i));
+                a[k] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xp.add(i + 16 * k)), a[k]);
+            }
+            i += 64;
+        }
+        let v = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+        let mut s = reduce16_zmm(v) as f64;
+        let ws = std::slice::from_raw_parts(w, 2 * n);
+        for i in np..n {
+            s += (super::f16_le(ws, i) * x[i]) as f64;
+        }
+        s as f32
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f32_avx2(w: *const u8, x: &[f32]) -> f32 {
+        let n = x.len();
+        let np = n & !63;
+        let xp = x.as_ptr();
+        let wp = w as *const f32;
+        let mut a = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i < np {
+            for k in 0..8 {
+                a[k] = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(wp.add(i + 8 * k)),
+                    _mm256_loadu_ps(xp.add(i + 8 * k)),
+                    a[k],
+                );
+            }
+            i += 64;
+        }
+        let lo = _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6]));
+        let hi = _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]));
+        let mut s = reduce16_halves(lo, hi);
+        let ws = std::slice::from_raw_parts(w, 4 * n);
+        for i in np..n {
+            s = super::f32_le(ws, i).mul_add(x[i], s);
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    pub unsafe fn dot_f32_avx512(w: *const u8, x: &[f32]) -> f32 {
+        let n = x.len();
+        let np = n & !63;
+        let xp = x.as_ptr();
+        let wp = w as *const f32;
+        let mut a = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i < np {
+            for k in 0..4 {
+                a[k] = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(wp.add(i + 16 * k)),
+                    _mm512_loadu_ps(xp.add(i + 16 * k)),
+                    a[k],
+                );
+            }
+            i += 64;
+        }
+        let v = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+        let mut s = reduce16_zmm(v);
+        let ws = std::slice::from_raw_parts(w, 4 * n);
+        for i in np..n {
+            s = super::f32_le(ws, i).mul_add(x[i], s);
+        }
+        s
+    }
+}

@@ -1,0 +1,156 @@
+//! tinyBLAS, llamafile's matmul (`llamafile_sgemm`, `ggml/src/llamafile/sgemm.cpp`), in the
+//! order the oracle's AVX-512 build runs it.
+//!
+//! The vendored llama.cpp defines `GGML_USE_LLAMAFILE` (`GGML_LLAMAFILE` defaults on), so
+//! `ggml_compute_forward_mul_mat` (ggml.c) first offers every matmul to
+//! `llamafile_sgemm(m = ne01, n = ne11, k = ne00, A = src0, B = src1, …)` — when `src1` is
+//! contiguous, with `Btype = src1->type` — and falls back to its `vec_dot` loop only when
+//! that returns false. (A second offer, with `src1` converted to `vec_dot_type`, can only
+//! succeed for F16×F16 and Q8_0, which this build's `__AVX512F__` branch never takes.)
+//! With `__AVX512F__` (the oracle is built with `-march=native` on these machines) it takes:
+//!
+//! - `n < 2` never: "only enable sgemm for prompt processing" — single-token decode stays
+//!   on `ggml_vec_dot_f16` / `ggml_vec_dot_f32` ([`super::dot`]);
+//! - A = F32 with B = F32, or A = F16 with B = **F32** (the activations are *not* rounded
+//!   to f16 on this path), and only if `k % 16 == 0`;
+//! - nothing else (I2_S, TQ1_0, TQ2_0 fall through; Q8_0/Q4_0 are not used here).
+//!
+//! Per output element, `tinyBLAS<16, __m512, …>::gemm` keeps one 16-lane f32 accumulator
+//! (`D Cv[RN][RM] = {}`), adds `A[l]·B[l]` into lane `l % 16` by `_mm512_fmadd_ps` for
+//! `l = 0, 16, 32, … < k` in order (f16 A widened exactly by `vcvtph2ps`), then
+//! `hsum` = `_mm512_reduce_add_ps`. Clang 14 compiles that reduce to the same halving tree
+//! as `ggml_vec_dot_f*`'s (`vextractf64x4`+`vaddps`, `vextractf128`+`vaddps`,
+//! `vpermilpd`+`vaddps`, `vmovshdup`+`vaddss`: [`super::dot::reduce16`]); checked in the
+//! oracle's `sgemm.cpp.o`. The RM×RN tiling (`mnpack`) and the `ith/nth` split of tiles
+//! over threads only decide *who* computes an element, never its order, so results do
+//! not depend on the tile shape or the thread count. There is no tail: `k % 16 == 0`.
+
+use super::dot::reduce16;
+use super::Simd;
+use half::f16;
+
+/// tinyBLAS's `KN` on AVX-512: lanes per accumulator, and the multiple `k` must be.
+pub const KN: usize = 16;
+
+/// Whether `llamafile_sgemm`'s `__AVX512F__` branch takes a `mul_mat` of F32 or F16 `A`
+/// with a contiguous F32 `src1` of `n` rows of length `k` (`n = ne11`, `k = ne00`):
+/// `n ≥ 2` and `k % 16 == 0`, the same test for both A types. Callers check contiguity.
+#[inline]
+pub fn accepts(n: usize, k: usize) -> bool {
+    n >= 2 && k % KN == 0
+}
+
+/// One tinyBLAS output element: f16 row `a` (raw LE bytes, `2·b.len()` of them) times f32
+/// row `b` (not rounded), `b.len() % 16 == 0`.
+pub fn dot_f16_with(simd: Simd, a: &[u8], b: &[f32]) -> f32 {
+    check(a.len(), 2, b.len());
+    match simd.clamp() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `simd` was clamped to what the CPU supports; lengths checked above.
+        Simd::Avx512 => unsafe { x86::dot_f16_avx512(a.as_ptr(), b) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { x86::dot_f16_avx2(a.as_ptr(), b) },
+        _ => dot_f16_scalar(a, b),
+    }
+}
+
+/// One tinyBLAS output element for f32 `a` (raw LE bytes) and f32 `b`, `b.len() % 16 == 0`.
+pub fn dot_f32_with(simd: Simd, a: &[u8], b: &[f32]) -> f32 {
+    check(a.len(), 4, b.len());
+    match simd.clamp() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Simd::Avx512 => unsafe { x86::dot_f32_avx512(a.as_ptr(), b) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { x86::dot_f32_avx2(a.as_ptr(), b) },
+        _ => dot_f32_scalar(a, b),
+    }
+}
+
+#[inline(always)]
+fn check(a_bytes: usize, elem: usize, k: usize) {
+    assert!(k % KN == 0, "tinyBLAS: k = {k} is not a multiple of {KN}");
+    assert!(
+        a_bytes >= elem * k,
+        "tinyBLAS: A row has {a_bytes} bytes, need {}",
+        elem * k
+    );
+}
+
+/// Portable [`dot_f16_with`].
+pub fn dot_f16_scalar(a: &[u8], b: &[f32]) -> f32 {
+    check(a.len(), 2, b.len());
+    let mut acc = [0f32; KN];
+    for (l, &bl) in b.iter().enumerate() {
+        let al = f16::from_bits(u16::from_le_bytes([a[2 * l], a[2 * l + 1]])).to_f32();
+        acc[l % KN] = al.mul_add(bl, acc[l % KN]);
+    }
+    reduce16(&acc)
+}
+
+/// Portable [`dot_f32_with`].
+pub fn dot_f32_scalar(a: &[u8], b: &[f32]) -> f32 {
+    check(a.len(), 4, b.len());
+    let mut acc = [0f32; KN];
+    for (l, &bl) in b.iter().enumerate() {
+        let al = f32::from_le_bytes([a[4 * l], a[4 * l + 1], a[4 * l + 2], a[4 * l + 3]]);
+        acc[l % KN] = al.mul_add(bl, acc[l % KN]);
+    }
+    reduce16(&acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::super::dot::x86::{reduce16_halves, reduce16_zmm};
+    use std::arch::x86_64::*;
+
+    // The 16 lanes as two 8-lane halves (lanes 0..8, 8..16); same FMAs, same tree.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_f16_avx2(a: *const u8, b: &[f32]) -> f32 {
+        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let bp = b.as_ptr();
+        for l in (0..b.len()).step_by(16) {
+            let a0 = _mm256_cvtph_ps(_mm_loadu_si128(a.add(2 * l) as *const __m128i));
+            let a1 = _mm256_cvtph_ps(_mm_loadu_si128(a.add(2 * l + 16) as *const __m128i));
+            lo = _mm256_fmadd_ps(a0, _mm256_loadu_ps(bp.add(l)), lo);
+            hi = _mm256_fmadd_ps(a1, _mm256_loadu_ps(bp.add(l + 8)), hi);
+        }
+        reduce16_halves(lo, hi)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn dot_f16_avx512(a: *const u8, b: &[f32]) -> f32 {
+        let mut acc = _mm512_setzero_ps();
+        let bp = b.as_ptr();
+        for l in (0..b.len()).step_by(16) {
+            let al = _mm512_cvtph_ps(_mm256_loadu_si256(a.add(2 * l) as *const __m256i));
+            acc = _mm512_fmadd_ps(al, _mm512_loadu_ps(bp.add(l)), acc);
+        }
+        reduce16_zmm(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_f32_avx2(a: *const u8, b: &[f32]) -> f32 {
+        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (ap, bp) = (a as *const f32, b.as_ptr());
+        for l in (0..b.len()).step_by(16) {
+            lo = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(l)), _mm256_loadu_ps(bp.add(l)), lo);
+            hi = _mm256_fmadd_ps(
+                _mm256_loadu_ps(ap.add(l + 8)),
+                _mm256_loadu_ps(bp.add(l + 8)),
+                hi,
+            );
+        }
+        reduce16_halves(lo, hi)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn dot_f32_avx512(a: *const u8, b: &[f32]) -> f32 {
+        let mut acc = _mm512_setzero_ps();
+        let (ap, bp) = (a as *const f32, b.as_ptr());
+        for l in (0..b.len()).step_by(16) {
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(ap.add(l)), _mm512_loadu_ps(bp.add(l)), acc);
+        }
+        reduce16_zmm(acc)
+    }
+}

@@ -1,0 +1,149 @@
+//! Softmax as `ggml_soft_max_ext` computes it, and ggml's vector `expf`.
+
+use super::Simd;
+
+const R: u32 = 0x4b40_0000; // 0x1.8p23
+const LOG2E: u32 = 0x3fb8_aa3b; // 0x1.715476p+0
+const LN2_LO: u32 = 0x35bf_be8e; // 0x1.7f7d1cp-20
+const LN2_HI: u32 = 0x3f31_7200; // 0x1.62e4p-1
+const C5: u32 = 0x3c07_2010; // 0x1.0e4020p-7
+const C4: u32 = 0x3d2b_9f17; // 0x1.573e2ep-5
+const C3: u32 = 0x3e2a_af33; // 0x1.555e66p-3
+const C2: u32 = 0x3eff_fedb; // 0x1.fffdb6p-2
+const C1: u32 = 0x3f7f_fff6; // 0x1.ffffecp-1
+
+#[inline(always)]
+fn c(bits: u32) -> f32 {
+    f32::from_bits(bits)
+}
+
+/// ggml's `ggml_v_expf`, the `__AVX512F__ && __AVX512DQ__` version (ggml.c) the oracle
+/// runs on these machines, one lane at a time: same FMAs, same polynomial, `scalef` as an
+/// exactly rounded `j·2ⁿ`, and 0 / +inf when |n| > 192. (ggml's AVX2 version rounds
+/// differently; an AVX2-only oracle would differ in the last bit.)
+#[inline(always)]
+pub fn v_expf(x: f32) -> f32 {
+    let r = c(R);
+    let z = x.mul_add(c(LOG2E), r);
+    let n = z - r;
+    let b = (-n).mul_add(c(LN2_LO), (-n).mul_add(c(LN2_HI), x));
+    let u = b * b;
+    let j = c(C5)
+        .mul_add(b, c(C4))
+        .mul_add(u, c(C3).mul_add(b, c(C2)))
+        .mul_add(u, c(C1).mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    // _mm512_scalef_ps(j, n): j·2^floor(n), one rounding; n is integral here.
+    (j as f64 * f64::powi(2.0, n as i32)) as f32
+}
+
+/// ggml's SiLU over a row: `ggml_vec_silu_f32` — `x / (1 + v_expf(0 − x))` for each full
+/// chunk of 16 (`ggml_v_silu`, AVX-512), `x / (1.0f + expf(-x))` for the rest.
+pub fn silu_row(x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len());
+    let n16 = x.len() & !15;
+    for (o, &v) in out[..n16].iter_mut().zip(&x[..n16]) {
+        *o = v / (1.0 + v_expf(0.0 - v));
+    }
+    for (o, &v) in out[n16..].iter_mut().zip(&x[n16..]) {
+        *o = v / (1.0f32 + (-v).exp());
+    }
+}
+
+/// One row of `ggml_soft_max_ext(kq, mask, scale, 0.0)` (`ggml_compute_forward_soft_max_f32`
+/// + `ggml_vec_soft_max_f32`, ggml.c), in place over the row's first `row.len()` entries.
+///
+/// `nc` is the row length ggml sees (for attention: its padded `n_kv`); entries from
+/// `row.len()` to `nc` are taken as masked (−inf, so exactly 0) and not stored. Steps, as
+/// ggml: `w = x·scale`, `w += mask`; max; `e = v_expf(w − max)` for entries in full chunks
+/// of 16 of the `nc`-long row (each chunk summed in float by the `_mm512_reduce_add_ps`
+/// tree, then added to a double), `expf` for the rest (added to the double one by one);
+/// finally `p = e · (float)(1.0/sum)`.
+pub fn soft_max_ext_row(row: &mut [f32], mask: Option<&[f32]>, scale: f32, nc: usize) {
+    soft_max_ext_row_with(Simd::current(), row, mask, scale, nc)
+}
+
+/// [`soft_max_ext_row`] at an explicit SIMD level (all levels are bit-identical).
+pub fn soft_max_ext_row_with(
+    simd: Simd,
+    row: &mut [f32],
+    mask: Option<&[f32]>,
+    scale: f32,
+    nc: usize,
+) {
+    let n = row.len();
+    assert!(n <= nc, "softmax: {n} entries in a row of {nc}");
+    if let Some(m) = mask {
+        assert_eq!(m.len(), n, "softmax: mask length");
+    }
+    for (i, w) in row.iter_mut().enumerate() {
+        *w *= scale;
+        if let Some(m) = mask {
+            *w += m[i];
+        }
+    }
+    let mut max = f32::NEG_INFINITY;
+    for &w in row.iter() {
+        max = max.max(w);
+    }
+    let n16 = nc & !15;
+    let mut sum = 0f64;
+    let full = n.min(n16);
+    let mut i = 0;
+    while i < full {
+        let end = (i + 16).min(full);
+        let mut lanes = [0f32; 16];
+        exp_chunk(simd, &row[i..end], max, &mut lanes[..end - i]);
+        row[i..end].copy_from_slice(&lanes[..end - i]);
+        sum += super::dot::reduce16(&lanes) as f64;
+        i += 16;
+    }
+    for w in row[full..].iter_mut() {
+        let e = (*w - max).exp();
+        sum += e as f64;
+        *w = e;
+    }
+    let inv = (1.0 / sum) as f32;
+    for w in row.iter_mut() {
+        *w *= inv;
+    }
+}
+
+#[inline]
+fn exp_chunk(simd: Simd, x: &[f32], max: f32, out: &mut [f32]) {
+    match simd.clamp() {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 | Simd::Avx512 => unsafe { exp_chunk_fma(x, max, out) },
+        _ => exp_chunk_generic(x, max, out),
+    }
+}
+
+#[inline(always)]
+fn exp_chunk_generic(x: &[f32], max: f32, out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = v_expf(v - max);
+    }
+}
+
+/// The same code with FMA instructions instead of libm `fmaf` calls (identical results).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn exp_chunk_fma(x: &[f32], max: f32, out: &mut [f32]) {
+    exp_chunk_generic(x, max, out)
+}
+
+/// [`silu_row`] with FMA instructions where the CPU has them (identical results).
+pub fn silu_row_fast(x: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if Simd::current() >= Simd::Avx2 {
+        #[target_feature(enable = "fma")]
+        unsafe fn f(x: &[f32], out: &mut [f32]) {
+            silu_row(x, out)
+        }
+        // SAFETY: Avx2 implies FMA.
+        return unsafe { f(x, out) };
+    }
+    silu_row(x, out)
+}

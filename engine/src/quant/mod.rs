@@ -1,0 +1,41 @@
+//! Weight and activation formats the engine reads, mirroring bitnet.cpp bit for bit.
+//!
+//! - [`i2s`]: bitnet.cpp's I2_S ternary weights (GGUF type 36) and the int8 activation
+//!   quantizer that goes with them (`quantize_row_i8_s`).
+//! - [`tq1`], [`tq2`]: ggml's TQ1_0 / TQ2_0 ternary blocks (types 34 / 35).
+//! - [`q8k`]: ggml's Q8_K activation blocks, the `vec_dot_type` of TQ1_0 and TQ2_0.
+//!
+//! All functions take raw little-endian byte slices straight from the mmap (unaligned).
+
+// Loops index like the C they mirror; `is_multiple_of` needs Rust 1.87 (workspace: 1.85).
+#![allow(
+    clippy::needless_range_loop,
+    clippy::manual_is_multiple_of,
+    clippy::manual_div_ceil
+)]
+
+pub mod i2s;
+pub mod q8k;
+pub mod tq1;
+pub mod tq2;
+
+/// ggml's `nearest_int(fval)` (ggml-quants.c): `fval + 12582912.f` (1.5·2²³), then the low
+/// mantissa bits — a round-half-to-even of `fval` for |fval| ≤ 4194303.
+///
+/// Callers pass the product already rounded to f32 (`nearest_int(x * s)`, as the C
+/// writes it). The oracle is built by clang, whose default `-ffp-contract=on` only fuses
+/// within one source expression; the product is `nearest_int`'s argument, so it is rounded
+/// before the add (checked in the oracle's object: `quantize_row_i8_s` and
+/// `quantize_row_q8_K_ref` emit `vmulps`/`vmulss` then `vaddps`/`vaddss`, no `vfmadd`). A
+/// GCC build (`-ffp-contract=fast`) would fuse them and round the exact product instead.
+#[inline(always)]
+pub fn nearest_int(fval: f32) -> i32 {
+    let val = fval + 12582912.0f32;
+    ((val.to_bits() & 0x007f_ffff) as i32) - 0x0040_0000
+}
+
+/// f16 (raw little-endian bits) at element `i` of `bytes`, as f32.
+#[inline(always)]
+pub(crate) fn f16_at(bytes: &[u8], i: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])).to_f32()
+}

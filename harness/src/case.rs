@@ -1,0 +1,529 @@
+//! Case files: `cases/**/*.toml`, one behaviour per file. The schema is documented with a
+//! commented example in `cases/README.md`; this module is its single parser.
+//!
+//! A file that does not parse becomes a [`CaseError`] carrying `file:line:col` and the fix,
+//! which the test binary turns into one failing trial while every other file still runs.
+
+use crate::probes::ModelSpec;
+use crate::tolerance::{StageTolerance, ToleranceOverrides};
+use probe::Stage;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// A parsed case file.
+#[derive(Clone, Debug)]
+pub struct Case {
+    /// Path relative to the cases root without `.toml` (`smoke/tiny-i2s`): the name used in
+    /// trial names and snapshot suffixes.
+    pub id: String,
+    pub file: PathBuf,
+    pub description: String,
+    pub model: ModelSpec,
+    /// Why this case's model is unavailable (path absent): its trials are ignored with this.
+    pub unavailable: Option<String>,
+    pub threads: usize,
+    pub tokenizer: String,
+    pub fault: Option<String>,
+    pub prompts: Vec<Prompt>,
+    /// Compare engine with oracle (stage, logits, decode trials); off for cases that only
+    /// run metamorphic or tokenizer checks.
+    pub compare: bool,
+    pub stages: Vec<Stage>,
+    pub layers: Option<Vec<u32>>,
+    pub tolerance: ToleranceOverrides,
+    pub tokenize: Option<TokenizeSpec>,
+    pub metamorphic: Metamorphic,
+    pub snapshot: bool,
+    /// For gallery cases: the harness must fail, first at this stage.
+    pub expect: Option<Expect>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Prompt {
+    pub id: String,
+    pub text: String,
+    pub add_bos: bool,
+    pub parse_special: bool,
+    pub chat: bool,
+    /// Greedy decode steps compared through the KV cache (0 = none).
+    pub decode: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct TokenizeSpec {
+    pub inputs: Vec<String>,
+    /// Which parse_special settings each input is tokenized with.
+    pub parse_special: Vec<bool>,
+    pub add_bos: bool,
+    /// Compare with the trained tokenizer (tiktoken over the Llama-3 ranks) too.
+    pub truth: bool,
+    pub round_trip: bool,
+    pub known_deviations: Vec<KnownDeviation>,
+    /// Inputs whose ids are pinned (llama.cpp's own test vectors): every probe must give them.
+    pub expected: Vec<ExpectedIds>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedIds {
+    pub input: String,
+    pub ids: Vec<u32>,
+}
+
+/// A recorded, expected difference from the trained tokenizer. The trial still runs and
+/// fails the moment the deviation disappears or changes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnownDeviation {
+    /// `oracle` or `engine`.
+    pub probe: String,
+    pub input: String,
+    #[serde(default)]
+    pub parse_special: Option<bool>,
+    /// The deviating ids as recorded; when given, a change in them fails the trial too.
+    #[serde(default)]
+    pub ids: Option<Vec<u32>>,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Metamorphic {
+    /// A prefix's logits equal the same positions of the longer prompt.
+    pub causality: bool,
+    /// Prefill of the whole prompt vs one token at a time through the KV cache.
+    pub prefill_vs_decode: bool,
+    /// Two runs give the same bits.
+    pub determinism: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// The first divergence the harness must name, e.g. `blk.0.attn_q`, `tokenize`.
+    pub first_divergence: String,
+    /// Prompt position or decode step where it must show (`prompt` or `decode`).
+    #[serde(default)]
+    pub phase: Option<String>,
+}
+
+/// A case file that cannot be used, with the place and the fix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CaseError {
+    pub id: String,
+    pub file: PathBuf,
+    pub message: String,
+}
+
+impl std::fmt::Display for CaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.message)
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// The TOML shape.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCase {
+    #[serde(default)]
+    description: String,
+    model: RawModel,
+    #[serde(default)]
+    threads: Option<usize>,
+    #[serde(default)]
+    tokenizer: Option<String>,
+    #[serde(default)]
+    fault: Option<String>,
+    #[serde(default)]
+    prompts: Vec<RawPrompt>,
+    #[serde(default)]
+    compare: Option<RawCompare>,
+    #[serde(default)]
+    tolerance: Option<toml::Spanned<ToleranceOverrides>>,
+    #[serde(default)]
+    tokenize: Option<RawTokenize>,
+    #[serde(default)]
+    metamorphic: Option<RawMetamorphic>,
+    #[serde(default = "yes")]
+    snapshot: bool,
+    #[serde(default)]
+    expect: Option<Expect>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    preset: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    seed: Option<u64>,
+    path: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrompt {
+    id: String,
+    #[serde(default)]
+    text: Option<String>,
+    /// Instead of text: the text repeated to at least this many characters (long prompts).
+    #[serde(default)]
+    repeat_to: Option<usize>,
+    #[serde(default = "yes")]
+    add_bos: bool,
+    #[serde(default)]
+    parse_special: bool,
+    #[serde(default)]
+    chat: bool,
+    #[serde(default)]
+    decode: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompare {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    stages: Option<Vec<toml::Spanned<String>>>,
+    #[serde(default)]
+    layers: Option<Vec<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokenize {
+    #[serde(default)]
+    inputs: Vec<String>,
+    /// A JSON array of strings, relative to the case file.
+    #[serde(default)]
+    inputs_file: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    parse_special: Option<Vec<bool>>,
+    #[serde(default = "yes")]
+    add_bos: bool,
+    #[serde(default)]
+    truth: bool,
+    #[serde(default = "yes")]
+    round_trip: bool,
+    #[serde(default)]
+    known_deviation: Vec<KnownDeviation>,
+    #[serde(default)]
+    expected: Vec<ExpectedIds>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetamorphic {
+    #[serde(default)]
+    causality: bool,
+    #[serde(default)]
+    prefill_vs_decode: bool,
+    #[serde(default)]
+    determinism: bool,
+}
+
+/// `line:col` (1-based) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.chars().count(), |i| before[i + 1..].chars().count()) + 1;
+    (line, col)
+}
+
+/// Parses one case file. `root` is the cases folder (for the id).
+pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
+    let id = case_id(file, root);
+    let err = |message: String| CaseError { id: id.clone(), file: file.to_path_buf(), message };
+    let text = std::fs::read_to_string(file).map_err(|e| err(format!("{}: cannot read: {e}", file.display())))?;
+    let at = |span: std::ops::Range<usize>| {
+        let (l, c) = line_col(&text, span.start);
+        format!("{}:{l}:{c}", file.display())
+    };
+    let raw: RawCase = toml::from_str(&text).map_err(|e| {
+        let place = e.span().map_or_else(|| file.display().to_string(), |s| at(s));
+        err(format!("{place}: {}\nfix: see the schema and commented example in cases/README.md", e.message().trim()))
+    })?;
+
+    // Model: exactly one of preset / path.
+    let (model, unavailable) = match (&raw.model.preset, &raw.model.path) {
+        (Some(p), None) => {
+            if engine::forge::preset(p.get_ref()).is_err() {
+                let names: Vec<_> = engine::forge::presets().iter().map(|p| p.name).collect();
+                return Err(err(format!(
+                    "{}: unknown preset '{}'\nfix: use one of {} (`bitprobe forge --list`)",
+                    at(p.span()),
+                    p.get_ref(),
+                    names.join(", ")
+                )));
+            }
+            (ModelSpec::Preset { name: p.get_ref().clone(), seed: raw.model.seed.unwrap_or(1) }, None)
+        }
+        (None, Some(path)) => {
+            let p = expand_path(path, file);
+            let why = (!p.exists()).then(|| format!("model file {} is absent", p.display()));
+            (ModelSpec::Path(p), why)
+        }
+        _ => {
+            return Err(err(format!(
+                "{}: [model] needs exactly one of `preset = \"NAME\"` or `path = \"FILE\"`\nfix: see cases/README.md",
+                file.display()
+            )))
+        }
+    };
+
+    let mut prompts = Vec::new();
+    for p in raw.prompts {
+        let text = match (p.text, p.repeat_to) {
+            (Some(t), None) => t,
+            (Some(t), Some(n)) if !t.is_empty() => t.repeat(n.div_ceil(t.len())),
+            _ => return Err(err(format!("{}: prompt '{}' needs a non-empty `text`", file.display(), p.id))),
+        };
+        if prompts.iter().any(|q: &Prompt| q.id == p.id) {
+            return Err(err(format!("{}: two prompts are named '{}'; ids must be unique", file.display(), p.id)));
+        }
+        prompts.push(Prompt {
+            id: p.id,
+            text,
+            add_bos: p.add_bos,
+            parse_special: p.parse_special,
+            chat: p.chat,
+            decode: p.decode,
+        });
+    }
+
+    let (mut stages, mut layers, mut compare) = (Stage::ALL.to_vec(), None, true);
+    if let Some(c) = raw.compare {
+        compare = c.enabled;
+        if let Some(names) = c.stages {
+            stages = Vec::new();
+            for n in names {
+                if n.get_ref() == "all" {
+                    stages.extend(Stage::ALL);
+                    continue;
+                }
+                match Stage::from_name(n.get_ref()) {
+                    Some(s) => stages.push(s),
+                    None => {
+                        return Err(err(format!(
+                            "{}: unknown stage '{}'\nfix: use \"all\" or any of {}",
+                            at(n.span()),
+                            n.get_ref(),
+                            Stage::valid_names()
+                        )))
+                    }
+                }
+            }
+            stages.sort_by_key(|s| s.order());
+            stages.dedup();
+        }
+        layers = c.layers;
+    }
+
+    let tolerance = match raw.tolerance {
+        Some(t) => {
+            let span = t.span();
+            let t = t.into_inner();
+            if let Err(m) = t.validate() {
+                return Err(err(format!("{}: {m}\nfix: see the tolerance table in cases/README.md", at(span))));
+            }
+            t
+        }
+        None => ToleranceOverrides::default(),
+    };
+
+    let tokenize = match raw.tokenize {
+        None => None,
+        Some(t) => {
+            let mut inputs = t.inputs;
+            if let Some(f) = t.inputs_file {
+                let path = file.parent().unwrap_or(Path::new(".")).join(f.get_ref());
+                let data = std::fs::read_to_string(&path)
+                    .map_err(|e| err(format!("{}: inputs_file {}: {e}", at(f.span()), path.display())))?;
+                let more: Vec<String> = serde_json::from_str(&data).map_err(|e| {
+                    err(format!("{}: inputs_file {} is not a JSON array of strings: {e}", at(f.span()), path.display()))
+                })?;
+                inputs.extend(more);
+            }
+            for x in &t.expected {
+                if !inputs.contains(&x.input) {
+                    inputs.push(x.input.clone());
+                }
+            }
+            for d in &t.known_deviation {
+                if d.probe != "oracle" && d.probe != "engine" {
+                    return Err(err(format!(
+                        "{}: known_deviation for input {:?}: probe must be \"oracle\" or \"engine\", not {:?}",
+                        file.display(),
+                        d.input,
+                        d.probe
+                    )));
+                }
+                if !inputs.contains(&d.input) {
+                    return Err(err(format!(
+                        "{}: known_deviation names input {:?}, which is not among this case's inputs",
+                        file.display(),
+                        d.input
+                    )));
+                }
+            }
+            Some(TokenizeSpec {
+                inputs,
+                parse_special: t.parse_special.unwrap_or_else(|| vec![false, true]),
+                add_bos: t.add_bos,
+                truth: t.truth,
+                round_trip: t.round_trip,
+                known_deviations: t.known_deviation,
+                expected: t.expected,
+            })
+        }
+    };
+
+    let metamorphic = raw
+        .metamorphic
+        .map(|m| Metamorphic { causality: m.causality, prefill_vs_decode: m.prefill_vs_decode, determinism: m.determinism })
+        .unwrap_or_default();
+
+    Ok(Case {
+        id,
+        file: file.to_path_buf(),
+        description: raw.description,
+        model,
+        unavailable,
+        threads: raw.threads.unwrap_or(1),
+        tokenizer: raw.tokenizer.unwrap_or_else(|| "gguf".into()),
+        fault: raw.fault,
+        prompts,
+        compare,
+        stages,
+        layers,
+        tolerance,
+        tokenize,
+        metamorphic,
+        snapshot: raw.snapshot,
+        expect: raw.expect,
+    })
+}
+
+impl Case {
+    /// The tolerance for one stage of this case (defaults, then case overrides).
+    pub fn tolerance_for(&self, stage: Stage, weight_type: &str) -> StageTolerance {
+        self.tolerance.resolve(stage, weight_type)
+    }
+}
+
+/// `smoke/tiny-i2s` for `<root>/smoke/tiny-i2s.toml`.
+pub fn case_id(file: &Path, root: &Path) -> String {
+    let rel = file.strip_prefix(root).unwrap_or(file);
+    rel.with_extension("").to_string_lossy().replace('\\', "/")
+}
+
+/// Expands `~` and `$VAR`/`${VAR}` and resolves relative paths against the case file.
+fn expand_path(path: &str, case_file: &Path) -> PathBuf {
+    let mut out = String::new();
+    let mut rest = path;
+    if let Some(r) = rest.strip_prefix("~/") {
+        out.push_str(&std::env::var("HOME").unwrap_or_default());
+        out.push('/');
+        rest = r;
+    }
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '$' {
+            out.push(c);
+            continue;
+        }
+        let braced = chars.peek() == Some(&'{');
+        if braced {
+            chars.next();
+        }
+        let mut name = String::new();
+        while let Some(&c) = chars.peek() {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                name.push(c);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        if braced && chars.peek() == Some(&'}') {
+            chars.next();
+        }
+        out.push_str(&std::env::var(&name).unwrap_or_default());
+    }
+    let p = PathBuf::from(out);
+    if p.is_absolute() {
+        p
+    } else {
+        case_file.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+/// Every `*.toml` under `root` except README-like files, sorted.
+pub fn discover(root: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "toml") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, &mut out);
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn errors_carry_line_col_and_fix() {
+        let dir = std::env::temp_dir().join(format!("bitprobe-case-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = write(&dir, "bad.toml", "model = { preset = \"tiny-i2s\" }\n\n[compare]\nstagez = [1]\n");
+        let e = load(&f, &dir).unwrap_err();
+        assert!(e.message.contains("bad.toml:4:1"), "{}", e.message);
+        assert!(e.message.contains("stagez"), "{}", e.message);
+        assert!(e.message.contains("fix:"), "{}", e.message);
+
+        let f = write(&dir, "stage.toml", "model = { preset = \"tiny-i2s\" }\n[compare]\nstages = [\"attn_qq\"]\n");
+        let e = load(&f, &dir).unwrap_err();
+        assert!(e.message.contains("stage.toml:3:11") && e.message.contains("attn_q,"), "{}", e.message);
+
+        let f = write(&dir, "preset.toml", "model = { preset = \"tiny-nope\" }\n");
+        let e = load(&f, &dir).unwrap_err();
+        assert!(e.message.contains("preset.toml:1:20") && e.message.contains("tiny-i2s"), "{}", e.message);
+
+        let f = write(&dir, "type.toml", "model = { preset = \"tiny-i2s\" }\nthreads = \"two\"\n");
+        let e = load(&f, &dir).unwrap_err();
+        assert!(e.message.contains("type.toml:2:11"), "{}", e.message);
+
+        let f = write(&dir, "absent.toml", "model = { path = \"/nonexistent/m.gguf\" }\n");
+        let c = load(&f, &dir).unwrap();
+        assert!(c.unavailable.unwrap().contains("/nonexistent/m.gguf"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn path_expansion() {
+        std::env::set_var("BITPROBE_TEST_DIR", "/models");
+        assert_eq!(expand_path("$BITPROBE_TEST_DIR/x.gguf", Path::new("/c/a.toml")), PathBuf::from("/models/x.gguf"));
+        assert_eq!(expand_path("rel.gguf", Path::new("/c/a.toml")), PathBuf::from("/c/rel.gguf"));
+    }
+}

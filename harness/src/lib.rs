@@ -1,0 +1,11 @@
+//! The harness: comparisons, case files, trials and reports shared by the `bitprobe` CLI and
+//! the `cases` test binary (`harness/tests/cases.rs`).
+
+pub mod case;
+pub mod compare;
+pub mod diff;
+pub mod probes;
+pub mod runs;
+pub mod snapshot;
+pub mod tolerance;
+pub mod trials;

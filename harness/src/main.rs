@@ -1,0 +1,374 @@
+//! `bitprobe`: compare a BitNet b1.58 engine with bitnet.cpp, stage by stage.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use harness::probes::{self, ModelSpec, ProbeKind};
+use probe::{GenerateRequest, Sampling};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "bitprobe",
+    version,
+    about = "Differential testing of BitNet b1.58 engines against bitnet.cpp",
+    long_about = "Differential testing of BitNet b1.58 engines against bitnet.cpp.\n\n\
+        bitprobe runs a model through its Rust engine and through bitnet.cpp (the oracle) and \
+        names the first token, layer and stage where they part. Models are GGUF files, or \
+        synthetic ones forged from a preset (`bitprobe forge --list`).\n\n\
+        Test suite: `cargo test` runs every case in cases/ (see cases/README.md)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a synthetic BitNet model (random but realistic ternary weights) as GGUF.
+    Forge(ForgeArgs),
+    /// Generate text with one probe, streaming tokens, and report prompt/decode speed.
+    Run(RunArgs),
+    /// Show the token ids and pieces a probe gives a text.
+    Tokenize(TokenizeArgs),
+    /// Run engine and oracle on one prompt; compare every stage; name the first divergence.
+    ///
+    /// Prints one row per (position, layer, stage) in evaluation order with NMSE, cosine,
+    /// max |Δ| and a pass/fail mark, then the first divergence and a logits summary.
+    /// Exit status: 0 within tolerance, 1 divergent, 2 usage or load error.
+    Diff(DiffArgs),
+    /// Serve the engine over the probe wire protocol on stdin/stdout (used by bench).
+    #[command(hide = true)]
+    ServeEngine,
+}
+
+/// A model: `--model FILE` or `--preset NAME [--seed N]`.
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// GGUF model file.
+    #[arg(long, short = 'm', conflicts_with = "preset")]
+    model: Option<PathBuf>,
+    /// Forge preset instead of a file (forged once, cached under target/).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Seed for --preset.
+    #[arg(long = "preset-seed", default_value_t = 1, requires = "preset")]
+    preset_seed: u64,
+}
+
+impl ModelArgs {
+    fn resolve(&self) -> Result<PathBuf> {
+        let spec = match (&self.model, &self.preset) {
+            (Some(p), _) => ModelSpec::Path(p.clone()),
+            (None, Some(name)) => ModelSpec::Preset { name: name.clone(), seed: self.preset_seed },
+            (None, None) => bail!("give a model: --model FILE or --preset NAME (see `bitprobe forge --list`)"),
+        };
+        spec.resolve().with_context(|| format!("model {spec}"))
+    }
+}
+
+#[derive(Args)]
+struct ForgeArgs {
+    /// Preset name (see --list).
+    #[arg(long, required_unless_present = "list")]
+    preset: Option<String>,
+    /// Output file.
+    #[arg(long, short = 'o', required_unless_present = "list")]
+    out: Option<PathBuf>,
+    /// RNG seed: the same preset and seed always give the same bytes.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// List the presets, one per line: name, then a description.
+    #[arg(long)]
+    list: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt text.
+    #[arg(long, short = 'p')]
+    prompt: String,
+    /// Tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 32)]
+    n: usize,
+    #[arg(long, value_enum, default_value_t = ProbeKind::Engine)]
+    probe: ProbeKind,
+    /// Compute threads (0 = all cores).
+    #[arg(long, short = 't', default_value_t = 0)]
+    threads: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temp: f32,
+    /// Keep the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    top_k: u32,
+    /// Keep the smallest set of tokens whose probability reaches p.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Wrap the prompt in the Llama-3 chat template (one BOS, specials parsed).
+    #[arg(long)]
+    chat: bool,
+    /// Engine tokenizer: gguf (as llama.cpp reads the file), truth (the trained Llama-3
+    /// tokenizer) or a tokenizer.json path.
+    #[arg(long, default_value = "gguf")]
+    tokenizer: String,
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Text to tokenize.
+    #[arg(long)]
+    text: String,
+    #[arg(long, value_enum, default_value_t = ProbeKind::Engine)]
+    probe: ProbeKind,
+    /// Do not add BOS.
+    #[arg(long)]
+    no_bos: bool,
+    /// Map special-token text (`<|eot_id|>`) to special ids.
+    #[arg(long)]
+    parse_special: bool,
+    /// Engine tokenizer: gguf, truth or a tokenizer.json path.
+    #[arg(long, default_value = "gguf")]
+    tokenizer: String,
+}
+
+#[derive(Args)]
+struct DiffArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt text.
+    #[arg(long, short = 'p')]
+    prompt: String,
+    /// Greedy decode steps compared after the prompt (teacher-forced with the oracle's tokens).
+    #[arg(long, default_value_t = 0)]
+    decode: usize,
+    /// Stages to compare (comma-separated names, default all): e.g. attn_q,ffn_down.
+    #[arg(long, value_delimiter = ',')]
+    stages: Vec<String>,
+    /// Layers to compare (comma-separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    layers: Vec<u32>,
+    /// Do not add BOS.
+    #[arg(long)]
+    no_bos: bool,
+    /// Map special-token text to special ids.
+    #[arg(long)]
+    parse_special: bool,
+    /// Wrap the prompt in the Llama-3 chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Compute threads for both probes.
+    #[arg(long, short = 't', default_value_t = 2)]
+    threads: usize,
+    /// Engine tokenizer: gguf, truth or a tokenizer.json path.
+    #[arg(long, default_value = "gguf")]
+    tokenizer: String,
+    /// Switch on one engine fault from the known-bug gallery (needs the `faults` feature).
+    #[arg(long)]
+    inject_fault: Option<String>,
+    /// Print only the failing rows (and the first divergence).
+    #[arg(long)]
+    failures: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Forge(a) => forge(a),
+        Command::Run(a) => run(a),
+        Command::Tokenize(a) => tokenize(a),
+        Command::Diff(a) => diff(a),
+        Command::ServeEngine => serve_engine(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn forge(a: ForgeArgs) -> Result<ExitCode> {
+    if a.list {
+        for p in engine::forge::presets() {
+            println!("{:<24} {}", p.name, p.description);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (name, out) = (a.preset.expect("clap requires it"), a.out.expect("clap requires it"));
+    let preset = engine::forge::preset(&name)?;
+    let t = std::time::Instant::now();
+    engine::forge::forge_to(preset, a.seed, &out).with_context(|| format!("forging {name} into {}", out.display()))?;
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    eprintln!("forged {name} (seed {}) → {} ({:.1} MB in {:.1?})", a.seed, out.display(), size as f64 / 1e6, t.elapsed());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn engine_options(tokenizer: &str) -> Vec<(&str, &str)> {
+    vec![("tokenizer", tokenizer)]
+}
+
+fn run(a: RunArgs) -> Result<ExitCode> {
+    let path = a.model.resolve()?;
+    let opts = if a.probe == ProbeKind::Engine { engine_options(&a.tokenizer) } else { vec![] };
+    let mut p = probes::open(a.probe, &path, a.threads, &opts)?;
+    let prompt = if a.chat {
+        let text = engine::tokenizer::llama3_chat(&[("user", a.prompt.as_str())], true);
+        p.tokenize(&text, false, true)?
+    } else {
+        p.tokenize(&a.prompt, true, false)?
+    };
+    let info = p.info().clone();
+    eprintln!("{} · {} · {} threads", info.implementation, path.display(), info.threads);
+    eprintln!("prompt: {} tokens {:?}", prompt.len(), prompt);
+    let sampling = if a.temp > 0.0 {
+        Sampling::Seeded { temperature: a.temp, top_k: a.top_k, top_p: a.top_p, seed: a.seed }
+    } else {
+        Sampling::Greedy
+    };
+    let mut req = GenerateRequest::greedy(prompt.clone(), a.n);
+    req.sampling = sampling;
+    req.stop_at_eos = true;
+    // Every piece up front (≈1 MB for a 128k vocab), so tokens print as they are chosen.
+    let all: Vec<u32> = (0..info.n_vocab).collect();
+    let table = p.pieces(&all)?;
+    let mut stdout = std::io::stdout();
+    let g = {
+        let mut on_token = |t: u32| {
+            let _ = stdout.write_all(table.get(t as usize).map_or(&[][..], |v| v.as_slice()));
+            let _ = stdout.flush();
+        };
+        p.generate_with(&req, &mut on_token)?
+    };
+    writeln!(stdout)?;
+    eprintln!("generated: {:?}", g.tokens);
+    eprintln!(
+        "prompt: {:.1} tok/s ({} tokens in {:.3} s) · decode: {:.1} tok/s ({} steps in {:.3} s)",
+        prompt.len() as f64 / g.prefill_seconds.max(1e-9),
+        prompt.len(),
+        g.prefill_seconds,
+        g.steps.len() as f64 / g.decode_seconds.max(1e-9),
+        g.steps.len(),
+        g.decode_seconds
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tokenize(a: TokenizeArgs) -> Result<ExitCode> {
+    let path = a.model.resolve()?;
+    let opts = if a.probe == ProbeKind::Engine { engine_options(&a.tokenizer) } else { vec![] };
+    let mut p = probes::open(a.probe, &path, 1, &opts)?;
+    let ids = p.tokenize(&a.text, !a.no_bos, a.parse_special)?;
+    let pieces = p.pieces(&ids)?;
+    println!("{} tokens", ids.len());
+    for (id, piece) in ids.iter().zip(pieces) {
+        println!("{id:>8}  {:?}", String::from_utf8_lossy(&piece));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve_engine() -> Result<ExitCode> {
+    probe::wire::serve(|req| engine::EngineProbe::open(req), std::io::stdin().lock(), std::io::stdout().lock())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn diff(a: DiffArgs) -> Result<ExitCode> {
+    use harness::diff::{fmt_metric, run_diff, DiffRequest};
+    let path = a.model.resolve()?;
+    let mut stages = Vec::new();
+    for n in &a.stages {
+        match probe::Stage::from_name(n) {
+            Some(s) => stages.push(s),
+            None => bail!("unknown stage '{n}' (valid: {})", probe::Stage::valid_names()),
+        }
+    }
+    if stages.is_empty() {
+        stages = probe::Stage::ALL.to_vec();
+    }
+    let mut opts = engine_options(&a.tokenizer);
+    if let Some(f) = &a.inject_fault {
+        opts.push(("fault", f.as_str()));
+    }
+    let mut e = probes::open(ProbeKind::Engine, &path, a.threads, &opts)?;
+    let mut o = probes::open(ProbeKind::Oracle, &path, a.threads, &[])?;
+    let req = DiffRequest {
+        text: a.prompt.clone(),
+        add_bos: !a.no_bos,
+        parse_special: a.parse_special,
+        chat: a.chat,
+        decode: a.decode,
+        stages,
+        layers: (!a.layers.is_empty()).then(|| a.layers.clone()),
+    };
+    let tol = harness::tolerance::ToleranceOverrides::default();
+    let r = run_diff(e.as_mut(), o.as_mut(), &req, &tol)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(if r.pass() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
+    println!("model     {}", path.display());
+    println!("tokens    engine {:?}", r.engine_tokens);
+    println!("          oracle {:?}", r.oracle_tokens);
+    println!("weights   {}", r.weight_type);
+    println!();
+    println!("{:<12} {:>4}  {:<22} {:>10} {:>10} {:>10}  {}", "phase", "pos", "stage", "nmse", "cosine", "max|Δ|", "");
+    for row in &r.rows {
+        if a.failures && row.pass {
+            continue;
+        }
+        let (nmse, cos, max) = match &row.metrics {
+            Some(m) => (fmt_metric(m.nmse), format!("{:.6}", m.cosine), fmt_metric(m.max_abs)),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        let mark = match (&row.metrics, row.pass) {
+            (Some(m), true) if m.bit_exact => "ok (bit-exact)".to_string(),
+            (_, true) => "ok".to_string(),
+            (_, false) => format!("FAIL (limit {:.0e}){}", row.nmse_limit, row.note.as_ref().map(|n| format!(": {n}")).unwrap_or_default()),
+        };
+        println!("{:<12} {:>4}  {:<22} {:>10} {:>10} {:>10}  {mark}", row.phase.to_string(), row.position, row.stage.to_string(), nmse, cos, max);
+    }
+    println!();
+    let agree = r.logits.iter().filter(|l| l.metrics.top1_agree()).count();
+    let worst_kl = r.logits.iter().map(|l| l.metrics.kl).fold(0.0, f64::max);
+    println!("logits    top-1 agree at {agree}/{} positions, worst KL {}", r.logits.len(), fmt_metric(worst_kl));
+    for l in r.logits.iter().filter(|l| !l.pass) {
+        println!("          {} pos {}: {}", l.phase, l.position, l.note.as_deref().unwrap_or("outside tolerance"));
+    }
+    if !r.oracle_greedy.is_empty() {
+        println!("greedy    oracle {:?}", r.oracle_greedy);
+        println!("          engine {:?}", r.engine_greedy);
+    }
+    match &r.first_divergence {
+        None => {
+            println!("verdict   PASS: engine and oracle agree within tolerance");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(d) => {
+            println!("verdict   FIRST DIVERGENCE: {d}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

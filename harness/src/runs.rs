@@ -1,0 +1,190 @@
+//! Shared, lazily computed work for the trials of one test run.
+//!
+//! Many trials read the same computation: every `stage::` trial of a prompt reads one diff.
+//! Each (case, prompt) is computed once, on first demand, by whichever trial thread asks
+//! first; the rest wait for it. Probes are pooled per (model, threads, options) and handed
+//! out one trial at a time, so two threads never share a probe.
+
+use crate::case::{Case, Prompt};
+use crate::diff::{run_diff, DiffReport, DiffRequest};
+use crate::probes::{self, ProbeKind};
+use probe::Probe;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub type SharedProbe = Box<dyn Probe + Send>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ProbeKey {
+    kind: ProbeKind,
+    model: PathBuf,
+    threads: usize,
+    options: Vec<(String, String)>,
+}
+
+/// Probes ready for reuse.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<ProbeKey, Vec<SharedProbe>>>,
+}
+
+/// A probe checked out of the pool; returned when dropped.
+pub struct Lease<'p> {
+    pool: &'p Pool,
+    key: ProbeKey,
+    probe: Option<SharedProbe>,
+}
+
+impl std::ops::Deref for Lease<'_> {
+    type Target = SharedProbe;
+    fn deref(&self) -> &SharedProbe {
+        self.probe.as_ref().expect("leased")
+    }
+}
+impl std::ops::DerefMut for Lease<'_> {
+    fn deref_mut(&mut self) -> &mut SharedProbe {
+        self.probe.as_mut().expect("leased")
+    }
+}
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.probe.take() {
+            let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.entry(self.key.clone()).or_default().push(p);
+        }
+    }
+}
+
+impl Pool {
+    pub fn lease(&self, kind: ProbeKind, model: &Path, threads: usize, options: &[(&str, &str)]) -> Result<Lease<'_>, String> {
+        let key = ProbeKey {
+            kind,
+            model: model.to_path_buf(),
+            threads,
+            options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key).and_then(Vec::pop);
+        let probe = match idle {
+            Some(p) => p,
+            None => open_send(kind, model, threads, options)?,
+        };
+        Ok(Lease { pool: self, key, probe: Some(probe) })
+    }
+}
+
+fn open_send(kind: ProbeKind, model: &Path, threads: usize, options: &[(&str, &str)]) -> Result<SharedProbe, String> {
+    let mut req = probe::OpenRequest::new(model).threads(threads);
+    for (k, v) in options {
+        req = req.option(k, v);
+    }
+    let r: Result<SharedProbe, String> = match kind {
+        ProbeKind::Engine => engine::EngineProbe::open(&req).map(|p| Box::new(p) as SharedProbe).map_err(|e| e.to_string()),
+        ProbeKind::Oracle => {
+            let bin = probes::oracle_binary().map_err(|e| e.to_string())?;
+            probe::wire::RemoteProbe::spawn("bitnet.cpp oracle", bin, &[], req)
+                .map(|p| Box::new(p) as SharedProbe)
+                .map_err(|e| e.to_string())
+        }
+    };
+    r.map_err(|e| format!("cannot open {kind} on {}: {e}", model.display()))
+}
+
+type Cell<T> = Arc<OnceLock<Result<Arc<T>, String>>>;
+
+/// Everything one test run shares.
+#[derive(Default)]
+pub struct Runs {
+    pub pool: Pool,
+    models: Mutex<HashMap<String, Cell<PathBuf>>>,
+    diffs: Mutex<HashMap<(String, String), Cell<DiffReport>>>,
+    engine_runs: Mutex<HashMap<(String, String), Cell<EngineRun>>>,
+}
+
+/// The engine alone on one prompt: what engine-only snapshots record.
+pub struct EngineRun {
+    pub tokens: Vec<probe::Token>,
+    pub forward: probe::Forward,
+    /// Greedy tokens through the KV cache (`decode + 1` of them), when the prompt decodes.
+    pub greedy: Vec<probe::Token>,
+}
+
+fn cell<K: std::hash::Hash + Eq + Clone, T>(map: &Mutex<HashMap<K, Cell<T>>>, key: &K) -> Cell<T> {
+    map.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone()
+}
+
+impl Runs {
+    /// The case's model file (forged once per preset and seed).
+    pub fn model(&self, case: &Case) -> Result<Arc<PathBuf>, String> {
+        let c = cell(&self.models, &case.model.to_string());
+        c.get_or_init(|| {
+            if let Some(why) = &case.unavailable {
+                return Err(why.clone());
+            }
+            case.model.resolve().map(Arc::new).map_err(|e| e.to_string())
+        })
+        .clone()
+    }
+
+    pub fn engine_options(case: &Case) -> Vec<(&str, &str)> {
+        let mut o = vec![("tokenizer", case.tokenizer.as_str())];
+        if let Some(f) = &case.fault {
+            o.push(("fault", f.as_str()));
+        }
+        o
+    }
+
+    pub fn lease(&self, case: &Case, kind: ProbeKind) -> Result<Lease<'_>, String> {
+        let model = self.model(case)?;
+        let opts = if kind == ProbeKind::Engine { Self::engine_options(case) } else { Vec::new() };
+        self.pool.lease(kind, &model, case.threads, &opts)
+    }
+
+    /// The engine alone on one prompt, computed once.
+    pub fn engine_run(&self, case: &Case, prompt: &Prompt) -> Result<Arc<EngineRun>, String> {
+        let c = cell(&self.engine_runs, &(case.id.clone(), prompt.id.clone()));
+        c.get_or_init(|| {
+            let mut e = self.lease(case, ProbeKind::Engine)?;
+            let tokens = tokenize_prompt(e.as_mut(), prompt).map_err(|e| e.to_string())?;
+            let capture = probe::Capture { stages: case.stages.clone(), layers: case.layers.clone(), positions: None };
+            let forward = e.forward(&tokens, &capture).map_err(|e| e.to_string())?;
+            let greedy = if prompt.decode > 0 {
+                e.generate(&probe::GenerateRequest::greedy(tokens.clone(), prompt.decode + 1)).map_err(|e| e.to_string())?.tokens
+            } else {
+                Vec::new()
+            };
+            Ok(Arc::new(EngineRun { tokens, forward, greedy }))
+        })
+        .clone()
+    }
+
+    /// The engine-vs-oracle diff of one prompt, computed once.
+    pub fn diff(&self, case: &Case, prompt: &Prompt) -> Result<Arc<DiffReport>, String> {
+        let c = cell(&self.diffs, &(case.id.clone(), prompt.id.clone()));
+        c.get_or_init(|| {
+            let mut e = self.lease(case, ProbeKind::Engine)?;
+            let mut o = self.lease(case, ProbeKind::Oracle)?;
+            let req = DiffRequest {
+                text: prompt.text.clone(),
+                add_bos: prompt.add_bos,
+                parse_special: prompt.parse_special,
+                chat: prompt.chat,
+                decode: prompt.decode,
+                stages: case.stages.clone(),
+                layers: case.layers.clone(),
+            };
+            run_diff(e.as_mut(), o.as_mut(), &req, &case.tolerance).map(Arc::new).map_err(|e| e.to_string())
+        })
+        .clone()
+    }
+}
+
+/// A prompt's tokens as a probe gives them (the chat template adds its own BOS).
+pub fn tokenize_prompt(p: &mut dyn Probe, prompt: &Prompt) -> probe::Result<Vec<probe::Token>> {
+    if prompt.chat {
+        let text = engine::tokenizer::llama3_chat(&[("user", prompt.text.as_str())], true);
+        p.tokenize(&text, false, true)
+    } else {
+        p.tokenize(&prompt.text, prompt.add_bos, prompt.parse_special)
+    }
+}

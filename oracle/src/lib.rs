@@ -1,0 +1,320 @@
+//! An implementation of `Probe` for bitnet.cpp: the vendored reference (`oracle/vendor/bitnet`,
+//! or `$BITNET_CPP_DIR`), patched by `oracle/patches/` and built by `build.rs`.
+//!
+//! [`OracleProbe`] runs a model in-process through `llama.h`; [`serve_stdio`] puts it behind
+//! the `probe::wire` protocol for the `bitprobe-oracle` binary, which is how the harness uses
+//! it (a GGML_ASSERT then kills a child process, not the harness).
+//!
+//! Only this crate has unsafe FFI. Every C++ failure is translated into a `probe::Error` here,
+//! carrying bitnet.cpp's own log lines where it printed any. Inputs bitnet.cpp would assert on
+//! (token ids outside the vocabulary, empty or over-long prompts) are refused before the call.
+
+pub mod ffi;
+mod oracle_probe;
+mod tap;
+
+pub use oracle_probe::OracleProbe;
+
+use probe::{Error, Result};
+use std::collections::{BTreeMap, VecDeque};
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::path::Path;
+use std::process::ExitCode;
+use std::ptr::NonNull;
+use std::sync::{Mutex, Once};
+
+/// Serves the `probe::wire` protocol on stdin/stdout with [`OracleProbe`]s.
+///
+/// stdout is the protocol channel, so nothing else may write to it. bitnet.cpp's log goes
+/// through our logger (captured; echoed to stderr with `BITPROBE_ORACLE_LOG=1`), but C code
+/// can still write to file descriptor 1: on a GGML_ASSERT, `ggml_abort` prints the assert line
+/// to stderr and then forks `gdb --batch … bt`, whose output goes to the inherited stdout. So
+/// the protocol gets a private duplicate of fd 1 and fd 1 itself is pointed at `/dev/null`
+/// (at stderr with `BITPROBE_ORACLE_LOG=1`, for the gdb backtrace — which then pushes the
+/// assert line out of the client's 30-line stderr tail, hence not the default).
+pub fn serve_stdio() -> ExitCode {
+    let out = match protocol_stdout() {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("bitprobe-oracle: cannot set up stdout: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match probe::wire::serve(OracleProbe::open, std::io::stdin().lock(), out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bitprobe-oracle: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A private (close-on-exec) duplicate of fd 1 for the protocol; fd 1 then points at
+/// `/dev/null`, or at stderr with `BITPROBE_ORACLE_LOG` set.
+fn protocol_stdout() -> std::io::Result<std::fs::File> {
+    use std::os::fd::{AsFd, AsRawFd};
+    extern "C" {
+        fn dup2(oldfd: std::ffi::c_int, newfd: std::ffi::c_int) -> std::ffi::c_int;
+    }
+    let stdout = std::io::stdout();
+    let protocol = stdout.as_fd().try_clone_to_owned()?;
+    let sink = if std::env::var_os("BITPROBE_ORACLE_LOG").is_some() {
+        std::io::stderr().as_fd().try_clone_to_owned()?
+    } else {
+        std::fs::OpenOptions::new().write(true).open("/dev/null")?.into()
+    };
+    // SAFETY: dup2 on two open descriptors we hold; it atomically re-points fd 1, which Rust's
+    // `Stdout` (nothing written or buffered yet) and C's stdout keep using.
+    if unsafe { dup2(sink.as_raw_fd(), 1) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(std::fs::File::from(protocol))
+}
+
+/// The last lines bitnet.cpp logged (llama.cpp's and ggml's logger), newest last.
+static LOG_TAIL: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
+const LOG_TAIL_LINES: usize = 64;
+
+/// Receives llama.cpp's log; keeps a tail for error messages, echoes to stderr when
+/// `BITPROBE_ORACLE_LOG` is set.
+unsafe extern "C" fn log_callback(_level: ffi::ggml_log_level, text: *const c_char, _user: *mut c_void) {
+    if text.is_null() {
+        return;
+    }
+    // SAFETY: llama.cpp passes a NUL-terminated string valid for the duration of the call.
+    let text = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+    if std::env::var_os("BITPROBE_ORACLE_LOG").is_some() {
+        eprint!("{text}");
+    }
+    let Ok(mut tail) = LOG_TAIL.lock() else { return };
+    // llama.cpp sometimes logs one line in pieces; glue pieces until a newline.
+    let open = tail.back().is_some_and(|l| !l.ends_with('\n'));
+    if open {
+        tail.back_mut().unwrap().push_str(&text);
+    } else {
+        tail.push_back(text.into_owned());
+    }
+    while tail.len() > LOG_TAIL_LINES {
+        tail.pop_front();
+    }
+}
+
+const LOG_MARK: &str = "\u{0}mark\n";
+
+/// Marks the log so `log_since_mark` returns only what a call printed.
+fn log_mark() {
+    if let Ok(mut tail) = LOG_TAIL.lock() {
+        tail.push_back(LOG_MARK.to_string());
+    }
+}
+
+/// The error lines logged since the last `log_mark`, joined with "; " (or all lines when none
+/// look like errors).
+fn log_since_mark() -> String {
+    let Ok(tail) = LOG_TAIL.lock() else { return String::new() };
+    let start = tail.iter().rposition(|l| l == LOG_MARK).map_or(0, |i| i + 1);
+    let lines: Vec<&str> = tail.range(start..).map(|l| l.trim_end()).filter(|l| !l.is_empty()).collect();
+    let errors: Vec<&str> =
+        lines.iter().copied().filter(|l| l.contains("error") || l.contains("failed") || l.contains("unknown")).collect();
+    if errors.is_empty() { lines.join("; ") } else { errors.join("; ") }
+}
+
+/// One-time process-wide set-up: llama.cpp's backend and our logger.
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        // SAFETY: plain initialisers without preconditions; called once.
+        unsafe {
+            ffi::llama_log_set(Some(log_callback), std::ptr::null_mut());
+            ffi::llama_backend_init();
+        }
+    });
+}
+
+/// A model loaded by bitnet.cpp (`llama_load_model_from_file`), freed on drop.
+pub struct Model {
+    ptr: NonNull<ffi::llama_model>,
+}
+
+// SAFETY: a loaded llama_model is read-only; llama.cpp shares one across contexts and threads.
+unsafe impl Send for Model {}
+unsafe impl Sync for Model {}
+
+impl Model {
+    /// Loads a GGUF model on the CPU (mmap, no GPU layers).
+    pub fn load(path: &Path) -> Result<Model> {
+        init();
+        let load_err = |message: String| Error::Load { path: path.display().to_string(), message };
+        let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| load_err("path contains a NUL byte".into()))?;
+        log_mark();
+        // SAFETY: default params are plain data; c_path outlives the call.
+        let ptr = unsafe {
+            let params = ffi::llama_model_default_params();
+            ffi::llama_load_model_from_file(c_path.as_ptr(), params)
+        };
+        NonNull::new(ptr).map(|ptr| Model { ptr }).ok_or_else(|| {
+            let mut message = log_since_mark();
+            if !path.exists() {
+                // ggml's gguf reader says why on stderr, not through the log: add the cause.
+                message.push_str(" (no such file)");
+            }
+            load_err(message)
+        })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *const ffi::llama_model {
+        self.ptr.as_ptr()
+    }
+
+    /// `llama_n_vocab`.
+    pub fn n_vocab(&self) -> u32 {
+        // SAFETY: self.ptr is a live model.
+        unsafe { ffi::llama_n_vocab(self.as_ptr()) as u32 }
+    }
+
+    /// `llama_tokenize` with the caller's flags as given: `add_bos` is llama.cpp's
+    /// `add_special` (BOS, and EOS if the vocab asks for it), `parse_special` lets text like
+    /// `<|eot_id|>` become its special token.
+    pub fn tokenize(&self, text: &str, add_bos: bool, parse_special: bool) -> Result<Vec<i32>> {
+        let len = i32::try_from(text.len())
+            .map_err(|_| Error::InvalidRequest(format!("text of {} bytes is too long to tokenize", text.len())))?;
+        let mut tokens = vec![0i32; text.len() + 2];
+        loop {
+            // SAFETY: text and tokens are valid for the lengths passed.
+            let n = unsafe {
+                ffi::llama_tokenize(
+                    self.as_ptr(),
+                    text.as_ptr().cast(),
+                    len,
+                    tokens.as_mut_ptr(),
+                    tokens.len() as i32,
+                    add_bos,
+                    parse_special,
+                )
+            };
+            if n >= 0 {
+                tokens.truncate(n as usize);
+                return Ok(tokens);
+            }
+            if n == i32::MIN || (-n) as usize <= tokens.len() {
+                return Err(Error::Backend(format!("llama_tokenize failed ({n}) on {text:?}")));
+            }
+            tokens.resize((-n) as usize, 0);
+        }
+    }
+
+    /// `llama_model_meta_val_str`: a metadata value as llama.cpp renders it (`None` when absent).
+    /// Floats come out as `%f` (six decimals), so read those with [`GgufHeader`] instead.
+    pub fn meta(&self, key: &str) -> Option<String> {
+        let key = CString::new(key).ok()?;
+        let mut buf = vec![0u8; 128];
+        loop {
+            // SAFETY: key is NUL-terminated, buf is valid for buf.len() bytes; llama.cpp writes at
+            // most that many (snprintf) and returns the full length.
+            let n = unsafe { ffi::llama_model_meta_val_str(self.as_ptr(), key.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            let n = usize::try_from(n).ok()?;
+            if n < buf.len() {
+                buf.truncate(n);
+                return Some(String::from_utf8_lossy(&buf).into_owned());
+            }
+            buf.resize(n + 1, 0);
+        }
+    }
+
+    /// A metadata integer (`None` when absent or not a number).
+    pub fn meta_u32(&self, key: &str) -> Option<u32> {
+        self.meta(key)?.trim().parse().ok()
+    }
+
+    /// `llama_token_to_piece` with `special = true` (special tokens render as their text) and
+    /// no leading-space stripping. The caller checks `id < n_vocab` (llama.cpp would throw).
+    pub fn piece(&self, id: i32) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; 32];
+        loop {
+            // SAFETY: buf is valid for buf.len() bytes; llama.cpp writes no more than that.
+            let n = unsafe { ffi::llama_token_to_piece(self.as_ptr(), id, buf.as_mut_ptr().cast(), buf.len() as i32, 0, true) };
+            if n >= 0 {
+                buf.truncate(n as usize);
+                return Ok(buf);
+            }
+            // Negative: the buffer is too small; -n is the length it needs.
+            let need = n.unsigned_abs() as usize;
+            if need <= buf.len() {
+                return Err(Error::Backend(format!("llama_token_to_piece({id}) failed ({n})")));
+            }
+            buf.resize(need, 0);
+        }
+    }
+
+    /// `llama_token_bos` / `llama_token_eos` / `llama_token_eot`; llama.cpp's -1 = none.
+    pub fn special_tokens(&self) -> (Option<u32>, Option<u32>, Option<u32>) {
+        // SAFETY: self.ptr is a live model.
+        let (bos, eos, eot) =
+            unsafe { (ffi::llama_token_bos(self.as_ptr()), ffi::llama_token_eos(self.as_ptr()), ffi::llama_token_eot(self.as_ptr())) };
+        let some = |t: i32| u32::try_from(t).ok();
+        (some(bos), some(eos), some(eot))
+    }
+}
+
+/// The GGUF header read by ggml's own reader (`gguf_init_from_file` with `no_alloc`): exact
+/// float metadata and the tensor list, which `llama.h` does not expose.
+pub struct GgufHeader {
+    ptr: NonNull<ffi::gguf_context>,
+}
+
+impl GgufHeader {
+    pub fn open(path: &Path) -> Result<GgufHeader> {
+        let load_err = |message: String| Error::Load { path: path.display().to_string(), message };
+        let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| load_err("path contains a NUL byte".into()))?;
+        let params = ffi::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() };
+        // SAFETY: c_path outlives the call; with no_alloc and a null ctx only the header is read.
+        let ptr = unsafe { ffi::gguf_init_from_file(c_path.as_ptr(), params) };
+        NonNull::new(ptr).map(|ptr| GgufHeader { ptr }).ok_or_else(|| load_err("gguf_init_from_file failed".into()))
+    }
+
+    /// An f32 value (`None` when absent or of another type).
+    pub fn f32(&self, key: &str) -> Option<f32> {
+        let key = CString::new(key).ok()?;
+        // SAFETY: live context, NUL-terminated key; gguf_get_val_f32 asserts the type, so it is
+        // only called after checking it.
+        unsafe {
+            let id = ffi::gguf_find_key(self.ptr.as_ptr(), key.as_ptr());
+            if id < 0 || ffi::gguf_get_kv_type(self.ptr.as_ptr(), id) != ffi::GGUF_TYPE_FLOAT32 {
+                return None;
+            }
+            Some(ffi::gguf_get_val_f32(self.ptr.as_ptr(), id))
+        }
+    }
+
+    /// Tensor type name (ggml's, e.g. `i2_s`) → number of tensors of that type in the file.
+    pub fn tensor_types(&self) -> BTreeMap<String, u32> {
+        let mut types = BTreeMap::new();
+        // SAFETY: live context; indices are below gguf_get_n_tensors; ggml_type_name returns a
+        // static string (or null for an unknown id, handled).
+        unsafe {
+            for i in 0..ffi::gguf_get_n_tensors(self.ptr.as_ptr()) {
+                let ty = ffi::gguf_get_tensor_type(self.ptr.as_ptr(), i);
+                let name = ffi::ggml_type_name(ty);
+                let name = if name.is_null() { format!("type{ty}") } else { CStr::from_ptr(name).to_string_lossy().into_owned() };
+                *types.entry(name).or_insert(0) += 1;
+            }
+        }
+        types
+    }
+}
+
+impl Drop for GgufHeader {
+    fn drop(&mut self) {
+        // SAFETY: we own the context.
+        unsafe { ffi::gguf_free(self.ptr.as_ptr()) }
+    }
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        // SAFETY: we own the model; nothing borrows it past self.
+        unsafe { ffi::llama_free_model(self.ptr.as_ptr()) }
+    }
+}
