@@ -326,3 +326,42 @@ fn simd_env_names() {
     assert!(Simd::Scalar.is_supported());
     assert!(Simd::current() <= Simd::detect());
 }
+
+/// Block results are accumulated as `sumf = lane·d + sumf` with the product rounded first:
+/// the oracle's clang keeps `_mm256_add_ps(_mm256_mul_ps(..), sumf)` unfused (a GCC build
+/// would emit `vfmadd231ps`). Two blocks, each with one +1 weight at position 0 and a
+/// constant activation, put `-127·d_b` into lane 0 and nothing elsewhere; find weights
+/// where fused and unfused sums differ and check the dots give the unfused one.
+#[test]
+fn tq_blocks_accumulate_unfused() {
+    let mut rng = Rng::new(14);
+    let mut found = 0;
+    for _ in 0..2000 {
+        let (wa, wb) = (0.1 + rng.f32().abs(), 0.1 + rng.f32().abs());
+        let (xa, xb) = (0.1 + rng.f32().abs(), 0.1 + rng.f32().abs());
+        let mut w = vec![0f32; 2 * QK_K];
+        w[0] = wa;
+        w[QK_K] = wb;
+        let x: Vec<f32> = (0..2 * QK_K)
+            .map(|i| if i < QK_K { xa } else { xb })
+            .collect();
+        let mut y = vec![BlockQ8K::default(); 2];
+        quantize_row_q8_k(&x, &mut y);
+        assert!(y.iter().all(|b| b.qs.iter().all(|&q| q == -127)));
+        let da = y[0].d * half::f16::from_f32(wa).to_f32();
+        let db = y[1].d * half::f16::from_f32(wb).to_f32();
+        let first = -127.0f32 * da;
+        let unfused = -127.0f32 * db + first;
+        let fused = (-127.0f32).mul_add(db, first);
+        if unfused == fused {
+            continue;
+        }
+        found += 1;
+        let (b1, b2) = (tq1::quantize_row(&w), tq2::quantize_row(&w));
+        for s in levels() {
+            assert_eq!(tq1::vec_dot_q8k_with(s, &b1, &y), unfused, "tq1 {s:?}");
+            assert_eq!(tq2::vec_dot_q8k_with(s, &b2, &y), unfused, "tq2 {s:?}");
+        }
+    }
+    assert!(found > 0, "no distinguishing case found");
+}
