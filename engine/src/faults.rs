@@ -3,7 +3,12 @@
 //! Every step of [`crate::forward`] that a real BitNet engine got wrong goes through a method
 //! of [`Fault`]. Without the `faults` cargo feature `Fault` has one variant, `None`, and each
 //! method is the correct computation, inlined: the engine contains no fault code paths. With
-//! the feature, the known-bug gallery (`bitprobe gallery`) can switch one fault on at a time.
+//! the feature, the known-bug gallery (`bitprobe gallery`) can switch one fault on at a time:
+//! a second `Fault` with the same methods, whose faulty computations live in
+//! [`gallery`] (`faults/gallery.rs`) — the kernels in [`crate::kernels`] never change.
+//!
+//! The faults are the bug classes of BITNET_NOTES §5, shipped by a Rust and a Zig BitNet
+//! engine that produced garbage for months while bitnet.cpp answered "Paris".
 
 use crate::kernels::act::{relu_sqr, silu};
 use crate::kernels::attention::{attention, AttnShape};
@@ -61,8 +66,10 @@ impl Fault {
     pub fn rope(self, x: &mut [f32], head_dim: usize, pos: u32, n_rot: usize, base: f32) {
         rope_neox(x, head_dim, pos as i32, n_rot, base)
     }
+    /// The KV-cache slot of the token at `pos`; `n_prefill` is the size of the session's
+    /// first batch (the prompt), so a fault can tell decode steps apart.
     #[inline(always)]
-    pub fn kv_position(self, pos: usize, _pos0: usize) -> usize {
+    pub fn kv_position(self, pos: usize, _n_prefill: usize) -> usize {
         pos
     }
     #[allow(clippy::too_many_arguments)]
@@ -76,5 +83,248 @@ impl Fault {
             Arch::Bitnet => silu(gate, out),
             Arch::Bitnet158 => relu_sqr(gate, out),
         }
+    }
+}
+
+#[cfg(feature = "faults")]
+mod gallery;
+
+/// One engine fault of the known-bug gallery, or `None`. "§5" is BITNET_NOTES §5: the bug
+/// classes a Rust and a Zig BitNet engine shipped (the notes do not say which engine shipped
+/// which); "issue 6" marks faults that list adds as plausible neighbours of those.
+#[cfg(feature = "faults")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fault {
+    #[default]
+    None,
+    /// I2_S decoded in blocks of 256 values / 64 bytes instead of 128 / 32 (§5: wrong block size).
+    I2sBlock256,
+    /// I2_S values read at shifts 0, 2, 4, 6 instead of 6, 4, 2, 0 (§5: wrong bit order).
+    I2sBitOrder,
+    /// I2_S codes 0..3 mapped to {−2, −1, +1, +2} instead of {−1, 0, +1} (§5: wrong code map).
+    I2sCodeMap,
+    /// The I2_S tensor scale never applied (§5: scale ignored).
+    I2sScaleIgnored,
+    /// The I2_S tensor scale divided by instead of multiplied (issue 6).
+    I2sScaleInverted,
+    /// SiLU where arch `bitnet-b1.58` wants ReLU² (§5).
+    SiluForRelu2,
+    /// ReLU² where arch `bitnet` wants SiLU (§5, the same confusion the other way round).
+    Relu2ForSilu,
+    /// `attn_sub_norm` never applied (§5: sub-norms never applied).
+    AttnSubNormSkipped,
+    /// `ffn_sub_norm` never applied (§5: sub-norms never applied).
+    FfnSubNormSkipped,
+    /// Every RMSNorm replaced by mean-subtracting LayerNorm (§5).
+    Layernorm,
+    /// RMSNorm eps 1e-6 instead of the file's `layer_norm_rms_epsilon` (issue 6).
+    RmsEps1e6,
+    /// RoPE on pairs (2i, 2i+1) instead of NEOX halves (i, i + n_rot/2) (§5: pair layout swapped).
+    RopeInterleaved,
+    /// RoPE base 10000 whatever the file's `rope.freq_base` says (issue 6).
+    RopeBase10000,
+    /// Query head h reads KV head h % n_head_kv instead of h / (n_head / n_head_kv) (§5: GQA heads mapped wrongly).
+    GqaSequential,
+    /// BOS added twice: once by a template, once by the tokenizer (§5).
+    DoubleBos,
+    /// I2_S matmul on f32 activations: no int8 activation quantization (§5: activations never quantized).
+    NoActQuant,
+    /// Attention softmax without subtracting the row max: exp overflows on large scores (issue 6).
+    SoftmaxNoMax,
+    /// Causal mask off by one: each position also sees the next one (§5: the C++ reference
+    /// itself was once run with causal attention switched off; this is the subtle cousin).
+    CausalOffByOne,
+    /// From the second decode step on, K/V written one slot early, over the previous token (issue 6).
+    KvWrongPosition,
+    /// `token_embd` read transposed: element (t, j) taken from j·n_vocab + t (issue 6).
+    EmbdTransposed,
+}
+
+#[cfg(feature = "faults")]
+impl Fault {
+    /// Every fault, in the order of [`Fault::NAMES`].
+    pub const ALL: [Fault; 20] = [
+        Fault::I2sBlock256,
+        Fault::I2sBitOrder,
+        Fault::I2sCodeMap,
+        Fault::I2sScaleIgnored,
+        Fault::I2sScaleInverted,
+        Fault::SiluForRelu2,
+        Fault::Relu2ForSilu,
+        Fault::AttnSubNormSkipped,
+        Fault::FfnSubNormSkipped,
+        Fault::Layernorm,
+        Fault::RmsEps1e6,
+        Fault::RopeInterleaved,
+        Fault::RopeBase10000,
+        Fault::GqaSequential,
+        Fault::DoubleBos,
+        Fault::NoActQuant,
+        Fault::SoftmaxNoMax,
+        Fault::CausalOffByOne,
+        Fault::KvWrongPosition,
+        Fault::EmbdTransposed,
+    ];
+
+    /// Names of the faults this build can inject (`from_name` also takes them kebab-cased).
+    pub const NAMES: &'static [&'static str] = &[
+        "i2s_block_256",
+        "i2s_bit_order",
+        "i2s_code_map",
+        "i2s_scale_ignored",
+        "i2s_scale_inverted",
+        "silu_for_relu2",
+        "relu2_for_silu",
+        "attn_sub_norm_skipped",
+        "ffn_sub_norm_skipped",
+        "layernorm",
+        "rms_eps_1e6",
+        "rope_interleaved",
+        "rope_base_10000",
+        "gqa_sequential",
+        "double_bos",
+        "no_act_quant",
+        "softmax_no_max",
+        "causal_off_by_one",
+        "kv_wrong_position",
+        "embd_transposed",
+    ];
+
+    /// The snake_case name (`none` for [`Fault::None`]).
+    pub fn name(self) -> &'static str {
+        match Fault::ALL.iter().position(|&f| f == self) {
+            Some(i) => Fault::NAMES[i],
+            None => "none",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<Fault, String> {
+        let n = name.trim().to_ascii_lowercase().replace('-', "_");
+        if n == "none" {
+            return Ok(Fault::None);
+        }
+        match Fault::NAMES.iter().position(|&k| k == n) {
+            Some(i) => Ok(Fault::ALL[i]),
+            None => Err(format!("unknown fault '{name}' (known: {})", Fault::NAMES.join(", "))),
+        }
+    }
+
+    /// Whether BOS is added twice (a tokenizer-level fault).
+    pub fn double_bos(self) -> bool {
+        self == Fault::DoubleBos
+    }
+
+    pub fn rms_eps(self, eps: f32) -> f32 {
+        if self == Fault::RmsEps1e6 {
+            1e-6
+        } else {
+            eps
+        }
+    }
+
+    pub fn embed(self, m: &Model, tokens: &[u32], x: &mut [f32]) {
+        if self == Fault::EmbdTransposed {
+            gallery::embed_transposed(m, tokens, x)
+        }
+    }
+
+    pub fn norm(self, x: &[f32], gamma: &[f32], eps: f32, out: &mut [f32], width: usize) {
+        if self == Fault::Layernorm {
+            gallery::layer_norm_rows(x, gamma, eps, out, width)
+        } else {
+            rms_norm_rows(x, gamma, eps, out, width)
+        }
+    }
+
+    pub fn sub_norm(self, stage: Stage, x: &[f32], gamma: &[f32], eps: f32, out: &mut [f32], width: usize) {
+        match (self, stage) {
+            (Fault::AttnSubNormSkipped, Stage::AttnSubNorm) | (Fault::FfnSubNormSkipped, Stage::FfnSubNorm) => {
+                out.copy_from_slice(x)
+            }
+            (Fault::Layernorm, _) => gallery::layer_norm_rows(x, gamma, eps, out, width),
+            _ => rms_norm_rows(x, gamma, eps, out, width),
+        }
+    }
+
+    pub fn matmul(self, w: &WeightView, x: &[f32], out: &mut [f32], mm: &mut Scratch) {
+        let i2s_fault = matches!(
+            self,
+            Fault::I2sBlock256
+                | Fault::I2sBitOrder
+                | Fault::I2sCodeMap
+                | Fault::I2sScaleIgnored
+                | Fault::I2sScaleInverted
+                | Fault::NoActQuant
+        );
+        if i2s_fault && matches!(w, WeightView::I2S { .. }) {
+            gallery::matmul_i2s(self, w, x, out)
+        } else {
+            matmul(w, x, out, mm).expect("matmul shapes are validated at load")
+        }
+    }
+
+    pub fn rope(self, x: &mut [f32], head_dim: usize, pos: u32, n_rot: usize, base: f32) {
+        match self {
+            Fault::RopeInterleaved => gallery::rope_interleaved(x, head_dim, pos, n_rot, base),
+            Fault::RopeBase10000 => rope_neox(x, head_dim, pos as i32, n_rot, 10_000.0),
+            _ => rope_neox(x, head_dim, pos as i32, n_rot, base),
+        }
+    }
+
+    /// See the fault-free version; `KvWrongPosition` writes decode step k ≥ 2 (position
+    /// `n_prefill + k − 1`) one slot early.
+    pub fn kv_position(self, pos: usize, n_prefill: usize) -> usize {
+        if self == Fault::KvWrongPosition && pos > n_prefill {
+            pos - 1
+        } else {
+            pos
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(self, q: &[f32], k: &[f16], v: &[f16], n_past: usize, shape: AttnShape, n_kv: usize, out: &mut [f32]) {
+        match self {
+            Fault::GqaSequential | Fault::CausalOffByOne | Fault::SoftmaxNoMax => {
+                gallery::attention(self, q, k, v, n_past, shape, n_kv, out)
+            }
+            _ => attention(q, k, v, n_past, shape, n_kv, out, None).expect("attention shapes follow the model"),
+        }
+    }
+
+    pub fn act(self, arch: Arch, gate: &[f32], out: &mut [f32]) {
+        match (self, arch) {
+            (Fault::SiluForRelu2, Arch::Bitnet158) => silu(gate, out),
+            (Fault::Relu2ForSilu, Arch::Bitnet) => relu_sqr(gate, out),
+            (_, Arch::Bitnet) => silu(gate, out),
+            (_, Arch::Bitnet158) => relu_sqr(gate, out),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fault;
+
+    /// Without the feature there is nothing to inject: the engine has no fault code paths.
+    #[cfg(not(feature = "faults"))]
+    #[test]
+    fn without_the_feature_there_are_no_faults() {
+        assert!(Fault::NAMES.is_empty());
+        assert_eq!(Fault::from_name("none"), Ok(Fault::None));
+        let e = Fault::from_name("i2s_block_256").unwrap_err();
+        assert!(e.contains("--features faults"), "{e}");
+    }
+
+    #[cfg(feature = "faults")]
+    #[test]
+    fn every_fault_has_one_name_both_ways() {
+        assert_eq!(Fault::ALL.len(), Fault::NAMES.len());
+        for (f, n) in Fault::ALL.iter().zip(Fault::NAMES) {
+            assert_eq!(f.name(), *n);
+            assert_eq!(Fault::from_name(n), Ok(*f));
+            assert_eq!(Fault::from_name(&n.replace('_', "-")), Ok(*f));
+        }
+        assert_eq!(Fault::from_name("none"), Ok(Fault::None));
+        assert!(Fault::from_name("i2s_block_512").unwrap_err().contains("i2s_block_256"));
     }
 }

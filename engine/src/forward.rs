@@ -25,6 +25,8 @@ pub struct Session {
     pub n_ctx: usize,
     /// Tokens already in the cache (the next token's position).
     pub n_past: usize,
+    /// Tokens of the first batch after a reset: the prompt (decode steps come after it).
+    pub n_prefill: usize,
     /// Per layer: K and V rows of `n_embd_kv` halves per position, stored in F16 as
     /// bitnet.cpp's default cache type (`type_k = type_v = GGML_TYPE_F16`).
     k_cache: Vec<Vec<f16>>,
@@ -92,6 +94,7 @@ impl Session {
         Session {
             n_ctx,
             n_past: 0,
+            n_prefill: 0,
             k_cache: (0..model.hp.n_layer).map(|_| vec![f16::ZERO; kv]).collect(),
             v_cache: (0..model.hp.n_layer).map(|_| vec![f16::ZERO; kv]).collect(),
             buf: Buffers::default(),
@@ -110,6 +113,9 @@ impl Session {
         let (n, d, dkv, ff, hd) = (tokens.len(), hp.n_embd, hp.n_embd_kv(), hp.n_ff, hp.head_dim);
         let pos0 = self.n_past;
         assert!(pos0 + n <= self.n_ctx, "context overflow is checked by the caller");
+        if pos0 == 0 {
+            self.n_prefill = n;
+        }
         let fault = self.fault;
         let b = &mut self.buf;
         let x = grow(&mut b.x, n * d);
@@ -157,7 +163,7 @@ impl Session {
             // KV cache: store k, v (F16) at positions pos0..pos0+n
             let (kc, vc) = (&mut self.k_cache[l], &mut self.v_cache[l]);
             for i in 0..n {
-                let at = fault.kv_position(pos0 + i, pos0);
+                let at = fault.kv_position(pos0 + i, self.n_prefill);
                 store_f16(&k[i * dkv..(i + 1) * dkv], &mut kc[at * dkv..(at + 1) * dkv]);
                 store_f16(&v[i * dkv..(i + 1) * dkv], &mut vc[at * dkv..(at + 1) * dkv]);
             }

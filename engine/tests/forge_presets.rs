@@ -53,6 +53,7 @@ fn every_preset_is_listed_with_a_description() {
         "tiny158-tq2",
         "tiny-gqa2-i2s",
         "tiny-smallgamma-i2s",
+        "tiny-hot-i2s",
         "small-llama3-f32",
         "small-llama3-f16",
         "small-llama3-i2s",
@@ -279,6 +280,10 @@ fn weights_have_the_intended_statistics() {
         rms(&attn)
     );
     assert!((rms(&ffn) - 1.3).abs() < 0.05, "ffn_norm rms {}", rms(&ffn));
+
+    let h = GgufFile::from_bytes(forge_bytes("tiny-hot-i2s", 5)).unwrap();
+    let attn = f32s(h.tensor_bytes("blk.0.attn_norm.weight").unwrap());
+    assert!((rms(&attn) - 8.0).abs() < 0.3, "hot attn_norm rms {}", rms(&attn));
 }
 
 #[test]

@@ -101,9 +101,14 @@ pub struct Metamorphic {
 pub struct Expect {
     /// The first divergence the harness must name, e.g. `blk.0.attn_q`, `tokenize`.
     pub first_divergence: String,
-    /// Prompt position or decode step where it must show (`prompt` or `decode`).
+    /// Prompt position or decode step where it must show (`prompt`, `decode`, or one step:
+    /// `decode step 2`).
     #[serde(default)]
     pub phase: Option<String>,
+    /// The first stage that must not be bit-exact (for faults that stay under the tolerance
+    /// where they start and are only caught downstream, e.g. `blk.0.attn_q`).
+    #[serde(default)]
+    pub first_inexact: Option<String>,
 }
 
 /// A case file that cannot be used, with the place and the fix.
@@ -411,8 +416,8 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
 
 impl Case {
     /// The tolerance for one stage of this case (defaults, then case overrides).
-    pub fn tolerance_for(&self, stage: Stage, weight_type: &str) -> StageTolerance {
-        self.tolerance.resolve(stage, weight_type)
+    pub fn tolerance_for(&self, stage: Stage, layer: Option<u32>, weight_type: &str) -> StageTolerance {
+        self.tolerance.resolve(stage, layer, weight_type)
     }
 }
 

@@ -211,7 +211,7 @@ pub fn compare_stages(
     let mut seen = std::collections::HashSet::new();
     for o in oracle {
         seen.insert(key(o));
-        let limit = tol.resolve(o.stage, weight_type).nmse;
+        let limit = tol.resolve(o.stage, o.layer, weight_type).nmse;
         let mut row = Row {
             phase,
             position: o.position,
@@ -254,21 +254,26 @@ pub fn compare_stages(
     rows
 }
 
-fn logits_row(phase: Phase, position: u32, e: &[f32], o: &[f32], tol: &ToleranceOverrides, wt: &str) -> LogitsRow {
+/// Engine against oracle logits at one position, judged against the logits tolerance (also
+/// used by `trace-diff` on two traces' `result_output` tensors).
+pub fn logits_row(phase: Phase, position: u32, e: &[f32], o: &[f32], tol: &ToleranceOverrides, wt: &str) -> LogitsRow {
     let m = compare_logits(e, o);
     let lt = tol.logits(wt);
     let mut note = None;
     let mut pass = m.kl <= lt.kl && m.nmse <= lt.nmse;
     if !m.top1_agree() {
-        pass = false;
-        let tie = m.margin_oracle.min(m.margin_engine) < 1e-3;
+        // A near-tie: the oracle's top-2 margin is small enough that the measured logit
+        // difference (max|Δ|) explains the flip. Passes only while KL and NMSE do; reported.
+        let tie = m.margin_oracle <= 2.0 * m.max_abs;
+        pass &= tie;
         note = Some(format!(
-            "top-1 differs: engine {} (margin {:.2e}), oracle {} (margin {:.2e}){}",
+            "top-1 differs: engine {} (margin {:.2e}), oracle {} (margin {:.2e}, max|Δ| {:.2e}){}",
             m.top1_engine,
             m.margin_engine,
             m.top1_oracle,
             m.margin_oracle,
-            if tie { " — a near-tie" } else { "" }
+            m.max_abs,
+            if tie { " — a near-tie" } else { " — not a near-tie" }
         ));
     } else if !pass {
         note = Some(format!("KL {:.3e} (limit {:.0e}), nmse {:.3e} (limit {:.0e})", m.kl, lt.kl, m.nmse, lt.nmse));

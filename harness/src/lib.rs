@@ -4,8 +4,10 @@
 pub mod case;
 pub mod compare;
 pub mod diff;
+pub mod inspect;
 pub mod probes;
 pub mod runs;
 pub mod snapshot;
 pub mod tolerance;
+pub mod trace;
 pub mod trials;

@@ -38,6 +38,28 @@ enum Command {
     /// max |Δ| and a pass/fail mark, then the first divergence and a logits summary.
     /// Exit status: 0 within tolerance, 1 divergent, 2 usage or load error.
     Diff(DiffArgs),
+    /// Run the known-bug gallery: each cases/gallery/*.toml injects one engine fault, and the
+    /// harness must fail, first at the stage the case expects (needs `--features faults`).
+    ///
+    /// Prints one row per fault: detected, the first divergence reported, the expected one,
+    /// the first stage that is not bit-exact, and pass/fail. Exit status: 0 every fault
+    /// detected and localized, 1 not, 2 a build without fault injection or a load error.
+    Gallery(GalleryArgs),
+    /// Describe a GGUF file: header, metadata, tensors, weight statistics, and warnings.
+    ///
+    /// Warnings say what a finding means (a missing tokenizer.ggml.pre, measured; norm
+    /// gammas far from 1; an arch the oracle does not know; NaN/Inf); nothing is changed.
+    /// Exit status: 0 inspected, 2 unreadable or malformed file.
+    Inspect(InspectArgs),
+    /// Run one probe over a prompt and write every stage tensor to a folder (see
+    /// docs/trace-format.md), for `trace-diff`.
+    Trace(TraceArgs),
+    /// Compare two trace folders: the same first-divergence report as `diff`, B the reference.
+    ///
+    /// With values in both (`trace --raw`): NMSE, cosine, max |Δ| against the tolerances.
+    /// Otherwise hash-only: each row bit-exact or not. Exit status: 0 agree, 1 divergent,
+    /// 2 unreadable trace.
+    TraceDiff(TraceDiffArgs),
     /// Serve the engine over the probe wire protocol on stdin/stdout (used by bench).
     #[command(hide = true)]
     ServeEngine,
@@ -193,6 +215,79 @@ struct DiffArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct InspectArgs {
+    /// GGUF file (or --model FILE / --preset NAME).
+    #[arg(conflicts_with_all = ["model", "preset"])]
+    file: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct TraceArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt text.
+    #[arg(long, short = 'p')]
+    prompt: String,
+    /// Output folder (created; a previous trace in it is replaced).
+    #[arg(long, short = 'o')]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value_t = ProbeKind::Engine)]
+    probe: ProbeKind,
+    /// Also write each tensor's f32 values as .npy (trace-diff needs them for NMSE).
+    #[arg(long)]
+    raw: bool,
+    /// Greedy decode steps traced after the prompt.
+    #[arg(long, default_value_t = 0)]
+    decode: usize,
+    /// Do not add BOS.
+    #[arg(long)]
+    no_bos: bool,
+    /// Map special-token text to special ids.
+    #[arg(long)]
+    parse_special: bool,
+    /// Wrap the prompt in the Llama-3 chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Compute threads.
+    #[arg(long, short = 't', default_value_t = 1)]
+    threads: usize,
+    /// Engine tokenizer: gguf, truth or a tokenizer.json path.
+    #[arg(long, default_value = "gguf")]
+    tokenizer: String,
+}
+
+#[derive(Args)]
+struct TraceDiffArgs {
+    /// Trace folder compared (the engine's place in the report).
+    a: PathBuf,
+    /// Reference trace folder (the oracle's place).
+    b: PathBuf,
+    /// Print only the failing rows (and the first divergence).
+    #[arg(long)]
+    failures: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct GalleryArgs {
+    /// Only the faults whose name contains this text.
+    filter: Option<String>,
+    /// Folder of gallery case files.
+    #[arg(long, default_value_os_t = harness::snapshot::workspace_root().join("cases").join("gallery"))]
+    cases: PathBuf,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -200,6 +295,10 @@ fn main() -> ExitCode {
         Command::Run(a) => run(a),
         Command::Tokenize(a) => tokenize(a),
         Command::Diff(a) => diff(a),
+        Command::Gallery(a) => gallery(a),
+        Command::Inspect(a) => inspect(a),
+        Command::Trace(a) => trace(a),
+        Command::TraceDiff(a) => trace_diff(a),
         Command::ServeEngine => serve_engine(),
     };
     match result {
@@ -459,6 +558,123 @@ fn diff(a: DiffArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+fn inspect(a: InspectArgs) -> Result<ExitCode> {
+    let path = match a.file {
+        Some(p) => p,
+        None => a.model.resolve()?,
+    };
+    let t = std::time::Instant::now();
+    let r = harness::inspect::inspect(&path).with_context(|| format!("inspecting {}", path.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", harness::inspect::render(&r));
+    }
+    eprintln!("inspected in {:.2?}", t.elapsed());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn trace(a: TraceArgs) -> Result<ExitCode> {
+    use harness::trace::{record, TraceRequest};
+    let path = a.model.resolve()?;
+    let opts = if a.probe == ProbeKind::Engine { engine_options(&a.tokenizer) } else { vec![] };
+    let mut p = probes::open(a.probe, &path, a.threads, &opts)?;
+    let req = TraceRequest { text: a.prompt, add_bos: !a.no_bos, parse_special: a.parse_special, chat: a.chat, decode: a.decode, raw: a.raw };
+    let m = record(p.as_mut(), &a.probe.to_string(), &path, &req, &a.out).with_context(|| format!("tracing into {}", a.out.display()))?;
+    eprintln!(
+        "{}: {} stage tensors ({} prompt tokens, {} decode steps{}) → {}",
+        m.implementation,
+        m.files.as_ref().map_or(0, |f| f.len()),
+        m.tokens.len(),
+        m.decode.len(),
+        if a.raw { ", with .npy values" } else { "" },
+        a.out.join(harness::trace::MANIFEST).display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn trace_diff(a: TraceDiffArgs) -> Result<ExitCode> {
+    use harness::trace::{read, render, trace_diff};
+    let ta = read(&a.a).with_context(|| format!("reading trace {}", a.a.display()))?;
+    let tb = read(&a.b).with_context(|| format!("reading trace {}", a.b.display()))?;
+    let d = trace_diff(&ta, &tb, &harness::tolerance::ToleranceOverrides::default());
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+    } else {
+        print!("{}", render(&d, a.failures));
+    }
+    Ok(if d.pass() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn gallery(a: GalleryArgs) -> Result<ExitCode> {
+    use harness::trials::{faults_built, gallery_run, GalleryResult};
+    if !faults_built() {
+        eprintln!(
+            "error: this bitprobe was built without fault injection; the gallery needs it:\n  \
+             cargo build -p harness --release --features faults"
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let root = a.cases.parent().unwrap_or(&a.cases).to_path_buf();
+    let files = harness::case::discover(&a.cases);
+    if files.is_empty() {
+        bail!("no gallery cases (*.toml) in {}", a.cases.display());
+    }
+    let runs = harness::runs::Runs::default();
+    let mut results: Vec<(GalleryResult, f64)> = Vec::new();
+    for file in files {
+        let case = harness::case::load(&file, &root).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        let Some(fault) = case.fault.clone() else { bail!("{}: a gallery case needs `fault`", file.display()) };
+        if a.filter.as_ref().is_some_and(|f| !fault.contains(f.as_str())) {
+            continue;
+        }
+        let t = std::time::Instant::now();
+        let r = gallery_run(&runs, &case).map_err(|e| anyhow::anyhow!("{}: {e}", case.id))?;
+        let secs = t.elapsed().as_secs_f64();
+        if !a.json {
+            eprintln!("{:<22} {} ({secs:.1} s)", fault, if r.pass { "ok" } else { "FAIL" });
+        }
+        results.push((r, secs));
+    }
+    let all_pass = results.iter().all(|(r, _)| r.pass);
+    if a.json {
+        let rows: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(r, secs)| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["detected"] = r.detected().into();
+                v["seconds"] = (*secs).into();
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(if all_pass { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
+    let nmse = |x: Option<f64>| x.map_or("-".to_string(), harness::diff::fmt_metric);
+    println!(
+        "{:<22} {:<8} {:<46} {:<10} {:<34} {:<30} {:<10} {}",
+        "fault", "detected", "first divergence reported", "nmse", "expected", "first not bit-exact", "nmse", "result"
+    );
+    for (r, _) in &results {
+        let reported = r.reported.as_ref().map_or("-".to_string(), |d| format!("{} @ {} pos {}", d.stage, d.phase, d.position));
+        let expected = format!("{} ({})", r.expected, r.expected_phase.as_deref().unwrap_or("any phase"));
+        println!(
+            "{:<22} {:<8} {:<46} {:<10} {:<34} {:<30} {:<10} {}",
+            r.fault,
+            if r.detected() { "yes" } else { "no" },
+            reported,
+            nmse(r.nmse),
+            expected,
+            r.first_inexact.as_deref().unwrap_or("-"),
+            nmse(r.first_inexact_nmse),
+            if r.pass { "pass" } else { "FAIL" }
+        );
+    }
+    let n_pass = results.iter().filter(|(r, _)| r.pass).count();
+    println!("\n{n_pass}/{} faults detected and localized as expected", results.len());
+    Ok(if all_pass { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 #[cfg(test)]

@@ -26,41 +26,66 @@ pub struct LogitsTolerance {
 /// How stages are grouped for default tolerances.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StageKind {
-    /// Before any matmul: the embedding row (exact gather) and the first norm.
+    /// Before any matmul: the embedding row (an exact gather) and layer 0's first norm.
     Input,
-    /// Everything after the first quantized matmul, up to and including the last norm.
+    /// Everything after the first matmul, up to and including the final norm.
     Hidden,
     /// The logits.
     Logits,
 }
 
 impl StageKind {
-    pub fn of(stage: Stage) -> StageKind {
-        match stage {
-            Stage::InpEmbd | Stage::AttnNorm => StageKind::Input,
-            Stage::ResultOutput => StageKind::Logits,
+    pub fn of(stage: Stage, layer: Option<u32>) -> StageKind {
+        match (stage, layer) {
+            (Stage::InpEmbd, _) | (Stage::AttnNorm, Some(0)) => StageKind::Input,
+            (Stage::ResultOutput, _) => StageKind::Logits,
             _ => StageKind::Hidden,
         }
     }
 }
 
-/// Default NMSE by stage kind and weight type.
-///
-/// MEASURED: see cases/README.md, "Tolerances", for the worst observed values these derive
-/// from (worst × 10 headroom, rounded up to the decade).
+/// Default NMSE limits by stage kind and weight type: the worst value measured over the
+/// starter cases for a *correct engine that sums in another order* than bitnet.cpp (our
+/// engine with `BITPROBE_LLAMAFILE=off`), times 10, rounded up to one significant digit.
+/// Evidence and the command that re-measures it: cases/README.md, "Tolerances".
+/// (Our engine as built is bit-exact; the metrics snapshots lock that in separately.)
+const NMSE_LIMITS: &[(StageKind, &str, f64)] = &[
+    // Measured 0 in both orders; 1e-10 leaves room for a norm summed in f32 instead of f64.
+    (StageKind::Input, "*", 1e-10),
+    (StageKind::Hidden, "I2_S", 2e-2),  // worst 1.87e-3: tiny-i2s blk.1.ffn_down
+    (StageKind::Hidden, "TQ1_0", 2e-2), // worst 1.51e-3: tiny-tq1 blk.1.ffn_down
+    (StageKind::Hidden, "TQ2_0", 2e-2), // worst 1.51e-3: tiny-tq2 blk.1.ffn_down
+    (StageKind::Hidden, "F16", 5e-5),   // worst 4.48e-6: tiny158-f16 blk.1.ffn_down
+    (StageKind::Hidden, "F32", 6e-6),   // worst 5.44e-7: tiny158-f32 blk.1.ffn_sub_out
+    (StageKind::Logits, "I2_S", 2e-2),  // worst 1.20e-3: small-llama3-i2s, long prompt
+    (StageKind::Logits, "TQ1_0", 7e-3), // worst 6.16e-4: tiny-tq1
+    (StageKind::Logits, "TQ2_0", 7e-3), // worst 6.16e-4: tiny-tq2
+    (StageKind::Logits, "F16", 2e-5),   // worst 1.99e-6: tiny158-f16
+    (StageKind::Logits, "F32", 3e-6),   // worst 2.72e-7: tiny158-f32
+];
+
+/// Default KL(oracle ‖ engine) limits of the logits softmax, same evidence and headroom.
+const KL_LIMITS: &[(&str, f64)] = &[
+    ("I2_S", 4e-2),  // worst 3.67e-3: tiny-i2s "hello" pos 2
+    ("TQ1_0", 3e-2), // worst 2.15e-3: tiny-tq1
+    ("TQ2_0", 3e-2), // worst 2.15e-3: tiny-tq2
+    ("F16", 5e-5),   // worst 4.55e-6: tiny158-f16
+    ("F32", 7e-6),   // worst 6.40e-7: tiny-f32
+];
+
+/// Default NMSE for a stage kind and weight type (unknown types get the loosest).
 pub fn default_nmse(kind: StageKind, weight_type: &str) -> f64 {
-    match (kind, weight_type) {
-        (StageKind::Input, _) => 1e-10,
-        (StageKind::Hidden | StageKind::Logits, "I2_S") => 1e-4,
-        (StageKind::Hidden | StageKind::Logits, "TQ1_0" | "TQ2_0") => 1e-4,
-        (StageKind::Hidden | StageKind::Logits, "F16") => 1e-4,
-        (StageKind::Hidden | StageKind::Logits, _) => 1e-4,
-    }
+    NMSE_LIMITS
+        .iter()
+        .filter(|(k, t, _)| *k == kind && (*t == "*" || *t == weight_type))
+        .map(|e| e.2)
+        .next()
+        .unwrap_or_else(|| NMSE_LIMITS.iter().filter(|e| e.0 == kind).map(|e| e.2).fold(0.0, f64::max))
 }
 
 /// Default KL(oracle‖engine) of the logits softmax.
-pub fn default_kl(_weight_type: &str) -> f64 {
-    1e-3
+pub fn default_kl(weight_type: &str) -> f64 {
+    KL_LIMITS.iter().find(|e| e.0 == weight_type).map_or(4e-2, |e| e.1)
 }
 
 /// `[tolerance]` of a case file.
@@ -101,20 +126,20 @@ impl ToleranceOverrides {
         Ok(())
     }
 
-    pub fn resolve(&self, stage: Stage, weight_type: &str) -> StageTolerance {
+    pub fn resolve(&self, stage: Stage, layer: Option<u32>, weight_type: &str) -> StageTolerance {
         let nmse = self
             .stages
             .get(stage.name())
             .and_then(|s| s.nmse)
             .or(self.nmse)
-            .unwrap_or_else(|| default_nmse(StageKind::of(stage), weight_type));
+            .unwrap_or_else(|| default_nmse(StageKind::of(stage, layer), weight_type));
         StageTolerance { nmse }
     }
 
     pub fn logits(&self, weight_type: &str) -> LogitsTolerance {
         LogitsTolerance {
             kl: self.kl.unwrap_or_else(|| default_kl(weight_type)),
-            nmse: self.resolve(Stage::ResultOutput, weight_type).nmse,
+            nmse: self.resolve(Stage::ResultOutput, None, weight_type).nmse,
         }
     }
 }
@@ -143,10 +168,13 @@ mod tests {
     #[test]
     fn precedence_stage_then_case_then_default() {
         let o: ToleranceOverrides = toml::from_str("nmse = 1e-3\n[stages.attn_q]\nnmse = 1e-2\n").unwrap();
-        assert_eq!(o.resolve(Stage::AttnQ, "I2_S").nmse, 1e-2);
-        assert_eq!(o.resolve(Stage::FfnUp, "I2_S").nmse, 1e-3);
+        assert_eq!(o.resolve(Stage::AttnQ, Some(0), "I2_S").nmse, 1e-2);
+        assert_eq!(o.resolve(Stage::FfnUp, Some(0), "I2_S").nmse, 1e-3);
         let d = ToleranceOverrides::default();
-        assert_eq!(d.resolve(Stage::FfnUp, "I2_S").nmse, default_nmse(StageKind::Hidden, "I2_S"));
+        assert_eq!(d.resolve(Stage::FfnUp, Some(1), "I2_S").nmse, 2e-2);
+        assert_eq!(d.resolve(Stage::AttnNorm, Some(0), "I2_S").nmse, 1e-10);
+        assert_eq!(d.resolve(Stage::AttnNorm, Some(1), "F32").nmse, 6e-6);
+        assert_eq!(d.logits("TQ1_0").kl, 3e-2);
         assert!(toml::from_str::<ToleranceOverrides>("[stages.nope]\nnmse = 1").unwrap().validate().is_err());
         assert!(toml::from_str::<ToleranceOverrides>("nmse = -1.0").unwrap().validate().is_err());
     }

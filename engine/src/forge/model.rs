@@ -38,6 +38,8 @@ pub enum NormCentre {
     AttnSmall,
     /// Around 1.3 (2B-4T's ffn_norm).
     FfnLarge,
+    /// Around 8: large attention scores (`Preset::hot_attention`).
+    AttnHot,
 }
 
 impl NormCentre {
@@ -46,6 +48,7 @@ impl NormCentre {
             NormCentre::One => 1.0,
             NormCentre::AttnSmall => 0.015,
             NormCentre::FfnLarge => 1.3,
+            NormCentre::AttnHot => 8.0,
         }
     }
 }
@@ -81,6 +84,8 @@ impl Preset {
         let norm = |name: String, n: u64, c| t(name, vec![n], GgmlType::F32, TensorRole::Norm(c));
         let (attn_c, ffn_c) = if self.small_gamma {
             (NormCentre::AttnSmall, NormCentre::FfnLarge)
+        } else if self.hot_attention {
+            (NormCentre::AttnHot, NormCentre::One)
         } else {
             (NormCentre::One, NormCentre::One)
         };

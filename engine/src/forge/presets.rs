@@ -110,6 +110,10 @@ pub struct Preset {
     pub pre_tokenizer: bool,
     /// Real-2B-4T-like norm gammas: attn_norm RMS ≈ 0.015, ffn_norm ≈ 1.3.
     pub small_gamma: bool,
+    /// attn_norm gammas around 8: q and k 8× larger, attention scores ~64× (hundreds), the
+    /// regime where a softmax without max subtraction overflows and small q/k errors move
+    /// the attention weights (the known-bug gallery's large-activation model).
+    pub hot_attention: bool,
 }
 
 impl Preset {
@@ -154,6 +158,7 @@ const fn tiny(
         vocab: VocabKind::ByteLevel,
         pre_tokenizer: true,
         small_gamma: false,
+        hot_attention: false,
     }
 }
 
@@ -188,7 +193,7 @@ const fn b2b4t(name: &'static str, description: &'static str, weights: WeightTyp
 use Arch::{Bitnet, Bitnet158};
 use WeightType::{F16, F32, I2S, TQ1, TQ2};
 
-pub(super) static PRESETS: [Preset; 23] = [
+pub(super) static PRESETS: [Preset; 24] = [
     tiny("tiny-f32", "tiny bitnet (SiLU): hidden 256, 2 layers, 8 heads / 2 KV, FFN 512, byte-level vocab 496; projections F32, embeddings F32 (~5 MB)", Bitnet, F32),
     tiny("tiny-f16", "tiny bitnet (SiLU): hidden 256, 2 layers, 8 heads / 2 KV, FFN 512, byte-level vocab 496; projections F16, embeddings F16", Bitnet, F16),
     tiny("tiny-i2s", "tiny bitnet (SiLU): hidden 256, 2 layers, 8 heads / 2 KV, FFN 512, byte-level vocab 496; projections I2_S, embeddings F16", Bitnet, I2S),
@@ -206,6 +211,10 @@ pub(super) static PRESETS: [Preset; 23] = [
     Preset {
         small_gamma: true,
         ..tiny("tiny-smallgamma-i2s", "as tiny-i2s but with 2B-4T-like norm gammas: attn_norm RMS ~0.015, ffn_norm ~1.3", Bitnet, I2S)
+    },
+    Preset {
+        hot_attention: true,
+        ..tiny("tiny-hot-i2s", "as tiny-i2s but attn_norm gammas ~8: attention scores in the hundreds (large activations, for the known-bug gallery)", Bitnet, I2S)
     },
     small("small-llama3-f32", "small bitnet: hidden 512, 4 layers, 8 heads / 2 KV, FFN 1536, Llama-3 vocab 128256; projections F32, embeddings F32 (~320 MB)", F32),
     small("small-llama3-f16", "small bitnet: hidden 512, 4 layers, 8 heads / 2 KV, FFN 1536, Llama-3 vocab 128256; projections F16, embeddings F16", F16),

@@ -249,14 +249,14 @@ thread_local! {
     static BUF: RefCell<Buf> = const { RefCell::new(Buf { qh: Vec::new(), row: Vec::new(), acc: Vec::new() }) };
 }
 
-fn bytes_of(c: &[f16]) -> &[u8] {
+pub(crate) fn bytes_of(c: &[f16]) -> &[u8] {
     // SAFETY: f16 is a plain 2-byte value; any byte pattern is a valid u8.
     unsafe { std::slice::from_raw_parts(c.as_ptr() as *const u8, c.len() * 2) }
 }
 
 /// The summation order of `kqv = ggml_mul_mat(v, kq)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum KqvOrder {
+pub(crate) enum KqvOrder {
     /// `ggml_vec_dot_f16` (one token): position `j < n_kv & !63` into lane `j % 64` by FMA,
     /// lanes reduced as in [`dot::reduce64`], positions past that added in double; the
     /// probabilities were rounded to f16.
@@ -270,7 +270,7 @@ enum KqvOrder {
 /// `p.len()` are 0 (masked) and skipped: an FMA with a zero product leaves a lane as it
 /// is (lanes start at +0 and, summing in round-to-nearest, never become −0).
 #[allow(clippy::too_many_arguments)]
-fn kqv(
+pub(crate) fn kqv(
     simd: Simd,
     order: KqvOrder,
     vb: &[u8],

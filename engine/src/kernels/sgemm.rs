@@ -35,9 +35,18 @@ pub const KN: usize = 16;
 /// Whether `llamafile_sgemm`'s `__AVX512F__` branch takes a `mul_mat` of F32 or F16 `A`
 /// with a contiguous F32 `src1` of `n` rows of length `k` (`n = ne11`, `k = ne00`):
 /// `n ≥ 2` and `k % 16 == 0`, the same test for both A types. Callers check contiguity.
+///
+/// `BITPROBE_LLAMAFILE=off` makes it refuse everything: the numerics of a bitnet.cpp built
+/// with `GGML_LLAMAFILE=OFF` (every matmul through ggml's `vec_dot`), read once.
 #[inline]
 pub fn accepts(n: usize, k: usize) -> bool {
-    n >= 2 && k % KN == 0
+    enabled() && n >= 2 && k % KN == 0
+}
+
+/// Whether the llamafile path is mirrored at all (see [`accepts`]).
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| !matches!(std::env::var("BITPROBE_LLAMAFILE").as_deref(), Ok("off" | "0" | "no")))
 }
 
 /// One tinyBLAS output element: f16 row `a` (raw LE bytes, `2·b.len()` of them) times f32
