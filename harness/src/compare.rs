@@ -190,9 +190,10 @@ mod tests {
 
     #[test]
     fn nmse_is_relative_to_the_oracle() {
-        let m = compare(&[1.1, 2.0], &[1.0, 2.0]);
-        assert!((m.nmse - 0.01 / 5.0).abs() < 1e-12);
-        assert!((m.max_abs - 0.1).abs() < 1e-6);
+        // Exactly representable values: Σ(a−b)² = 0.25, Σb² = 5.
+        let m = compare(&[1.5, 2.0], &[1.0, 2.0]);
+        assert_eq!(m.nmse, 0.05);
+        assert_eq!(m.max_abs, 0.5);
         assert!(!m.bit_exact);
         assert!(compare(&[1.0, -2.0], &[1.0, -2.0]).bit_exact);
         assert_eq!(compare(&[0.0], &[0.0]).nmse, 0.0);

@@ -653,23 +653,23 @@ fn gallery(a: GalleryArgs) -> Result<ExitCode> {
         return Ok(if all_pass { ExitCode::SUCCESS } else { ExitCode::from(1) });
     }
     let nmse = |x: Option<f64>| x.map_or("-".to_string(), harness::diff::fmt_metric);
-    println!(
-        "{:<22} {:<8} {:<46} {:<10} {:<34} {:<30} {:<10} {}",
-        "fault", "detected", "first divergence reported", "nmse", "expected", "first not bit-exact", "nmse", "result"
-    );
+    let line = |c: [&str; 8]| format!("{:<22} {:<8} {:<40} {:<9} {:<32} {:<22} {:<9} {}", c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]);
+    println!("{}", line(["fault", "detected", "first divergence reported", "nmse", "expected", "first not bit-exact", "nmse", "result"]));
     for (r, _) in &results {
         let reported = r.reported.as_ref().map_or("-".to_string(), |d| format!("{} @ {} pos {}", d.stage, d.phase, d.position));
         let expected = format!("{} ({})", r.expected, r.expected_phase.as_deref().unwrap_or("any phase"));
         println!(
-            "{:<22} {:<8} {:<46} {:<10} {:<34} {:<30} {:<10} {}",
-            r.fault,
-            if r.detected() { "yes" } else { "no" },
-            reported,
-            nmse(r.nmse),
-            expected,
-            r.first_inexact.as_deref().unwrap_or("-"),
-            nmse(r.first_inexact_nmse),
-            if r.pass { "pass" } else { "FAIL" }
+            "{}",
+            line([
+                &r.fault,
+                if r.detected() { "yes" } else { "no" },
+                &reported,
+                &nmse(r.nmse),
+                &expected,
+                r.first_inexact.as_deref().unwrap_or("-"),
+                &nmse(r.first_inexact_nmse),
+                if r.pass { "pass" } else { "FAIL" },
+            ])
         );
     }
     let n_pass = results.iter().filter(|(r, _)| r.pass).count();

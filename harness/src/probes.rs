@@ -34,7 +34,7 @@ pub enum OpenError {
     Missing(PathBuf),
     #[error(transparent)]
     Forge(#[from] engine::forge::ForgeError),
-    #[error("{0}")]
+    #[error(transparent)]
     Probe(#[from] probe::Error),
     #[error("{0}")]
     NoOracle(String),

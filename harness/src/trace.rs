@@ -11,7 +11,8 @@
 //!
 //! A trace is a folder with a manifest `trace.json` and one JSON file per stage tensor, plus
 //! with `--raw` the tensor's f32 values as a `.npy` file. Fields marked **required** are all a
-//! third-party writer must provide; bitprobe writes every field.
+//! third-party writer must provide; bitprobe writes every field. `docs/trace-format.md` says
+//! the same for writers in other languages, with the shape of every stage.
 //!
 //! `trace.json`:
 //!
@@ -41,7 +42,7 @@
 //! | `phase` | optional | `"prompt"` (default) or `"decode"` |
 //! | `step` | required for `decode` | decode step, 1-based |
 //! | `layer` | optional | must agree with `stage` |
-//! | `data` | optional | `.npy` file name in the folder: NPY v1.0–3.0, `'<f4'`, C order |
+//! | `data` | optional | `.npy` file in the folder (NPY v1.0–3.0, `'<f4'`, C order); absent = `<stem>.npy` if it exists; checked against `blake3` |
 //! | `rms`, `mean`, `min`, `max` | optional | over the finite values (`null` when none) |
 //! | `nan`, `pos_inf`, `neg_inf` | optional | counts |
 //!
@@ -90,11 +91,18 @@ pub enum TraceError {
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TraceError {
     let path = path.to_path_buf();
-    move |source| TraceError::Io { action, path, source }
+    move |source| TraceError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 fn format_err(path: &Path, message: impl Into<String>) -> TraceError {
-    TraceError::Format { path: path.to_path_buf(), message: message.into() }
+    TraceError::Format {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
 }
 
 /// `trace.json`.
@@ -208,15 +216,29 @@ pub struct TraceRequest {
 /// Runs `probe` over the request with every stage captured and writes the trace to `out`
 /// (created if missing; a previous trace there is replaced; any other non-empty folder is
 /// refused). `probe_name` is `engine`, `oracle` or a third party's name.
-pub fn record(probe: &mut dyn Probe, probe_name: &str, model: &Path, req: &TraceRequest, out: &Path) -> Result<Manifest, TraceError> {
+pub fn record(
+    probe: &mut dyn Probe,
+    probe_name: &str,
+    model: &Path,
+    req: &TraceRequest,
+    out: &Path,
+) -> Result<Manifest, TraceError> {
     let (text, add_bos, parse_special) = if req.chat {
-        (engine::tokenizer::llama3_chat(&[("user", req.text.as_str())], true), false, true)
+        (
+            engine::tokenizer::llama3_chat(&[("user", req.text.as_str())], true),
+            false,
+            true,
+        )
     } else {
         (req.text.clone(), req.add_bos, req.parse_special)
     };
     let tokens = probe.tokenize(&text, add_bos, parse_special)?;
     if tokens.is_empty() {
-        return Err(probe::Error::InvalidRequest(format!("prompt {:?} tokenizes to nothing", req.text)).into());
+        return Err(probe::Error::InvalidRequest(format!(
+            "prompt {:?} tokenizes to nothing",
+            req.text
+        ))
+        .into());
     }
     prepare_dir(out)?;
     let mut files = Vec::new();
@@ -237,7 +259,12 @@ pub fn record(probe: &mut dyn Probe, probe_name: &str, model: &Path, req: &Trace
             for t in &s.stages {
                 files.push(write_stage(out, Phase::Decode(step), t, req.raw)?);
             }
-            decode.push(DecodeRecord { step, position: s.position, input: s.input, chosen: s.chosen });
+            decode.push(DecodeRecord {
+                step,
+                position: s.position,
+                input: s.input,
+                chosen: s.chosen,
+            });
         }
         generated = gen.tokens.clone();
     }
@@ -248,7 +275,11 @@ pub fn record(probe: &mut dyn Probe, probe_name: &str, model: &Path, req: &Trace
         version: VERSION,
         probe: probe_name.into(),
         implementation: info.implementation.clone(),
-        model: Some(ModelRef { path: model.display().to_string(), bytes, blake3 }),
+        model: Some(ModelRef {
+            path: model.display().to_string(),
+            bytes,
+            blake3,
+        }),
         prompt: Some(req.text.clone()),
         add_bos: Some(add_bos),
         parse_special: Some(parse_special),
@@ -262,7 +293,10 @@ pub fn record(probe: &mut dyn Probe, probe_name: &str, model: &Path, req: &Trace
         files: Some(files),
     };
     let path = out.join(MANIFEST);
-    let json = serde_json::to_string_pretty(&manifest).map_err(|source| TraceError::Json { path: path.clone(), source })?;
+    let json = serde_json::to_string_pretty(&manifest).map_err(|source| TraceError::Json {
+        path: path.clone(),
+        source,
+    })?;
     std::fs::write(&path, json + "\n").map_err(io_err("write", &path))?;
     Ok(manifest)
 }
@@ -288,7 +322,10 @@ fn prepare_dir(out: &Path) -> Result<(), TraceError> {
     } else if out.is_dir() {
         let mut entries = std::fs::read_dir(out).map_err(io_err("list", out))?;
         if entries.next().is_some() {
-            return Err(format_err(out, "folder is not empty and holds no trace.json: refusing to write a trace into it"));
+            return Err(format_err(
+                out,
+                "folder is not empty and holds no trace.json: refusing to write a trace into it",
+            ));
         }
     }
     std::fs::create_dir_all(out).map_err(io_err("create", out))
@@ -336,7 +373,10 @@ fn write_stage(out: &Path, phase: Phase, t: &StageTensor, raw: bool) -> Result<S
     };
     let name = format!("{stem}.json");
     let path = out.join(&name);
-    let json = serde_json::to_string_pretty(&record).map_err(|source| TraceError::Json { path: path.clone(), source })?;
+    let json = serde_json::to_string_pretty(&record).map_err(|source| TraceError::Json {
+        path: path.clone(),
+        source,
+    })?;
     std::fs::write(&path, json + "\n").map_err(io_err("write", &path))?;
     Ok(name)
 }
@@ -372,7 +412,11 @@ const NPY_MAGIC: &[u8; 6] = b"\x93NUMPY";
 pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> std::io::Result<()> {
     let dims = match shape {
         [d] => format!("{d},"),
-        _ => shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "),
+        _ => shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
     };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({dims}), }}");
     // Preamble (magic, version, u16 length) + header + '\n' is a multiple of 64.
@@ -400,18 +444,28 @@ pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>), TraceError> {
     }
     let (hlen, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         v => return Err(bad(&format!("NPY version {v}"))),
     };
-    let header = bytes.get(start..start + hlen).ok_or_else(|| bad("header runs past the end"))?;
-    let header = std::str::from_utf8(header).map_err(|_| bad("header is not text"))?.replace('"', "'");
+    let header = bytes
+        .get(start..start + hlen)
+        .ok_or_else(|| bad("header runs past the end"))?;
+    let header = std::str::from_utf8(header)
+        .map_err(|_| bad("header is not text"))?
+        .replace('"', "'");
     let field = |key: &str| -> Option<&str> {
         let i = header.find(&format!("'{key}':"))? + key.len() + 3;
         Some(header[i..].trim_start())
     };
     let descr = field("descr").ok_or_else(|| bad("no 'descr'"))?;
     if !descr.starts_with("'<f4'") {
-        return Err(bad(&format!("dtype {}; expected '<f4'", descr.split(',').next().unwrap_or(descr))));
+        return Err(bad(&format!(
+            "dtype {}; expected '<f4'",
+            descr.split(',').next().unwrap_or(descr)
+        )));
     }
     if !field("fortran_order").is_some_and(|v| v.starts_with("False")) {
         return Err(bad("fortran_order must be False"));
@@ -431,9 +485,16 @@ pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>), TraceError> {
     let n: usize = shape.iter().product();
     let body = &bytes[start + hlen..];
     if body.len() != n * 4 {
-        return Err(bad(&format!("shape {shape:?} needs {} data bytes, file has {}", n * 4, body.len())));
+        return Err(bad(&format!(
+            "shape {shape:?} needs {} data bytes, file has {}",
+            n * 4,
+            body.len()
+        )));
     }
-    let data = body.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let data = body
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     Ok((shape, data))
 }
 
@@ -477,12 +538,24 @@ impl Trace {
 fn read_manifest(dir: &Path) -> Result<Manifest, TraceError> {
     let path = dir.join(MANIFEST);
     let text = std::fs::read_to_string(&path).map_err(io_err("read", &path))?;
-    let m: Manifest = serde_json::from_str(&text).map_err(|source| TraceError::Json { path: path.clone(), source })?;
+    let m: Manifest = serde_json::from_str(&text).map_err(|source| TraceError::Json {
+        path: path.clone(),
+        source,
+    })?;
     if m.format != FORMAT {
-        return Err(format_err(&path, format!("format '{}', expected '{FORMAT}'", m.format)));
+        return Err(format_err(
+            &path,
+            format!("format '{}', expected '{FORMAT}'", m.format),
+        ));
     }
     if m.version != VERSION {
-        return Err(format_err(&path, format!("format version {}; this bitprobe reads version {VERSION}", m.version)));
+        return Err(format_err(
+            &path,
+            format!(
+                "format version {}; this bitprobe reads version {VERSION}",
+                m.version
+            ),
+        ));
     }
     Ok(m)
 }
@@ -513,15 +586,23 @@ pub fn read(dir: &Path) -> Result<Trace, TraceError> {
     for name in names {
         let path = dir.join(&name);
         let text = std::fs::read_to_string(&path).map_err(io_err("read", &path))?;
-        let r: StageRecord = serde_json::from_str(&text).map_err(|source| TraceError::Json { path: path.clone(), source })?;
+        let r: StageRecord = serde_json::from_str(&text).map_err(|source| TraceError::Json {
+            path: path.clone(),
+            source,
+        })?;
         let id: StageId = r.stage.parse().map_err(|e: String| format_err(&path, e))?;
         if r.layer.is_some() && r.layer != id.layer {
-            return Err(format_err(&path, format!("layer {:?} disagrees with stage '{}'", r.layer, r.stage)));
+            return Err(format_err(
+                &path,
+                format!("layer {:?} disagrees with stage '{}'", r.layer, r.stage),
+            ));
         }
         let phase = match (r.phase, r.step) {
             (TracePhase::Prompt, _) => Phase::Prompt,
             (TracePhase::Decode, Some(s)) if s >= 1 => Phase::Decode(s),
-            (TracePhase::Decode, _) => return Err(format_err(&path, "phase \"decode\" needs \"step\" ≥ 1")),
+            (TracePhase::Decode, _) => {
+                return Err(format_err(&path, "phase \"decode\" needs \"step\" ≥ 1"))
+            }
         };
         let npy = match &r.data {
             Some(d) => Some(dir.join(d)),
@@ -532,21 +613,46 @@ pub fn read(dir: &Path) -> Result<Trace, TraceError> {
             Some(p) => {
                 let (shape, data) = read_npy(&p)?;
                 if shape.iter().product::<usize>() != r.shape.iter().product::<usize>() {
-                    return Err(format_err(&p, format!("shape {shape:?}, but {name} says {:?}", r.shape)));
+                    return Err(format_err(
+                        &p,
+                        format!("shape {shape:?}, but {name} says {:?}", r.shape),
+                    ));
                 }
                 if probe::blake3_f32(&data) != r.blake3 {
-                    return Err(format_err(&p, format!("values do not hash to the blake3 in {name}")));
+                    return Err(format_err(
+                        &p,
+                        format!("values do not hash to the blake3 in {name}"),
+                    ));
                 }
                 Some(data)
             }
         };
-        let t = TracedTensor { phase, id, position: r.position, shape: r.shape, blake3: r.blake3, rms: r.rms, data, file: name };
+        let t = TracedTensor {
+            phase,
+            id,
+            position: r.position,
+            shape: r.shape,
+            blake3: r.blake3,
+            rms: r.rms,
+            data,
+            file: name,
+        };
         if let Some(other) = seen.insert(t.key(), t.file.clone()) {
-            return Err(format_err(&path, format!("same tensor ({phase}, {id}, position {}) as {other}", t.position)));
+            return Err(format_err(
+                &path,
+                format!(
+                    "same tensor ({phase}, {id}, position {}) as {other}",
+                    t.position
+                ),
+            ));
         }
         tensors.push(t);
     }
-    Ok(Trace { dir: dir.to_path_buf(), manifest, tensors })
+    Ok(Trace {
+        dir: dir.to_path_buf(),
+        manifest,
+        tensors,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -605,29 +711,65 @@ pub fn trace_diff(a: &Trace, b: &Trace, tol: &ToleranceOverrides) -> TraceDiff {
     let mut warnings = Vec::new();
     if let (Some(ma), Some(mb)) = (&a.manifest.model, &b.manifest.model) {
         if ma.blake3 != mb.blake3 {
-            warnings.push(format!("the traces come from different model files ({} vs {})", ma.path, mb.path));
+            warnings.push(format!(
+                "the traces come from different model files ({} vs {})",
+                ma.path, mb.path
+            ));
         }
     }
-    if a.manifest.prompt.is_some() && b.manifest.prompt.is_some() && a.manifest.prompt != b.manifest.prompt {
-        warnings.push(format!("the prompts differ: {:?} vs {:?}", a.manifest.prompt.as_deref().unwrap_or(""), b.manifest.prompt.as_deref().unwrap_or("")));
+    if a.manifest.prompt.is_some()
+        && b.manifest.prompt.is_some()
+        && a.manifest.prompt != b.manifest.prompt
+    {
+        warnings.push(format!(
+            "the prompts differ: {:?} vs {:?}",
+            a.manifest.prompt.as_deref().unwrap_or(""),
+            b.manifest.prompt.as_deref().unwrap_or("")
+        ));
     }
-    let weight_type = b.manifest.weight_type.clone().or_else(|| a.manifest.weight_type.clone()).unwrap_or_else(|| "F32".into());
-    let mode = if a.has_data() && b.has_data() { CompareMode::Values } else { CompareMode::HashOnly };
+    let weight_type = b
+        .manifest
+        .weight_type
+        .clone()
+        .or_else(|| a.manifest.weight_type.clone())
+        .unwrap_or_else(|| "F32".into());
+    let mode = if a.has_data() && b.has_data() {
+        CompareMode::Values
+    } else {
+        CompareMode::HashOnly
+    };
 
     // Decode steps both traces have; a shorter trace is not a divergence.
-    let steps = |t: &Trace| t.tensors.iter().filter_map(|x| match x.phase {
-        Phase::Decode(s) => Some(s),
-        Phase::Prompt => None,
-    }).max().unwrap_or(0).max(t.manifest.decode.len() as u32);
+    let steps = |t: &Trace| {
+        t.tensors
+            .iter()
+            .filter_map(|x| match x.phase {
+                Phase::Decode(s) => Some(s),
+                Phase::Prompt => None,
+            })
+            .max()
+            .unwrap_or(0)
+            .max(t.manifest.decode.len() as u32)
+    };
     let (steps_a, steps_b) = (steps(a), steps(b));
     if steps_a != steps_b {
-        warnings.push(format!("A has {steps_a} decode steps, B {steps_b}: only the first {} are compared", steps_a.min(steps_b)));
+        warnings.push(format!(
+            "A has {steps_a} decode steps, B {steps_b}: only the first {} are compared",
+            steps_a.min(steps_b)
+        ));
     }
     // The first decode step fed different tokens: it and every later step are incomparable.
-    let input_mismatch = a.manifest.decode.iter().zip(&b.manifest.decode).find(|(x, y)| x.input != y.input || x.position != y.position);
+    let input_mismatch = a
+        .manifest
+        .decode
+        .iter()
+        .zip(&b.manifest.decode)
+        .find(|(x, y)| x.input != y.input || x.position != y.position);
     let comparable = |p: Phase| match p {
         Phase::Prompt => true,
-        Phase::Decode(s) => s <= steps_a.min(steps_b) && input_mismatch.is_none_or(|(x, _)| s < x.step),
+        Phase::Decode(s) => {
+            s <= steps_a.min(steps_b) && input_mismatch.is_none_or(|(x, _)| s < x.step)
+        }
     };
     let mut by_phase: BTreeMap<Phase, (Vec<&TracedTensor>, Vec<&TracedTensor>)> = BTreeMap::new();
     for t in a.tensors.iter().filter(|t| comparable(t.phase)) {
@@ -642,11 +784,24 @@ pub fn trace_diff(a: &Trace, b: &Trace, tol: &ToleranceOverrides) -> TraceDiff {
             CompareMode::Values => {
                 let (sa, sb) = (stage_tensors(ta), stage_tensors(tb));
                 rows.extend(diff::compare_stages(*phase, &sa, &sb, tol, &weight_type));
-                let out_a: HashMap<u32, &StageTensor> =
-                    sa.iter().filter(|t| t.stage == probe::Stage::ResultOutput).map(|t| (t.position, t)).collect();
+                let out_a: HashMap<u32, &StageTensor> = sa
+                    .iter()
+                    .filter(|t| t.stage == probe::Stage::ResultOutput)
+                    .map(|t| (t.position, t))
+                    .collect();
                 for o in sb.iter().filter(|t| t.stage == probe::Stage::ResultOutput) {
-                    if let Some(e) = out_a.get(&o.position).filter(|e| e.data.len() == o.data.len()) {
-                        logits.push(diff::logits_row(*phase, o.position, &e.data, &o.data, tol, &weight_type));
+                    if let Some(e) = out_a
+                        .get(&o.position)
+                        .filter(|e| e.data.len() == o.data.len())
+                    {
+                        logits.push(diff::logits_row(
+                            *phase,
+                            o.position,
+                            &e.data,
+                            &o.data,
+                            tol,
+                            &weight_type,
+                        ));
                     }
                 }
             }
@@ -655,7 +810,9 @@ pub fn trace_diff(a: &Trace, b: &Trace, tol: &ToleranceOverrides) -> TraceDiff {
     }
     for r in &mut rows {
         if let Some(n) = &mut r.note {
-            *n = n.replace("the engine did not", "A did not").replace("the oracle did not", "B did not");
+            *n = n
+                .replace("the engine did not", "A did not")
+                .replace("the oracle did not", "B did not");
         }
     }
     rows.sort_by_key(|r| r.key());
@@ -683,7 +840,13 @@ pub fn trace_diff(a: &Trace, b: &Trace, tol: &ToleranceOverrides) -> TraceDiff {
             ),
         });
     }
-    TraceDiff { a: side(a), b: side(b), mode, warnings, report }
+    TraceDiff {
+        a: side(a),
+        b: side(b),
+        mode,
+        warnings,
+        report,
+    }
 }
 
 fn stage_tensors(ts: &[&TracedTensor]) -> Vec<StageTensor> {
@@ -721,7 +884,11 @@ fn hash_rows(phase: Phase, a: &[&TracedTensor], b: &[&TracedTensor]) -> Vec<Row>
             Some(ta) => row(
                 tb,
                 false,
-                Some(format!("hash-only: blake3 differs (rms A {} vs B {})", fmt_rms(ta.rms), fmt_rms(tb.rms))),
+                Some(format!(
+                    "hash-only: blake3 differs (rms A {} vs B {})",
+                    fmt_rms(ta.rms),
+                    fmt_rms(tb.rms)
+                )),
             ),
         });
     }
@@ -738,7 +905,11 @@ pub fn render(d: &TraceDiff, failures_only: bool) -> String {
     let r = &d.report;
     let mut s = String::new();
     let who = |x: &TraceSide| {
-        let probe = if x.probe.is_empty() { "?" } else { x.probe.as_str() };
+        let probe = if x.probe.is_empty() {
+            "?"
+        } else {
+            x.probe.as_str()
+        };
         format!("{} ({probe}, {})", x.dir, x.implementation)
     };
     let _ = writeln!(s, "A         {}", who(&d.a));
@@ -764,10 +935,18 @@ pub fn render(d: &TraceDiff, failures_only: bool) -> String {
     let _ = writeln!(s);
     match d.mode {
         CompareMode::Values => {
-            let _ = writeln!(s, "{:<14} {:>4}  {:<22} {:>10} {:>10} {:>10}", "phase", "pos", "stage", "nmse", "cosine", "max|Δ|");
+            let _ = writeln!(
+                s,
+                "{:<14} {:>4}  {:<22} {:>10} {:>10} {:>10}",
+                "phase", "pos", "stage", "nmse", "cosine", "max|Δ|"
+            );
         }
         CompareMode::HashOnly => {
-            let _ = writeln!(s, "{:<14} {:>4}  {:<22} {:>10}", "phase", "pos", "stage", "bit-exact");
+            let _ = writeln!(
+                s,
+                "{:<14} {:>4}  {:<22} {:>10}",
+                "phase", "pos", "stage", "bit-exact"
+            );
         }
     }
     for row in r.rows.iter().filter(|x| !(failures_only && x.pass)) {
@@ -777,7 +956,14 @@ pub fn render(d: &TraceDiff, failures_only: bool) -> String {
                 let mark = match row.pass {
                     true if m.bit_exact => "ok (bit-exact)".to_string(),
                     true => "ok".to_string(),
-                    false => format!("FAIL (limit {:.0e}){}", row.nmse_limit, row.note.as_ref().map(|n| format!(": {n}")).unwrap_or_default()),
+                    false => format!(
+                        "FAIL (limit {:.0e}){}",
+                        row.nmse_limit,
+                        row.note
+                            .as_ref()
+                            .map(|n| format!(": {n}"))
+                            .unwrap_or_default()
+                    ),
                 };
                 let _ = writeln!(
                     s,
@@ -788,10 +974,21 @@ pub fn render(d: &TraceDiff, failures_only: bool) -> String {
                 );
             }
             (CompareMode::Values, None) => {
-                let _ = writeln!(s, "{phase:<14} {pos:>4}  {stage:<22} {:>10} {:>10} {:>10}  FAIL: {}", "-", "-", "-", row.note.as_deref().unwrap_or(""));
+                let _ = writeln!(
+                    s,
+                    "{phase:<14} {pos:>4}  {stage:<22} {:>10} {:>10} {:>10}  FAIL: {}",
+                    "-",
+                    "-",
+                    "-",
+                    row.note.as_deref().unwrap_or("")
+                );
             }
             (CompareMode::HashOnly, _) => {
-                let mark = if row.pass { "yes".to_string() } else { format!("no   {}", row.note.as_deref().unwrap_or("")) };
+                let mark = if row.pass {
+                    "yes".to_string()
+                } else {
+                    format!("no   {}", row.note.as_deref().unwrap_or(""))
+                };
                 let _ = writeln!(s, "{phase:<14} {pos:>4}  {stage:<22} {mark:>10}");
             }
         }
@@ -800,16 +997,31 @@ pub fn render(d: &TraceDiff, failures_only: bool) -> String {
     if d.mode == CompareMode::Values {
         let agree = r.logits.iter().filter(|l| l.metrics.top1_agree()).count();
         let worst_kl = r.logits.iter().map(|l| l.metrics.kl).fold(0.0, f64::max);
-        let _ = writeln!(s, "logits    top-1 agree at {agree}/{} positions, worst KL {}", r.logits.len(), fmt_metric(worst_kl));
+        let _ = writeln!(
+            s,
+            "logits    top-1 agree at {agree}/{} positions, worst KL {}",
+            r.logits.len(),
+            fmt_metric(worst_kl)
+        );
         for l in r.logits.iter().filter(|l| !l.pass) {
-            let _ = writeln!(s, "          {} pos {}: {}", l.phase, l.position, l.note.as_deref().unwrap_or("outside tolerance"));
+            let _ = writeln!(
+                s,
+                "          {} pos {}: {}",
+                l.phase,
+                l.position,
+                l.note.as_deref().unwrap_or("outside tolerance")
+            );
         }
     }
     if !r.oracle_greedy.is_empty() || !r.engine_greedy.is_empty() {
         let _ = writeln!(s, "greedy    A {:?}", r.engine_greedy);
         let _ = writeln!(s, "          B {:?}", r.oracle_greedy);
     }
-    let label = if d.mode == CompareMode::HashOnly { " (hash-only)" } else { "" };
+    let label = if d.mode == CompareMode::HashOnly {
+        " (hash-only)"
+    } else {
+        ""
+    };
     match &r.first_divergence {
         None if d.mode == CompareMode::HashOnly => {
             let _ = writeln!(s, "verdict   PASS (hash-only): every tensor is bit-exact");
@@ -847,12 +1059,33 @@ mod tests {
     }
 
     #[test]
+    fn npy_reader_reads_what_numpy_writes() {
+        // numpy 2's `np.save(p, np.arange(5, dtype='<f4'))`: a header padded to 128 bytes.
+        let dir = std::env::temp_dir().join(format!("bitprobe-npy-numpy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut h = "{'descr': '<f4', 'fortran_order': False, 'shape': (5,), }".to_string();
+        h.extend(std::iter::repeat_n(' ', 117 - h.len()));
+        h.push('\n');
+        let mut b = NPY_MAGIC.to_vec();
+        b.extend_from_slice(&[1, 0, 0x76, 0]);
+        b.extend_from_slice(h.as_bytes());
+        (0..5).for_each(|i| b.extend_from_slice(&(i as f32).to_le_bytes()));
+        let p = dir.join("numpy.npy");
+        std::fs::write(&p, b).unwrap();
+        assert_eq!(
+            read_npy(&p).unwrap(),
+            (vec![5], vec![0.0, 1.0, 2.0, 3.0, 4.0])
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn npy_reader_rejects_other_dtypes() {
         let dir = std::env::temp_dir().join(format!("bitprobe-npy-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("x.npy");
         let mut h = "{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }".to_string();
-        h.extend(std::iter::repeat_n(' ', 64 - 10 - h.len() - 1));
+        h.extend(std::iter::repeat_n(' ', 128 - 10 - h.len() - 1));
         h.push('\n');
         let mut b = NPY_MAGIC.to_vec();
         b.extend_from_slice(&[1, 0]);

@@ -620,7 +620,7 @@ pub fn gallery_run(runs: &Runs, case: &Case) -> Result<GalleryResult, String> {
     let Some((_, d)) = found else { return Ok(r) };
     if let Some(x) = d.rows.iter().filter(|x| x.metrics.as_ref().is_some_and(|m| !m.bit_exact)).min_by_key(|x| x.key()) {
         r.first_inexact = Some(x.stage.to_string());
-        r.first_inexact_nmse = x.metrics.as_ref().map(|m| m.nmse);
+        r.first_inexact_nmse = x.metrics.as_ref().map(|m| if m.non_finite_failure().is_some() { f64::NAN } else { m.nmse });
     }
     let fd = d.first_divergence.clone().expect("found diverges");
     r.prompt_clean = fd.phase != Phase::Prompt;

@@ -6,7 +6,9 @@ use harness::diff::{run_diff, DiffReport, DiffRequest, Phase};
 use harness::probes::{self, ProbeKind};
 use harness::tolerance::ToleranceOverrides;
 use harness::trace::{self, read, record, trace_diff, CompareMode, TraceRequest};
-use probe::{Capture, Forward, GenerateRequest, Generation, ModelInfo, Probe, Stage, StageTensor, Token};
+use probe::{
+    Capture, Forward, GenerateRequest, Generation, ModelInfo, Probe, Stage, StageTensor, Token,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -29,7 +31,14 @@ fn open(kind: ProbeKind, model: &Path) -> Box<dyn Probe> {
 }
 
 fn request(decode: usize, raw: bool) -> TraceRequest {
-    TraceRequest { text: PROMPT.into(), add_bos: true, parse_special: false, chat: false, decode, raw }
+    TraceRequest {
+        text: PROMPT.into(),
+        add_bos: true,
+        parse_special: false,
+        chat: false,
+        decode,
+        raw,
+    }
 }
 
 /// The engine with stage tensors scaled: one stage (a stand-in for an engine bug at a known
@@ -43,7 +52,10 @@ struct Perturbed {
 
 impl Perturbed {
     fn touch(&self, stages: &mut [StageTensor], logits: Option<&mut Vec<f32>>) {
-        for t in stages.iter_mut().filter(|t| self.target.is_none_or(|k| k == (t.stage, t.layer, t.position))) {
+        for t in stages.iter_mut().filter(|t| {
+            self.target
+                .is_none_or(|k| k == (t.stage, t.layer, t.position))
+        }) {
             t.data.iter_mut().for_each(|x| *x *= self.factor);
         }
         if let (None, Some(l)) = (self.target, logits) {
@@ -56,7 +68,12 @@ impl Probe for Perturbed {
     fn info(&self) -> &ModelInfo {
         self.inner.info()
     }
-    fn tokenize(&mut self, text: &str, add_bos: bool, parse_special: bool) -> probe::Result<Vec<Token>> {
+    fn tokenize(
+        &mut self,
+        text: &str,
+        add_bos: bool,
+        parse_special: bool,
+    ) -> probe::Result<Vec<Token>> {
         self.inner.tokenize(text, add_bos, parse_special)
     }
     fn pieces(&mut self, ids: &[Token]) -> probe::Result<Vec<Vec<u8>>> {
@@ -81,12 +98,32 @@ impl Probe for Perturbed {
 /// verdicts and the same first divergence.
 fn assert_same_report(live: &DiffReport, traced: &DiffReport) {
     let rows = |r: &DiffReport| -> Vec<(Phase, u32, String, bool, Option<f64>)> {
-        r.rows.iter().map(|x| (x.phase, x.position, x.stage.to_string(), x.pass, x.metrics.map(|m| m.nmse))).collect()
+        r.rows
+            .iter()
+            .map(|x| {
+                (
+                    x.phase,
+                    x.position,
+                    x.stage.to_string(),
+                    x.pass,
+                    x.metrics.map(|m| m.nmse),
+                )
+            })
+            .collect()
     };
     assert_eq!(rows(live), rows(traced));
-    let logits = |r: &DiffReport| -> Vec<(Phase, u32, bool, f64)> { r.logits.iter().map(|l| (l.phase, l.position, l.pass, l.metrics.kl)).collect() };
+    let logits = |r: &DiffReport| -> Vec<(Phase, u32, bool, f64)> {
+        r.logits
+            .iter()
+            .map(|l| (l.phase, l.position, l.pass, l.metrics.kl))
+            .collect()
+    };
     assert_eq!(logits(live), logits(traced));
-    let first = |r: &DiffReport| r.first_divergence.as_ref().map(|d| (d.phase, d.position, d.stage.clone(), d.detail.clone()));
+    let first = |r: &DiffReport| {
+        r.first_divergence
+            .as_ref()
+            .map(|d| (d.phase, d.position, d.stage.clone(), d.detail.clone()))
+    };
     assert_eq!(first(live), first(traced));
     assert_eq!(live.oracle_greedy, traced.oracle_greedy);
 }
@@ -107,11 +144,26 @@ fn a_trace_holds_every_stage_with_its_manifest() {
     assert_eq!(m.generated.len(), 3);
     assert_eq!(m.weight_type.as_deref(), Some("I2_S"));
     let model_ref = m.model.as_ref().unwrap();
-    assert_eq!(model_ref.blake3, blake3::hash(&std::fs::read(&model).unwrap()).to_hex().to_string());
+    assert_eq!(
+        model_ref.blake3,
+        blake3::hash(&std::fs::read(&model).unwrap())
+            .to_hex()
+            .to_string()
+    );
 
-    let q: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("pos0001.blk.1.attn_q.json")).unwrap()).unwrap();
+    let q: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("pos0001.blk.1.attn_q.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(q["stage"], "blk.1.attn_q");
-    assert_eq!((q["phase"].as_str(), q["position"].as_u64(), q["layer"].as_u64()), (Some("prompt"), Some(1), Some(1)));
+    assert_eq!(
+        (
+            q["phase"].as_str(),
+            q["position"].as_u64(),
+            q["layer"].as_u64()
+        ),
+        (Some("prompt"), Some(1), Some(1))
+    );
     assert_eq!(q["shape"], serde_json::json!([8, 32]));
     let (shape, data) = trace::read_npy(&dir.join("pos0001.blk.1.attn_q.npy")).unwrap();
     assert_eq!(shape, vec![8, 32]);
@@ -119,8 +171,12 @@ fn a_trace_holds_every_stage_with_its_manifest() {
     let s = probe::Stats::of(&data);
     assert!((q["rms"].as_f64().unwrap() - s.rms).abs() <= 1e-12 * s.rms);
     let step = format!("pos{:04}.result_output.json", n_tokens + 1);
-    let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(step)).unwrap()).unwrap();
-    assert_eq!((d["phase"].as_str(), d["step"].as_u64()), (Some("decode"), Some(2)));
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(step)).unwrap()).unwrap();
+    assert_eq!(
+        (d["phase"].as_str(), d["step"].as_u64()),
+        (Some("decode"), Some(2))
+    );
 
     let t = read(&dir).unwrap();
     assert_eq!(t.tensors.len(), files.len());
@@ -128,10 +184,15 @@ fn a_trace_holds_every_stage_with_its_manifest() {
 
     // Tracing again into the same folder replaces the trace; a foreign folder is refused.
     record(e.as_mut(), "engine", &model, &request(0, false), &dir).unwrap();
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), per_position * n_tokens + 1);
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        per_position * n_tokens + 1
+    );
     let foreign = scratch("foreign");
     std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
-    let err = record(e.as_mut(), "engine", &model, &request(0, false), &foreign).unwrap_err().to_string();
+    let err = record(e.as_mut(), "engine", &model, &request(0, false), &foreign)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("refusing"), "{err}");
 }
 
@@ -148,13 +209,25 @@ fn two_traces_of_one_probe_are_bit_exact() {
 
     let d = trace_diff(&read(&da).unwrap(), &read(&db).unwrap(), &tol);
     assert_eq!(d.mode, CompareMode::Values);
-    assert!(d.pass() && d.warnings.is_empty(), "{:?} {:?}", d.report.first_divergence, d.warnings);
-    assert!(d.report.rows.iter().all(|r| r.metrics.is_some_and(|m| m.bit_exact)));
+    assert!(
+        d.pass() && d.warnings.is_empty(),
+        "{:?} {:?}",
+        d.report.first_divergence,
+        d.warnings
+    );
+    assert!(d
+        .report
+        .rows
+        .iter()
+        .all(|r| r.metrics.is_some_and(|m| m.bit_exact)));
 
     let d = trace_diff(&read(&dh).unwrap(), &read(&da).unwrap(), &tol);
     assert_eq!(d.mode, CompareMode::HashOnly);
     assert!(d.pass());
-    assert_eq!(d.report.rows.len(), 33 * (read(&da).unwrap().manifest.tokens.len() + 2));
+    assert_eq!(
+        d.report.rows.len(),
+        33 * (read(&da).unwrap().manifest.tokens.len() + 2)
+    );
     assert!(harness::trace::render(&d, false).contains("PASS (hash-only)"));
 }
 
@@ -168,16 +241,23 @@ fn trace_diff_names_what_changed() {
     let tol = ToleranceOverrides::default();
 
     // Values changed (and rehashed, as a third-party writer would): that row, nothing earlier.
-    let (npy, json) = (db.join("pos0002.blk.0.attn_v.npy"), db.join("pos0002.blk.0.attn_v.json"));
+    let (npy, json) = (
+        db.join("pos0002.blk.0.attn_v.npy"),
+        db.join("pos0002.blk.0.attn_v.json"),
+    );
     let (shape, mut data) = trace::read_npy(&npy).unwrap();
     data.iter_mut().for_each(|x| *x *= 1.5);
     trace::write_npy(&npy, &shape, &data).unwrap();
-    let mut j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     j["blake3"] = probe::blake3_f32(&data).into();
     std::fs::write(&json, j.to_string()).unwrap();
     let d = trace_diff(&read(&da).unwrap(), &read(&db).unwrap(), &tol);
     let first = d.report.first_divergence.as_ref().unwrap();
-    assert_eq!((first.phase, first.position, first.stage.as_str()), (Phase::Prompt, 2, "blk.0.attn_v"));
+    assert_eq!(
+        (first.phase, first.position, first.stage.as_str()),
+        (Phase::Prompt, 2, "blk.0.attn_v")
+    );
     assert_eq!(d.report.rows.iter().filter(|r| !r.pass).count(), 1);
 
     // A hash that does not match the values is a broken trace, not a divergence.
@@ -186,7 +266,8 @@ fn trace_diff_names_what_changed() {
     assert!(read(&db).unwrap_err().to_string().contains("do not hash"));
 
     // A decode step fed a different token: the divergence is the decode step itself.
-    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(da.join("trace.json")).unwrap()).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(da.join("trace.json")).unwrap()).unwrap();
     m["decode"][1]["input"] = 7.into();
     let dc = scratch("changed-c");
     for f in std::fs::read_dir(&da).unwrap() {
@@ -196,8 +277,14 @@ fn trace_diff_names_what_changed() {
     std::fs::write(dc.join("trace.json"), m.to_string()).unwrap();
     let d = trace_diff(&read(&dc).unwrap(), &read(&da).unwrap(), &tol);
     let first = d.report.first_divergence.as_ref().unwrap();
-    assert_eq!((first.phase, first.stage.as_str()), (Phase::Decode(2), "decode"));
-    assert!(d.report.rows.iter().all(|r| r.phase < Phase::Decode(2)), "later steps are not compared");
+    assert_eq!(
+        (first.phase, first.stage.as_str()),
+        (Phase::Decode(2), "decode")
+    );
+    assert!(
+        d.report.rows.iter().all(|r| r.phase < Phase::Decode(2)),
+        "later steps are not compared"
+    );
 
     // Different prompt tokens: tokenization is the first divergence, as in `diff`.
     let dn = scratch("changed-nobos");
@@ -205,7 +292,52 @@ fn trace_diff_names_what_changed() {
     req.add_bos = false;
     record(e.as_mut(), "engine", &model, &req, &dn).unwrap();
     let d = trace_diff(&read(&dn).unwrap(), &read(&da).unwrap(), &tol);
-    assert_eq!(d.report.first_divergence.as_ref().unwrap().stage, "tokenize");
+    assert_eq!(
+        d.report.first_divergence.as_ref().unwrap().stage,
+        "tokenize"
+    );
+}
+
+#[test]
+fn a_third_party_trace_needs_only_the_required_fields() {
+    // Rewrite an engine trace the way a minimal writer would: manifest {format, version,
+    // tokens}; stage files {stage, position, shape, blake3} (+ phase/step for decode), values
+    // beside them as <name>.npy, no file list.
+    let (full, minimal) = (scratch("third-party-full"), scratch("third-party-min"));
+    let model = engine::forge::forged("tiny-i2s", 1).unwrap();
+    let mut e = open(ProbeKind::Engine, &model);
+    let m = record(e.as_mut(), "engine", &model, &request(1, true), &full).unwrap();
+    let manifest =
+        serde_json::json!({ "format": "bitprobe-trace", "version": 1, "tokens": m.tokens });
+    std::fs::write(minimal.join("trace.json"), manifest.to_string()).unwrap();
+    for name in m.files.as_ref().unwrap() {
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(full.join(name)).unwrap()).unwrap();
+        let mut min = serde_json::json!({ "stage": r["stage"], "position": r["position"], "shape": r["shape"], "blake3": r["blake3"] });
+        if r["phase"] == "decode" {
+            min["phase"] = r["phase"].clone();
+            min["step"] = r["step"].clone();
+        }
+        let out = format!("t{}", name.replace("pos", "_"));
+        std::fs::write(minimal.join(&out), min.to_string()).unwrap();
+        let npy = r["data"].as_str().unwrap();
+        std::fs::copy(
+            full.join(npy),
+            minimal.join(Path::new(&out).with_extension("npy")),
+        )
+        .unwrap();
+    }
+    let t = read(&minimal).unwrap();
+    assert!(t.has_data());
+    let d = trace_diff(&t, &read(&full).unwrap(), &ToleranceOverrides::default());
+    assert_eq!(d.mode, CompareMode::Values);
+    assert!(d.pass(), "{:?}", d.report.first_divergence);
+    assert!(d
+        .report
+        .rows
+        .iter()
+        .all(|r| r.metrics.is_some_and(|m| m.bit_exact)));
+    assert_eq!(d.report.rows.len(), m.files.as_ref().unwrap().len());
 }
 
 #[test]
@@ -237,23 +369,48 @@ fn trace_diff_engine_vs_oracle_names_the_same_divergence_as_diff() {
     record(e.as_mut(), "engine", &model, &request(2, true), &ed).unwrap();
     let traced = trace_diff(&read(&ed).unwrap(), &oracle_trace, &tol);
     assert_same_report(&live, &traced.report);
-    assert!(traced.pass() && traced.report.rows.iter().all(|r| r.metrics.is_some_and(|m| m.bit_exact)));
+    assert!(
+        traced.pass()
+            && traced
+                .report
+                .rows
+                .iter()
+                .all(|r| r.metrics.is_some_and(|m| m.bit_exact))
+    );
 
     // Every value 1e-6 off: within tolerance, NMSE > 0 in every row, the same NMSE in both.
-    let mut close = Perturbed { inner: open(ProbeKind::Engine, &model), target: None, factor: 1.0 + 1e-6 };
+    let mut close = Perturbed {
+        inner: open(ProbeKind::Engine, &model),
+        target: None,
+        factor: 1.0 + 1e-6,
+    };
     let live = run_diff(&mut close, o.as_mut(), &req, &tol).unwrap();
     let cd = scratch("vs-oracle-close");
     record(&mut close, "engine", &model, &request(2, true), &cd).unwrap();
     let traced = trace_diff(&read(&cd).unwrap(), &oracle_trace, &tol);
     assert_same_report(&live, &traced.report);
     assert!(traced.pass(), "{:?}", traced.report.first_divergence);
-    assert!(traced.report.rows.iter().all(|r| r.metrics.is_some_and(|m| m.nmse > 0.0 || m.len == 0)));
+    assert!(traced
+        .report
+        .rows
+        .iter()
+        .all(|r| r.metrics.is_some_and(|m| m.nmse > 0.0 || m.len == 0)));
 
     // With one stage 50% off at layer 1, position 1: both name it.
-    let mut bad = Perturbed { inner: open(ProbeKind::Engine, &model), target: Some((Stage::FfnUp, Some(1), 1)), factor: 1.5 };
+    let mut bad = Perturbed {
+        inner: open(ProbeKind::Engine, &model),
+        target: Some((Stage::FfnUp, Some(1), 1)),
+        factor: 1.5,
+    };
     let live = run_diff(&mut bad, o.as_mut(), &req, &tol).unwrap();
-    let first = live.first_divergence.as_ref().expect("a 50% error is a divergence");
-    assert_eq!((first.phase, first.position, first.stage.as_str()), (Phase::Prompt, 1, "blk.1.ffn_up"));
+    let first = live
+        .first_divergence
+        .as_ref()
+        .expect("a 50% error is a divergence");
+    assert_eq!(
+        (first.phase, first.position, first.stage.as_str()),
+        (Phase::Prompt, 1, "blk.1.ffn_up")
+    );
     let bd = scratch("vs-oracle-bad");
     record(&mut bad, "engine", &model, &request(2, true), &bd).unwrap();
     let traced = trace_diff(&read(&bd).unwrap(), &oracle_trace, &tol);
@@ -267,14 +424,35 @@ fn the_cli_writes_and_compares_traces() {
     let run = |args: &[&str]| Command::new(bin).args(args).output().unwrap();
     let (a, b) = (dir.join("a"), dir.join("b"));
     for d in [&a, &b] {
-        let out = run(&["trace", "--preset", "tiny-i2s", "--prompt", PROMPT, "--out", d.to_str().unwrap(), "--raw", "--decode", "1"]);
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = run(&[
+            "trace",
+            "--preset",
+            "tiny-i2s",
+            "--prompt",
+            PROMPT,
+            "--out",
+            d.to_str().unwrap(),
+            "--raw",
+            "--decode",
+            "1",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let out = run(&["trace-diff", a.to_str().unwrap(), b.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("verdict   PASS"), "{stdout}");
-    let out = run(&["trace-diff", "--json", a.to_str().unwrap(), b.to_str().unwrap()]);
+    let out = run(&[
+        "trace-diff",
+        "--json",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+    ]);
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["mode"], "values");
     assert!(j["report"]["first_divergence"].is_null());
@@ -285,16 +463,29 @@ fn the_cli_writes_and_compares_traces() {
     data[0] += 1.0;
     trace::write_npy(&npy, &shape, &data).unwrap();
     let json = b.join("pos0000.inp_embd.json");
-    let mut r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let mut r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     r["blake3"] = probe::blake3_f32(&data).into();
     std::fs::write(&json, r.to_string()).unwrap();
-    let out = run(&["trace-diff", "--failures", a.to_str().unwrap(), b.to_str().unwrap()]);
+    let out = run(&[
+        "trace-diff",
+        "--failures",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("FIRST DIVERGENCE: inp_embd at prompt, position 0"), "{stdout}");
+    assert!(
+        stdout.contains("FIRST DIVERGENCE: inp_embd at prompt, position 0"),
+        "{stdout}"
+    );
 
     // Not a trace: exit 2 with the reason.
-    let out = run(&["trace-diff", a.to_str().unwrap(), dir.join("nothing").to_str().unwrap()]);
+    let out = run(&[
+        "trace-diff",
+        a.to_str().unwrap(),
+        dir.join("nothing").to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("trace.json"));
 }

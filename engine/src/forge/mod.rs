@@ -193,5 +193,23 @@ pub fn forged(preset_name: &str, seed: u64) -> Result<PathBuf, ForgeError> {
             source,
         }
     })?;
+    prune_older_versions(&dir, &format!("{}-s{}-", p.name, seed), &file_name);
     Ok(path)
+}
+
+/// Removes cached files of the same preset and seed forged by an older forge version (the
+/// 2B-shaped ones are 1.2 GB each). Best effort: a file another process still maps stays
+/// readable until it is closed.
+fn prune_older_versions(dir: &Path, prefix: &str, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix) && name.ends_with(".gguf") && name != keep {
+            // The hash part has no '-' (`<preset>-s<seed>-<hash>.gguf`), so a longer preset
+            // name sharing the prefix (tiny-i2s vs tiny-i2s-x) is never matched by mistake.
+            if !name[prefix.len()..].trim_end_matches(".gguf").contains('-') {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }

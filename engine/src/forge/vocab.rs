@@ -48,32 +48,9 @@ pub struct Vocab {
     pub eos: u32,
 }
 
-/// GPT-2's `bytes_to_unicode`: printable Latin-1 bytes map to themselves, the other 68 bytes
-/// to U+0100.. in byte order (so space → 'Ġ', newline → 'Ċ').
-pub fn byte_to_unicode() -> &'static [char; 256] {
-    static TABLE: OnceLock<[char; 256]> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let printable =
-            |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || b >= 0xae;
-        let mut table = ['\0'; 256];
-        let mut n = 0;
-        for b in 0..256u32 {
-            let c = if printable(b) {
-                b
-            } else {
-                n += 1;
-                255 + n
-            };
-            table[b as usize] = char::from_u32(c).unwrap_or('\u{fffd}');
-        }
-        table
-    })
-}
-
-/// Bytes in GPT-2 byte-to-unicode form.
+/// Bytes in GPT-2 byte-to-unicode form (`tokenizer::byte_level`, shared with the tokenizer).
 pub fn bytes_to_gpt2(bytes: &[u8]) -> String {
-    let t = byte_to_unicode();
-    bytes.iter().map(|&b| t[b as usize]).collect()
+    crate::tokenizer::byte_level::encode_bytes(bytes)
 }
 
 /// The byte-level toy vocabulary (cached; deterministic).
@@ -228,32 +205,6 @@ pub fn assets_dir() -> PathBuf {
     }
 }
 
-/// Names of the 256 Llama-3 special tokens (ids 128000..128256), as bitnet.cpp's own
-/// tokenizer lists them (BITNET_NOTES §4), not the later Llama 3.1 names.
-pub fn llama3_special_names() -> Vec<String> {
-    let mut names: Vec<String> = [
-        "<|begin_of_text|>",
-        "<|end_of_text|>",
-        "<|reserved_special_token_0|>",
-        "<|reserved_special_token_1|>",
-        "<|reserved_special_token_2|>",
-        "<|reserved_special_token_3|>",
-        "<|start_header_id|>",
-        "<|end_header_id|>",
-        "<|reserved_special_token_4|>",
-        "<|eot_id|>",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut k = 5;
-    while names.len() < LLAMA3_N_SPECIAL {
-        names.push(format!("<|reserved_special_token_{k}|>"));
-        k += 1;
-    }
-    names
-}
-
 /// The Llama-3 vocabulary from `<assets>/llama3-tokenizer.model` (cached in-process per path).
 pub fn llama3() -> Result<Arc<Vocab>, ForgeError> {
     static CACHE: Mutex<Option<(PathBuf, Arc<Vocab>)>> = Mutex::new(None);
@@ -270,51 +221,21 @@ pub fn llama3() -> Result<Arc<Vocab>, ForgeError> {
 }
 
 fn load_llama3(path: &Path) -> Result<Vocab, ForgeError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ForgeError::MissingAsset {
-                path: path.to_path_buf(),
-            })
-        }
-        Err(source) => {
-            return Err(ForgeError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
-    let bad = |line: usize, reason: String| ForgeError::BadAsset {
-        path: path.to_path_buf(),
-        line,
-        reason,
-    };
-    // `base64(token bytes) rank`, one per line, ranks 0.. in order.
-    let mut ranked: Vec<Vec<u8>> = Vec::with_capacity(LLAMA3_N_RANKED);
-    for (i, line) in text.lines().enumerate() {
-        if line.is_empty() {
-            continue;
-        }
-        let (b64, rank) = line
-            .split_once(' ')
-            .ok_or_else(|| bad(i + 1, "expected 'base64 rank'".into()))?;
-        let rank: usize = rank
-            .trim()
-            .parse()
-            .map_err(|_| bad(i + 1, format!("rank '{rank}' is not a number")))?;
-        if rank != ranked.len() {
-            return Err(bad(
-                i + 1,
-                format!("rank {rank}, expected {}", ranked.len()),
-            ));
-        }
-        ranked.push(base64_decode(b64).ok_or_else(|| bad(i + 1, "invalid base64".into()))?);
+    if !path.exists() {
+        return Err(ForgeError::MissingAsset { path: path.to_path_buf() });
     }
+    // `base64(token bytes) rank` per line: the same reader the truth tokenizer uses.
+    let ranked = crate::tokenizer::truth::load_ranks(path).map_err(|e| ForgeError::BadAsset {
+        path: path.to_path_buf(),
+        line: 0,
+        reason: e.to_string(),
+    })?;
     if ranked.len() != LLAMA3_N_RANKED {
-        return Err(bad(
-            ranked.len(),
-            format!("{} ranked tokens, expected {LLAMA3_N_RANKED}", ranked.len()),
-        ));
+        return Err(ForgeError::BadAsset {
+            path: path.to_path_buf(),
+            line: ranked.len(),
+            reason: format!("{} ranked tokens, expected {LLAMA3_N_RANKED}", ranked.len()),
+        });
     }
     let rank_of: HashMap<&[u8], u32> = ranked
         .iter()
@@ -346,7 +267,7 @@ fn load_llama3(path: &Path) -> Result<Vocab, ForgeError> {
     }
 
     let mut tokens = strings;
-    tokens.extend(llama3_special_names());
+    tokens.extend(crate::tokenizer::truth::special_names());
     let mut token_types = vec![TOKEN_TYPE_NORMAL; LLAMA3_N_RANKED];
     token_types.extend([TOKEN_TYPE_CONTROL; LLAMA3_N_SPECIAL]);
     Ok(Vocab {
@@ -358,53 +279,15 @@ fn load_llama3(path: &Path) -> Result<Vocab, ForgeError> {
     })
 }
 
-/// Standard base64 (RFC 4648, with `=` padding) decoding; `None` on malformed input.
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    fn val(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let s = s.trim_end_matches('=').as_bytes();
-    if s.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    for chunk in s.chunks(4) {
-        let mut acc = 0u32;
-        for &c in chunk {
-            acc = (acc << 6) | val(c)?;
-        }
-        acc <<= 6 * (4 - chunk.len() as u32);
-        let bytes = acc.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn base64_round_trips_known_values() {
-        assert_eq!(base64_decode("IQ==").unwrap(), b"!");
-        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(base64_decode("aGVsbG8h").unwrap(), b"hello!");
-        assert_eq!(base64_decode("aGk").unwrap(), b"hi");
-        assert!(base64_decode("a").is_none());
-    }
-
-    #[test]
     fn gpt2_bytes_map_space_and_newline() {
         assert_eq!(bytes_to_gpt2(b" the\n"), "\u{120}the\u{10a}");
-        let t = byte_to_unicode();
-        let distinct: HashSet<char> = t.iter().copied().collect();
+        let all: Vec<u8> = (0..=255).collect();
+        let distinct: HashSet<char> = bytes_to_gpt2(&all).chars().collect();
         assert_eq!(distinct.len(), 256);
     }
 

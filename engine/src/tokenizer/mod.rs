@@ -16,7 +16,7 @@
 //! `<|begin_of_text|>` and is parsed with specials gets a second one, exactly as in llama.cpp.
 //! [`Tokenizer::encode_chat`] is the way to tokenize the Llama-3 chat template with one BOS.
 
-mod byte_level;
+pub mod byte_level;
 mod chat;
 mod error;
 mod pre;
