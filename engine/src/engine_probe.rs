@@ -188,11 +188,18 @@ impl Probe for EngineProbe {
                 None => chosen,
             };
             let position = self.session.n_past as u32;
-            let (logits, stages) = self.run(&[input], Logits::Last, &req.capture);
-            chosen = sampler.choose(&logits);
+            // Sample straight from the session's logits buffer: nothing is allocated per
+            // token unless the caller keeps logits or captures stages.
+            let (model, session, keep) = (&self.model, &mut self.session, req.keep_logits);
+            let (c, logits, stages) = self.pool.install(|| {
+                let mut tap = Tap::new(&req.capture, session.n_past);
+                let l = session.forward(model, &[input], Logits::Last, &mut tap);
+                (sampler.choose(l), keep.then(|| l.to_vec()), tap.out)
+            });
+            chosen = c;
             on_token(chosen);
             tokens.push(chosen);
-            steps.push(DecodeStep { position, input, chosen, logits: req.keep_logits.then_some(logits), stages });
+            steps.push(DecodeStep { position, input, chosen, logits, stages });
         }
         let tokens = if req.max_tokens == 0 { Vec::new() } else { tokens };
         Ok(Generation { prefill, first, steps, tokens, prefill_seconds, decode_seconds: t1.elapsed().as_secs_f64() })
