@@ -7,9 +7,9 @@ use crate::sampling::Sampler;
 use crate::gguf::GgufFile;
 use crate::tokenizer::{truth::Truth, Tokenizer, TokenizerError};
 use probe::{
-    Capture, DecodeStep, Error, Forward, GenerateRequest, Generation, ModelInfo, OpenRequest, Probe, Result, Token,
+    drive_generation, Capture, Decoder, Error, Forward, GenerateRequest, Generation, Limits, ModelInfo, Step, OpenRequest, Probe,
+    Result, Token,
 };
-use std::time::Instant;
 
 /// Context used when the caller asks for 0 (= default): the training context, capped.
 const DEFAULT_N_CTX: usize = 4096;
@@ -87,18 +87,7 @@ impl EngineProbe {
     }
 
     fn check_tokens(&self, tokens: &[Token], start: usize) -> Result<()> {
-        let nv = self.model.hp.n_vocab as u32;
-        if let Some(bad) = tokens.iter().find(|&&t| t >= nv) {
-            return Err(Error::InvalidRequest(format!("token id {bad} is outside the vocabulary (n_vocab {nv})")));
-        }
-        if start + tokens.len() > self.session.n_ctx {
-            return Err(Error::InvalidRequest(format!(
-                "{} tokens from position {start} exceed the context of {} (open with a larger n_ctx)",
-                tokens.len(),
-                self.session.n_ctx
-            )));
-        }
-        Ok(())
+        Limits { n_vocab: self.info.n_vocab, n_ctx: self.session.n_ctx, eos: &[] }.check(tokens, start)
     }
 
     /// One batch at the session's current position; returns the logits rows and the stages.
@@ -142,73 +131,47 @@ impl Probe for EngineProbe {
     }
 
     fn generate_with(&mut self, req: &GenerateRequest, on_token: &mut dyn FnMut(Token)) -> Result<Generation> {
-        if req.prompt.is_empty() {
-            return Err(Error::InvalidRequest("generate with an empty prompt".into()));
-        }
-        let steps_wanted = req.max_tokens.saturating_sub(1);
-        self.check_tokens(&req.prompt, 0)?;
-        if let Some(f) = &req.forced {
-            self.check_tokens(f, req.prompt.len())?;
-        }
-        if req.prompt.len() + steps_wanted > self.session.n_ctx {
-            return Err(Error::InvalidRequest(format!(
-                "prompt {} + {} decode steps exceed the context of {}",
-                req.prompt.len(),
-                steps_wanted,
-                self.session.n_ctx
-            )));
-        }
         let eos = self.tokenizer.eos_set();
-        let mut sampler = Sampler::new(&req.sampling);
-        self.session.reset();
-        let t0 = Instant::now();
-        let mode = if req.keep_logits { Logits::All } else { Logits::Last };
-        let (logits, stages) = self.run(&req.prompt, mode, &req.capture);
-        let nv = self.info.n_vocab as usize;
-        let first = sampler.choose(&logits[logits.len() - nv..]);
-        if req.max_tokens > 0 {
-            on_token(first);
-        }
-        let prefill = Forward { n_vocab: nv as u32, logits, stages };
-        let prefill_seconds = t0.elapsed().as_secs_f64();
+        let limits = Limits { n_vocab: self.info.n_vocab, n_ctx: self.session.n_ctx, eos: &eos };
+        let mut d = EngineDecoder { sampler: Sampler::new(&req.sampling), probe: self };
+        drive_generation(&mut d, req, limits, on_token)
+    }
+}
 
-        let t1 = Instant::now();
-        let mut tokens = vec![first];
-        let mut steps = Vec::new();
-        let mut chosen = first;
-        for i in 0..steps_wanted {
-            if req.max_tokens == 0 || (req.stop_at_eos && eos.contains(&chosen)) {
-                break;
-            }
-            let input = match &req.forced {
-                Some(f) => match f.get(i) {
-                    Some(&t) => t,
-                    None => break,
-                },
-                None => chosen,
-            };
-            let position = self.session.n_past as u32;
-            // Sample straight from the session's logits buffer: nothing is allocated per
-            // token unless the caller keeps logits or captures stages.
-            let (model, session, keep) = (&self.model, &mut self.session, req.keep_logits);
-            let (c, logits, stages) = self.pool.install(|| {
-                let mut tap = Tap::new(&req.capture, session.n_past);
-                let l = session.forward(model, &[input], Logits::Last, &mut tap);
-                (sampler.choose(l), keep.then(|| l.to_vec()), tap.out)
-            });
-            chosen = c;
-            on_token(chosen);
-            tokens.push(chosen);
-            steps.push(DecodeStep { position, input, chosen, logits, stages });
-        }
-        let tokens = if req.max_tokens == 0 { Vec::new() } else { tokens };
-        Ok(Generation { prefill, first, steps, tokens, prefill_seconds, decode_seconds: t1.elapsed().as_secs_f64() })
+/// The engine's half of generation: its forward pass and its sampler.
+struct EngineDecoder<'a> {
+    probe: &'a mut EngineProbe,
+    sampler: Sampler,
+}
+
+impl Decoder for EngineDecoder<'_> {
+    fn prefill(&mut self, req: &GenerateRequest) -> Result<(Forward, Token)> {
+        self.probe.session.reset();
+        let mode = if req.keep_logits { Logits::All } else { Logits::Last };
+        let (logits, stages) = self.probe.run(&req.prompt, mode, &req.capture);
+        let nv = self.probe.info.n_vocab as usize;
+        let first = self.sampler.choose(&logits[logits.len() - nv..]);
+        Ok((Forward { n_vocab: nv as u32, logits, stages }, first))
+    }
+
+    fn step(&mut self, req: &GenerateRequest, input: Token, _position: u32) -> Result<Step> {
+        // Sample straight from the session's logits buffer: nothing is allocated per token
+        // unless the caller keeps logits or captures stages.
+        let p = &mut *self.probe;
+        let (model, session, sampler, keep) = (&p.model, &mut p.session, &mut self.sampler, req.keep_logits);
+        Ok(p.pool.install(|| {
+            let mut tap = Tap::new(&req.capture, session.n_past);
+            let l = session.forward(model, &[input], Logits::Last, &mut tap);
+            (sampler.choose(l), keep.then(|| l.to_vec()), tap.out)
+        }))
     }
 }
 
 /// The engine's tokenizer, by mode: `gguf` (the file's vocab as llama.cpp reads it, so
 /// engine-vs-oracle comparisons are like for like), `truth` (the trained Llama-3 tokenizer,
 /// tiktoken over the pinned ranks) or a `tokenizer.json` path.
+// One per open probe, so the variants' size difference costs nothing worth boxing.
+#[allow(clippy::large_enum_variant)]
 enum TokenizerSet {
     Gguf(Tokenizer),
     Truth(Truth),

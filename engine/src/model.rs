@@ -76,7 +76,7 @@ impl Hparams {
         let n_head = f.get_u32(&key("attention.head_count"))? as usize;
         // llama.cpp: head_count_kv defaults to head_count (no GQA) when absent.
         let n_head_kv = opt(f, &key("attention.head_count_kv"), GgufFile::get_u32)?.map_or(n_head, |v| v as usize);
-        if n_head == 0 || n_head_kv == 0 || n_embd % n_head != 0 || n_head % n_head_kv != 0 {
+        if n_head == 0 || n_head_kv == 0 || !n_embd.is_multiple_of(n_head) || !n_head.is_multiple_of(n_head_kv) {
             return Err(ModelError::Invalid {
                 path: path.into(),
                 message: format!(

@@ -250,7 +250,7 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
         format!("{}:{l}:{c}", file.display())
     };
     let raw: RawCase = toml::from_str(&text).map_err(|e| {
-        let place = e.span().map_or_else(|| file.display().to_string(), |s| at(s));
+        let place = e.span().map_or_else(|| file.display().to_string(), &at);
         err(format!("{place}: {}\nfix: see the schema and commented example in cases/README.md", e.message().trim()))
     })?;
 

@@ -478,7 +478,7 @@ fn tokenize_compare(a: &TokenizeArgs, path: &std::path::Path) -> Result<ExitCode
 }
 
 fn serve_engine() -> Result<ExitCode> {
-    probe::wire::serve(|req| engine::EngineProbe::open(req), std::io::stdin().lock(), std::io::stdout().lock())?;
+    probe::wire::serve(engine::EngineProbe::open, std::io::stdin().lock(), std::io::stdout().lock())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -521,7 +521,7 @@ fn diff(a: DiffArgs) -> Result<ExitCode> {
     println!("          oracle {:?}", r.oracle_tokens);
     println!("weights   {}", r.weight_type);
     println!();
-    println!("{:<12} {:>4}  {:<22} {:>10} {:>10} {:>10}  {}", "phase", "pos", "stage", "nmse", "cosine", "max|Δ|", "");
+    println!("{:<12} {:>4}  {:<22} {:>10} {:>10} {:>10}  ", "phase", "pos", "stage", "nmse", "cosine", "max|Δ|");
     for row in &r.rows {
         if a.failures && row.pass {
             continue;

@@ -15,13 +15,12 @@
 use crate::tap::{Dims, Tap};
 use crate::{ffi, log_mark, log_since_mark, GgufHeader, Model};
 use probe::{
-    Capture, DecodeStep, Error, Forward, GenerateRequest, Generation, ModelInfo, OpenRequest, Probe, Result, Sampling,
-    StageTensor, Token,
+    drive_generation, Capture, Decoder, Error, Forward, GenerateRequest, Generation, Limits, ModelInfo, Step, OpenRequest,
+    Probe, Result, Sampling, StageTensor, Token,
 };
 use std::ffi::c_void;
 use std::ptr::NonNull;
 use std::sync::Mutex;
-use std::time::Instant;
 
 /// Context used when the caller asks for 0 (= default): the training context, capped.
 const DEFAULT_N_CTX: usize = 4096;
@@ -105,18 +104,7 @@ impl OracleProbe {
     /// Refuses what bitnet.cpp would assert on or misread: ids outside the vocabulary, a
     /// batch running past the context.
     fn check_tokens(&self, tokens: &[Token], start: usize) -> Result<()> {
-        let nv = self.info.n_vocab;
-        if let Some(bad) = tokens.iter().find(|&&t| t >= nv) {
-            return Err(Error::InvalidRequest(format!("token id {bad} is outside the vocabulary (n_vocab {nv})")));
-        }
-        if start + tokens.len() > self.n_ctx {
-            return Err(Error::InvalidRequest(format!(
-                "{} tokens from position {start} exceed the context of {} (open with a larger n_ctx)",
-                tokens.len(),
-                self.n_ctx
-            )));
-        }
-        Ok(())
+        Limits { n_vocab: self.info.n_vocab, n_ctx: self.n_ctx, eos: &[] }.check(tokens, start)
     }
 
     /// The logits rows of `rows` (batch indices) of the last decode, concatenated.
@@ -160,70 +148,45 @@ impl Probe for OracleProbe {
     }
 
     fn generate_with(&mut self, req: &GenerateRequest, on_token: &mut dyn FnMut(Token)) -> Result<Generation> {
-        if req.prompt.is_empty() {
-            return Err(Error::InvalidRequest("generate with an empty prompt".into()));
-        }
-        let steps_wanted = req.max_tokens.saturating_sub(1);
-        self.check_tokens(&req.prompt, 0)?;
-        if let Some(f) = &req.forced {
-            self.check_tokens(f, req.prompt.len())?;
-        }
-        if req.prompt.len() + steps_wanted > self.n_ctx {
-            return Err(Error::InvalidRequest(format!(
-                "prompt {} + {} decode steps exceed the context of {}",
-                req.prompt.len(),
-                steps_wanted,
-                self.n_ctx
-            )));
-        }
-        let mut sampler = Sampler::new(&req.sampling)?;
-        self.ctx.clear_kv();
-        let t0 = Instant::now();
+        let eos = self.eos_set.clone();
+        let limits = Limits { n_vocab: self.info.n_vocab, n_ctx: self.n_ctx, eos: &eos };
+        let sampler = Sampler::new(&req.sampling)?;
+        drive_generation(&mut OracleDecoder { probe: self, sampler }, req, limits, on_token)
+    }
+}
 
-        // Prefill. Logits for every prompt position when they are kept, else for the last one;
-        // when stages are captured, for every position too, so that bitnet.cpp's last layer
-        // keeps all rows (it computes only the output rows from ffn_inp on) and the stages
-        // cover every prompt position as the engine's do. Only the kept logits rows, and the
+/// The oracle's half of generation: bitnet.cpp's decode and llama.cpp's sampler chain.
+struct OracleDecoder<'a> {
+    probe: &'a mut OracleProbe,
+    sampler: Sampler,
+}
+
+impl Decoder for OracleDecoder<'_> {
+    fn prefill(&mut self, req: &GenerateRequest) -> Result<(Forward, Token)> {
+        let p = &mut *self.probe;
+        p.ctx.clear_kv();
+        // Logits for every prompt position when they are kept, else for the last one; when
+        // stages are captured, for every position too, so that bitnet.cpp's last layer keeps
+        // all rows (it computes only the output rows from ffn_inp on) and the stages cover
+        // every prompt position as the engine's do. Only the kept logits rows, and the
         // `result_output` stage at those positions, are returned.
         let n = req.prompt.len();
         let last = n as u32 - 1;
         let kept: Vec<u32> = if req.keep_logits { (0..n as u32).collect() } else { vec![last] };
         let outputs: Vec<u32> = if req.keep_logits || !req.capture.is_empty() { (0..n as u32).collect() } else { vec![last] };
-        let stages = self.ctx.decode(&req.prompt, 0, &outputs, &req.capture, &kept)?;
-        let logits = self.logits_rows(kept.iter().map(|&p| p as usize))?;
-        let nv = self.info.n_vocab as usize;
-        let first = sampler.choose(&self.ctx, n - 1, &logits[logits.len() - nv..]);
-        if req.max_tokens > 0 {
-            on_token(first);
-        }
-        let prefill = Forward { n_vocab: nv as u32, logits, stages };
-        let prefill_seconds = t0.elapsed().as_secs_f64();
+        let stages = p.ctx.decode(&req.prompt, 0, &outputs, &req.capture, &kept)?;
+        let logits = p.logits_rows(kept.iter().map(|&x| x as usize))?;
+        let nv = p.info.n_vocab as usize;
+        let first = self.sampler.choose(&p.ctx, n - 1, &logits[logits.len() - nv..]);
+        Ok((Forward { n_vocab: nv as u32, logits, stages }, first))
+    }
 
-        let t1 = Instant::now();
-        let mut tokens = vec![first];
-        let mut steps = Vec::new();
-        let mut chosen = first;
-        for (i, n_past) in (0..steps_wanted).zip(n..) {
-            if req.max_tokens == 0 || (req.stop_at_eos && self.eos_set.contains(&chosen)) {
-                break;
-            }
-            let input = match &req.forced {
-                Some(f) => match f.get(i) {
-                    Some(&t) => t,
-                    None => break,
-                },
-                None => chosen,
-            };
-            let position = n_past as u32;
-            let stages = self.ctx.decode(&[input], n_past, &[position], &req.capture, &[position])?;
-            let logits = self.logits_rows([0])?;
-            chosen = sampler.choose(&self.ctx, 0, &logits);
-            on_token(chosen);
-            tokens.push(chosen);
-            steps.push(DecodeStep { position, input, chosen, logits: req.keep_logits.then_some(logits), stages });
-        }
-        let tokens = if req.max_tokens == 0 { Vec::new() } else { tokens };
-        Ok(Generation { prefill, first, steps, tokens, prefill_seconds, decode_seconds: t1.elapsed().as_secs_f64() })
+    fn step(&mut self, req: &GenerateRequest, input: Token, position: u32) -> Result<Step> {
+        let p = &mut *self.probe;
+        let stages = p.ctx.decode(&[input], position as usize, &[position], &req.capture, &[position])?;
+        let logits = p.logits_rows([0])?;
+        let chosen = self.sampler.choose(&p.ctx, 0, &logits);
+        Ok((chosen, req.keep_logits.then_some(logits), stages))
     }
 }
 

@@ -238,6 +238,107 @@ pub fn argmax(values: &[f32]) -> Token {
     best as Token
 }
 
+
+/// One implementation's half of [`Probe::generate_with`]: the prompt pass and one decode step.
+/// [`drive_generation`] does the rest, so every probe means the same thing by "step".
+pub trait Decoder {
+    /// Runs the whole prompt from an empty KV cache; returns the prefill (logits rows as
+    /// `GenerateRequest::keep_logits` asks, last row last) and the first chosen token.
+    fn prefill(&mut self, req: &GenerateRequest) -> Result<(Forward, Token)>;
+    /// Feeds `input` at `position` through the KV cache; returns the chosen token, this step's
+    /// logits when `req.keep_logits`, and the captured stages.
+    fn step(&mut self, req: &GenerateRequest, input: Token, position: u32) -> Result<Step>;
+}
+
+/// One decode step's outcome: the chosen token, its logits (when kept), the captured stages.
+pub type Step = (Token, Option<Vec<f32>>, Vec<StageTensor>);
+
+/// What [`drive_generation`] checks requests against.
+pub struct Limits<'a> {
+    pub n_vocab: u32,
+    pub n_ctx: usize,
+    /// Tokens that end generation when `stop_at_eos`.
+    pub eos: &'a [Token],
+}
+
+impl Limits<'_> {
+    /// `tokens` are valid ids and fit in the context from position `start`.
+    pub fn check(&self, tokens: &[Token], start: usize) -> Result<()> {
+        if let Some(bad) = tokens.iter().find(|&&t| t >= self.n_vocab) {
+            return Err(Error::InvalidRequest(format!(
+                "token id {bad} is outside the vocabulary (n_vocab {})",
+                self.n_vocab
+            )));
+        }
+        if start + tokens.len() > self.n_ctx {
+            return Err(Error::InvalidRequest(format!(
+                "{} tokens from position {start} exceed the context of {} (open with a larger n_ctx)",
+                tokens.len(),
+                self.n_ctx
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Validates a request, then prefills and decodes step by step with the same semantics for
+/// every probe: `first` comes from the prompt's last logits; step `i` feeds `forced[i]` (or
+/// the previous choice) at the next position; `tokens` = `first` + each step's choice;
+/// `max_tokens` counts generated tokens; generation stops at EOS when asked.
+pub fn drive_generation(
+    d: &mut impl Decoder,
+    req: &GenerateRequest,
+    limits: Limits,
+    on_token: &mut dyn FnMut(Token),
+) -> Result<Generation> {
+    if req.prompt.is_empty() {
+        return Err(Error::InvalidRequest("generate with an empty prompt".into()));
+    }
+    let steps_wanted = req.max_tokens.saturating_sub(1);
+    limits.check(&req.prompt, 0)?;
+    if let Some(f) = &req.forced {
+        limits.check(f, req.prompt.len())?;
+    }
+    if req.prompt.len() + steps_wanted > limits.n_ctx {
+        return Err(Error::InvalidRequest(format!(
+            "prompt {} + {} decode steps exceed the context of {}",
+            req.prompt.len(),
+            steps_wanted,
+            limits.n_ctx
+        )));
+    }
+    let t0 = std::time::Instant::now();
+    let (prefill, first) = d.prefill(req)?;
+    if req.max_tokens > 0 {
+        on_token(first);
+    }
+    let prefill_seconds = t0.elapsed().as_secs_f64();
+
+    let t1 = std::time::Instant::now();
+    let mut tokens = vec![first];
+    let mut steps = Vec::new();
+    let mut chosen = first;
+    for (i, position) in (0..steps_wanted).zip(req.prompt.len() as u32..) {
+        if req.max_tokens == 0 || (req.stop_at_eos && limits.eos.contains(&chosen)) {
+            break;
+        }
+        let input = match &req.forced {
+            Some(f) => match f.get(i) {
+                Some(&t) => t,
+                None => break,
+            },
+            None => chosen,
+        };
+        let (c, logits, stages) = d.step(req, input, position)?;
+        chosen = c;
+        on_token(chosen);
+        tokens.push(chosen);
+        steps.push(DecodeStep { position, input, chosen, logits, stages });
+    }
+    let tokens = if req.max_tokens == 0 { Vec::new() } else { tokens };
+    Ok(Generation { prefill, first, steps, tokens, prefill_seconds, decode_seconds: t1.elapsed().as_secs_f64() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

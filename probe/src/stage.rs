@@ -229,14 +229,12 @@ mod tests {
 
     #[test]
     fn eval_order_puts_layers_between_embedding_and_head() {
-        let mut ids = vec![
-            StageId::new(Stage::ResultOutput, None),
+        let mut ids = [StageId::new(Stage::ResultOutput, None),
             StageId::new(Stage::LOut, Some(1)),
             StageId::new(Stage::AttnNorm, Some(1)),
             StageId::new(Stage::FfnDown, Some(0)),
             StageId::new(Stage::InpEmbd, None),
-            StageId::new(Stage::ResultNorm, None),
-        ];
+            StageId::new(Stage::ResultNorm, None)];
         ids.sort_by_key(|i| i.eval_key());
         let names: Vec<_> = ids.iter().map(|i| i.to_string()).collect();
         assert_eq!(
