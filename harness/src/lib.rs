@@ -1,6 +1,7 @@
 //! The harness: comparisons, case files, trials and reports shared by the `bitprobe` CLI and
 //! the `cases` test binary (`harness/tests/cases.rs`).
 
+pub mod bench;
 pub mod case;
 pub mod compare;
 pub mod diff;

@@ -60,6 +60,12 @@ enum Command {
     /// Otherwise hash-only: each row bit-exact or not. Exit status: 0 agree, 1 divergent,
     /// 2 unreadable trace.
     TraceDiff(TraceDiffArgs),
+    /// Engine vs bitnet.cpp speed on one model, side by side: load, prefill and decode tok/s,
+    /// peak RSS, and the decode ceiling of this machine's read bandwidth.
+    ///
+    /// Both probes run in child processes, alternating A B A B after a warm-up; medians with
+    /// min–max and the engine/oracle ratio are printed. Speed is reported, never asserted.
+    Bench(BenchArgs),
     /// Serve the engine over the probe wire protocol on stdin/stdout (used by bench).
     #[command(hide = true)]
     ServeEngine,
@@ -288,6 +294,31 @@ struct GalleryArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    /// GGUF model file (default: the forged 2b4t-i2s preset, the 2B-4T shapes).
+    #[arg(long, short = 'm', conflicts_with = "preset")]
+    model: Option<PathBuf>,
+    /// Forge preset to benchmark.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Compute threads for both probes.
+    #[arg(long, short = 't', default_value_t = 2)]
+    threads: usize,
+    /// Prompt length for the prefill figure.
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Decode steps for the decode figure.
+    #[arg(long, default_value_t = 64)]
+    decode_tokens: usize,
+    /// Measured repetitions per probe (after one warm-up each).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -299,6 +330,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect(a),
         Command::Trace(a) => trace(a),
         Command::TraceDiff(a) => trace_diff(a),
+        Command::Bench(a) => bench(a),
         Command::ServeEngine => serve_engine(),
     };
     match result {
@@ -686,4 +718,31 @@ mod tests {
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
     }
+}
+
+fn bench(a: BenchArgs) -> Result<ExitCode> {
+    let model = match (&a.model, &a.preset) {
+        (Some(p), _) => ModelSpec::Path(p.clone()),
+        (None, Some(name)) => ModelSpec::Preset { name: name.clone(), seed: 1 },
+        (None, None) => ModelSpec::Preset { name: "2b4t-i2s".into(), seed: 1 },
+    };
+    if a.reps == 0 || a.prompt_tokens == 0 || a.decode_tokens == 0 {
+        bail!("--reps, --prompt-tokens and --decode-tokens must be at least 1");
+    }
+    eprintln!("bench: model {model} (forging it first if needed)");
+    let path = model.resolve().with_context(|| format!("model {model}"))?;
+    let me = std::env::current_exe().context("locating the bitprobe binary")?;
+    let req = harness::bench::BenchRequest {
+        threads: a.threads,
+        prompt_tokens: a.prompt_tokens,
+        decode_tokens: a.decode_tokens,
+        reps: a.reps,
+    };
+    let report = harness::bench::run(&me, &path, &req, |line| eprintln!("bench: {line}")).map_err(anyhow::Error::msg)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", harness::bench::table(&report));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,228 @@
+//! `bitprobe bench`: engine and oracle side by side, in one run, as ratios.
+//!
+//! Both probes run in child processes (the oracle always does; the engine through
+//! `bitprobe serve-engine`), so their peak RSS figures compare. Runs alternate A B A B after
+//! one warm-up each, so drift on the machine hits both alike. Speed is reported, never
+//! asserted: absolute numbers drift between machines, ratios from one run do not.
+
+use crate::probes::{oracle_binary, ProbeKind};
+use probe::wire::RemoteProbe;
+use probe::{GenerateRequest, OpenRequest, Probe, Token};
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct BenchRequest {
+    pub threads: usize,
+    pub prompt_tokens: usize,
+    pub decode_tokens: usize,
+    pub reps: usize,
+}
+
+/// One probe's measurements over the repetitions.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Series {
+    pub load_seconds: Vec<f64>,
+    pub prefill_tok_s: Vec<f64>,
+    pub decode_tok_s: Vec<f64>,
+    pub peak_rss_bytes: Vec<u64>,
+}
+
+/// Median, min and max of a series.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Summary {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+pub fn summarize(v: &[f64]) -> Summary {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let median = match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    };
+    Summary { median, min: s.first().copied().unwrap_or(f64::NAN), max: s.last().copied().unwrap_or(f64::NAN) }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub threads: usize,
+    pub prompt_tokens: usize,
+    pub decode_tokens: usize,
+    pub reps: usize,
+    pub engine: Series,
+    pub oracle: Series,
+    /// Bytes one decode step must read: every tensor's data (the tied head reads the whole
+    /// embedding matrix; the embedding lookup itself reads one row, which is ignored).
+    pub bytes_per_decode_step: u64,
+    /// Measured read bandwidth with `threads` threads, bytes/s.
+    pub read_bandwidth: f64,
+}
+
+impl BenchReport {
+    /// tok/s a decode step could reach if it only had to read the weights once.
+    pub fn decode_ceiling(&self) -> f64 {
+        self.read_bandwidth / self.bytes_per_decode_step as f64
+    }
+}
+
+/// Peak resident set of a process (VmHWM), from /proc.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn spawn(kind: ProbeKind, bitprobe: &Path, model: &Path, threads: usize) -> Result<RemoteProbe, String> {
+    let req = OpenRequest::new(model).threads(threads);
+    let r = match kind {
+        ProbeKind::Engine => RemoteProbe::spawn("engine", bitprobe, &["serve-engine"], req),
+        ProbeKind::Oracle => RemoteProbe::spawn("bitnet.cpp oracle", oracle_binary().map_err(|e| e.to_string())?, &[], req),
+    };
+    r.map_err(|e| format!("{kind}: {e}"))
+}
+
+/// A prompt of exactly `n` tokens (ids of a repeated English text, BOS first).
+fn prompt_of(p: &mut RemoteProbe, n: usize) -> Result<Vec<Token>, String> {
+    let text = "The quick brown fox jumps over the lazy dog while the ternary network counts to ten. ";
+    let mut ids = p.tokenize(&text.repeat(n / 8 + 2), true, false).map_err(|e| e.to_string())?;
+    if ids.len() < n {
+        return Err(format!("could not build a {n}-token prompt"));
+    }
+    ids.truncate(n);
+    Ok(ids)
+}
+
+/// One measured run: start, open, prefill, decode, read the peak RSS, stop.
+fn one_run(kind: ProbeKind, bitprobe: &Path, model: &Path, req: &BenchRequest, s: &mut Series) -> Result<(), String> {
+    let t = Instant::now();
+    let mut p = spawn(kind, bitprobe, model, req.threads)?;
+    let load = t.elapsed().as_secs_f64();
+    let prompt = prompt_of(&mut p, req.prompt_tokens)?;
+    let g = p.generate(&GenerateRequest::greedy(prompt, req.decode_tokens + 1)).map_err(|e| format!("{kind}: {e}"))?;
+    let rss = p.pid().map_or(0, peak_rss);
+    s.load_seconds.push(load);
+    s.prefill_tok_s.push(req.prompt_tokens as f64 / g.prefill_seconds.max(1e-9));
+    s.decode_tok_s.push(g.steps.len() as f64 / g.decode_seconds.max(1e-9));
+    s.peak_rss_bytes.push(rss);
+    Ok(())
+}
+
+/// Read bandwidth with `threads` threads over a buffer larger than any cache (512 MiB).
+pub fn read_bandwidth(threads: usize) -> f64 {
+    use rayon::prelude::*;
+    let buf: Vec<u64> = (0..(512usize << 20) / 8).map(|i| i as u64).collect();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build().expect("thread pool");
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let sum: u64 = pool.install(|| buf.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).reduce(|| 0, u64::wrapping_add));
+        std::hint::black_box(sum);
+        best = best.max((buf.len() * 8) as f64 / t.elapsed().as_secs_f64());
+    }
+    best
+}
+
+/// Runs the benchmark; `progress` gets one line per run.
+pub fn run(bitprobe: &Path, model: &Path, req: &BenchRequest, mut progress: impl FnMut(&str)) -> Result<BenchReport, String> {
+    let file = engine::gguf::GgufFile::open(model).map_err(|e| e.to_string())?;
+    let bytes_per_decode_step: u64 = file.tensors().iter().map(|t| t.size).sum();
+    drop(file);
+    let (mut engine, mut oracle) = (Series::default(), Series::default());
+    progress("warm-up: engine, oracle");
+    one_run(ProbeKind::Engine, bitprobe, model, req, &mut Series::default())?;
+    one_run(ProbeKind::Oracle, bitprobe, model, req, &mut Series::default())?;
+    for rep in 1..=req.reps {
+        for (kind, s) in [(ProbeKind::Engine, &mut engine), (ProbeKind::Oracle, &mut oracle)] {
+            one_run(kind, bitprobe, model, req, s)?;
+            progress(&format!(
+                "rep {rep}/{}: {kind} prefill {:.1} tok/s, decode {:.2} tok/s",
+                req.reps,
+                s.prefill_tok_s.last().unwrap_or(&0.0),
+                s.decode_tok_s.last().unwrap_or(&0.0)
+            ));
+        }
+    }
+    progress("measuring read bandwidth");
+    Ok(BenchReport {
+        model: model.display().to_string(),
+        threads: req.threads,
+        prompt_tokens: req.prompt_tokens,
+        decode_tokens: req.decode_tokens,
+        reps: req.reps,
+        engine,
+        oracle,
+        bytes_per_decode_step,
+        read_bandwidth: read_bandwidth(req.threads),
+    })
+}
+
+/// The report as a table: median (min–max) per figure and the engine/oracle ratio.
+pub fn table(r: &BenchReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let row = |out: &mut String, name: &str, e: &[f64], o: &[f64], unit: &str, higher_is_better: bool| {
+        let (se, so) = (summarize(e), summarize(o));
+        let ratio = se.median / so.median;
+        let _ = writeln!(
+            out,
+            "{name:<14} {:>10.2} ({:.2}–{:.2}) {:>10.2} ({:.2}–{:.2})  {:>6.2}×  {unit}{}",
+            se.median,
+            se.min,
+            se.max,
+            so.median,
+            so.min,
+            so.max,
+            ratio,
+            if higher_is_better { "" } else { " (lower is better)" }
+        );
+    };
+    let _ = writeln!(
+        out,
+        "model {} · {} threads · prompt {} tokens · decode {} tokens · {} reps (A B alternating, after a warm-up)",
+        r.model, r.threads, r.prompt_tokens, r.decode_tokens, r.reps
+    );
+    let _ = writeln!(out, "{:<14} {:>23} {:>23}  {:>7}", "", "engine median (min–max)", "oracle median (min–max)", "ratio");
+    row(&mut out, "load", &r.engine.load_seconds, &r.oracle.load_seconds, "s", false);
+    row(&mut out, "prefill", &r.engine.prefill_tok_s, &r.oracle.prefill_tok_s, "tok/s", true);
+    row(&mut out, "decode", &r.engine.decode_tok_s, &r.oracle.decode_tok_s, "tok/s", true);
+    let mib = |v: &[u64]| v.iter().map(|&b| b as f64 / (1 << 20) as f64).collect::<Vec<_>>();
+    row(&mut out, "peak RSS", &mib(&r.engine.peak_rss_bytes), &mib(&r.oracle.peak_rss_bytes), "MiB", false);
+    let ceiling = r.decode_ceiling();
+    let _ = writeln!(
+        out,
+        "decode ceiling {:.2} tok/s = {:.2} GB/s read bandwidth / {:.3} GB per step · engine at {:.0}% of it, oracle at {:.0}%",
+        ceiling,
+        r.read_bandwidth / 1e9,
+        r.bytes_per_decode_step as f64 / 1e9,
+        100.0 * summarize(&r.engine.decode_tok_s).median / ceiling,
+        100.0 * summarize(&r.oracle.decode_tok_s).median / ceiling
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_ranges() {
+        let s = summarize(&[3.0, 1.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(summarize(&[1.0, 4.0]).median, 2.5);
+        assert!(summarize(&[]).median.is_nan());
+    }
+
+    #[test]
+    fn peak_rss_of_this_process_is_read() {
+        assert!(peak_rss(std::process::id()) > 1 << 20);
+    }
+}
