@@ -5,9 +5,9 @@
 //! one warm-up each, so drift on the machine hits both alike. Speed is reported, never
 //! asserted: absolute numbers drift between machines, ratios from one run do not.
 
-use crate::probes::{oracle_binary, ProbeKind};
+use crate::probes::{open_remote, ProbeKind};
 use probe::wire::RemoteProbe;
-use probe::{GenerateRequest, OpenRequest, Probe, Token};
+use probe::{GenerateRequest, Probe, Token};
 use serde::Serialize;
 use std::path::Path;
 use std::time::Instant;
@@ -81,15 +81,6 @@ fn peak_rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn spawn(kind: ProbeKind, bitprobe: &Path, model: &Path, threads: usize) -> Result<RemoteProbe, String> {
-    let req = OpenRequest::new(model).threads(threads);
-    let r = match kind {
-        ProbeKind::Engine => RemoteProbe::spawn("engine", bitprobe, &["serve-engine"], req),
-        ProbeKind::Oracle => RemoteProbe::spawn("bitnet.cpp oracle", oracle_binary().map_err(|e| e.to_string())?, &[], req),
-    };
-    r.map_err(|e| format!("{kind}: {e}"))
-}
-
 /// A prompt of exactly `n` tokens (ids of a repeated English text, BOS first).
 fn prompt_of(p: &mut RemoteProbe, n: usize) -> Result<Vec<Token>, String> {
     let text = "The quick brown fox jumps over the lazy dog while the ternary network counts to ten. ";
@@ -104,7 +95,7 @@ fn prompt_of(p: &mut RemoteProbe, n: usize) -> Result<Vec<Token>, String> {
 /// One measured run: start, open, prefill, decode, read the peak RSS, stop.
 fn one_run(kind: ProbeKind, bitprobe: &Path, model: &Path, req: &BenchRequest, s: &mut Series) -> Result<(), String> {
     let t = Instant::now();
-    let mut p = spawn(kind, bitprobe, model, req.threads)?;
+    let mut p = open_remote(kind, bitprobe, model, req.threads).map_err(|e| format!("{kind}: {e}"))?;
     let load = t.elapsed().as_secs_f64();
     let prompt = prompt_of(&mut p, req.prompt_tokens)?;
     let g = p.generate(&GenerateRequest::greedy(prompt, req.decode_tokens + 1)).map_err(|e| format!("{kind}: {e}"))?;

@@ -5,7 +5,7 @@
 //! which the test binary turns into one failing trial while every other file still runs.
 
 use crate::probes::ModelSpec;
-use crate::tolerance::{StageTolerance, ToleranceOverrides};
+use crate::tolerance::ToleranceOverrides;
 use probe::Stage;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -412,13 +412,6 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
         snapshot: raw.snapshot,
         expect: raw.expect,
     })
-}
-
-impl Case {
-    /// The tolerance for one stage of this case (defaults, then case overrides).
-    pub fn tolerance_for(&self, stage: Stage, layer: Option<u32>, weight_type: &str) -> StageTolerance {
-        self.tolerance.resolve(stage, layer, weight_type)
-    }
 }
 
 /// `smoke/tiny-i2s` for `<root>/smoke/tiny-i2s.toml`.

@@ -348,6 +348,42 @@ pub fn first_divergence(r: &DiffReport) -> Option<Divergence> {
     None
 }
 
+/// The row table (one line per compared tensor, in evaluation order) and the logits
+/// summary, as `bitprobe diff` and `bitprobe trace-diff` print them.
+pub fn render_rows_and_logits(r: &DiffReport, failures_only: bool) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<14} {:>4}  {:<22} {:>10} {:>10} {:>10}", "phase", "pos", "stage", "nmse", "cosine", "max|Δ|");
+    for row in r.rows.iter().filter(|x| !(failures_only && x.pass)) {
+        let (nmse, cos, max) = match &row.metrics {
+            Some(m) => (fmt_metric(m.nmse), format!("{:.6}", m.cosine), fmt_metric(m.max_abs)),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        let note = row.note.as_ref().map(|n| format!(": {n}")).unwrap_or_default();
+        let mark = match (&row.metrics, row.pass) {
+            (Some(m), true) if m.bit_exact => "ok (bit-exact)".to_string(),
+            (_, true) => "ok".to_string(),
+            (Some(_), false) => format!("FAIL (limit {:.0e}){note}", row.nmse_limit),
+            (None, false) => format!("FAIL{note}"),
+        };
+        let _ = writeln!(
+            s,
+            "{:<14} {:>4}  {:<22} {nmse:>10} {cos:>10} {max:>10}  {mark}",
+            row.phase.to_string(),
+            row.position,
+            row.stage.to_string()
+        );
+    }
+    let _ = writeln!(s);
+    let agree = r.logits.iter().filter(|l| l.metrics.top1_agree()).count();
+    let worst_kl = r.logits.iter().map(|l| l.metrics.kl).fold(0.0, f64::max);
+    let _ = writeln!(s, "logits    top-1 agree at {agree}/{} positions, worst KL {}", r.logits.len(), fmt_metric(worst_kl));
+    for l in r.logits.iter().filter(|l| !l.pass) {
+        let _ = writeln!(s, "          {} pos {}: {}", l.phase, l.position, l.note.as_deref().unwrap_or("outside tolerance"));
+    }
+    s
+}
+
 /// Rounds for display in tables.
 pub fn fmt_metric(x: f64) -> String {
     if x == 0.0 {

@@ -515,7 +515,7 @@ fn serve_engine() -> Result<ExitCode> {
 }
 
 fn diff(a: DiffArgs) -> Result<ExitCode> {
-    use harness::diff::{fmt_metric, run_diff, DiffRequest};
+    use harness::diff::{run_diff, DiffRequest};
     let path = a.model.resolve()?;
     let mut stages = Vec::new();
     for n in &a.stages {
@@ -553,29 +553,7 @@ fn diff(a: DiffArgs) -> Result<ExitCode> {
     println!("          oracle {:?}", r.oracle_tokens);
     println!("weights   {}", r.weight_type);
     println!();
-    println!("{:<12} {:>4}  {:<22} {:>10} {:>10} {:>10}  ", "phase", "pos", "stage", "nmse", "cosine", "max|Δ|");
-    for row in &r.rows {
-        if a.failures && row.pass {
-            continue;
-        }
-        let (nmse, cos, max) = match &row.metrics {
-            Some(m) => (fmt_metric(m.nmse), format!("{:.6}", m.cosine), fmt_metric(m.max_abs)),
-            None => ("-".into(), "-".into(), "-".into()),
-        };
-        let mark = match (&row.metrics, row.pass) {
-            (Some(m), true) if m.bit_exact => "ok (bit-exact)".to_string(),
-            (_, true) => "ok".to_string(),
-            (_, false) => format!("FAIL (limit {:.0e}){}", row.nmse_limit, row.note.as_ref().map(|n| format!(": {n}")).unwrap_or_default()),
-        };
-        println!("{:<12} {:>4}  {:<22} {:>10} {:>10} {:>10}  {mark}", row.phase.to_string(), row.position, row.stage.to_string(), nmse, cos, max);
-    }
-    println!();
-    let agree = r.logits.iter().filter(|l| l.metrics.top1_agree()).count();
-    let worst_kl = r.logits.iter().map(|l| l.metrics.kl).fold(0.0, f64::max);
-    println!("logits    top-1 agree at {agree}/{} positions, worst KL {}", r.logits.len(), fmt_metric(worst_kl));
-    for l in r.logits.iter().filter(|l| !l.pass) {
-        println!("          {} pos {}: {}", l.phase, l.position, l.note.as_deref().unwrap_or("outside tolerance"));
-    }
+    print!("{}", harness::diff::render_rows_and_logits(&r, a.failures));
     if !r.oracle_greedy.is_empty() {
         println!("greedy    oracle {:?}", r.oracle_greedy);
         println!("          engine {:?}", r.engine_greedy);
@@ -709,16 +687,6 @@ fn gallery(a: GalleryArgs) -> Result<ExitCode> {
     Ok(if all_pass { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-}
 
 fn bench(a: BenchArgs) -> Result<ExitCode> {
     let model = match (&a.model, &a.preset) {
@@ -745,4 +713,15 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
         print!("{}", harness::bench::table(&report));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -104,8 +104,12 @@ pub fn open(kind: ProbeKind, model: &Path, threads: usize, options: &[(&str, &st
     })
 }
 
-/// Opens the engine in a child process (`bitprobe serve-engine`), e.g. to measure its RSS.
-pub fn open_engine_remote(bitprobe: &Path, model: &Path, threads: usize) -> Result<RemoteProbe, OpenError> {
+/// Opens a probe in a child process: the oracle server, or the engine through
+/// `<bitprobe> serve-engine` (so both can be measured alike, e.g. their peak RSS).
+pub fn open_remote(kind: ProbeKind, bitprobe: &Path, model: &Path, threads: usize) -> Result<RemoteProbe, OpenError> {
     let req = OpenRequest::new(model).threads(threads);
-    Ok(RemoteProbe::spawn("engine", bitprobe, &["serve-engine"], req)?)
+    Ok(match kind {
+        ProbeKind::Engine => RemoteProbe::spawn("engine", bitprobe, &["serve-engine"], req)?,
+        ProbeKind::Oracle => RemoteProbe::spawn("bitnet.cpp oracle", oracle_binary()?, &[], req)?,
+    })
 }

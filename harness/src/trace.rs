@@ -900,7 +900,6 @@ fn hash_rows(phase: Phase, a: &[&TracedTensor], b: &[&TracedTensor]) -> Vec<Row>
 
 /// The `bitprobe trace-diff` table: one row per (phase, position, stage), then the verdict.
 pub fn render(d: &TraceDiff, failures_only: bool) -> String {
-    use crate::diff::fmt_metric;
     use std::fmt::Write;
     let r = &d.report;
     let mut s = String::new();
@@ -934,83 +933,14 @@ pub fn render(d: &TraceDiff, failures_only: bool) -> String {
     }
     let _ = writeln!(s);
     match d.mode {
-        CompareMode::Values => {
-            let _ = writeln!(
-                s,
-                "{:<14} {:>4}  {:<22} {:>10} {:>10} {:>10}",
-                "phase", "pos", "stage", "nmse", "cosine", "max|Δ|"
-            );
-        }
+        CompareMode::Values => s.push_str(&crate::diff::render_rows_and_logits(r, failures_only)),
         CompareMode::HashOnly => {
-            let _ = writeln!(
-                s,
-                "{:<14} {:>4}  {:<22} {:>10}",
-                "phase", "pos", "stage", "bit-exact"
-            );
-        }
-    }
-    for row in r.rows.iter().filter(|x| !(failures_only && x.pass)) {
-        let (phase, pos, stage) = (row.phase.to_string(), row.position, row.stage.to_string());
-        match (d.mode, &row.metrics) {
-            (CompareMode::Values, Some(m)) => {
-                let mark = match row.pass {
-                    true if m.bit_exact => "ok (bit-exact)".to_string(),
-                    true => "ok".to_string(),
-                    false => format!(
-                        "FAIL (limit {:.0e}){}",
-                        row.nmse_limit,
-                        row.note
-                            .as_ref()
-                            .map(|n| format!(": {n}"))
-                            .unwrap_or_default()
-                    ),
-                };
-                let _ = writeln!(
-                    s,
-                    "{phase:<14} {pos:>4}  {stage:<22} {:>10} {:>10} {:>10}  {mark}",
-                    fmt_metric(m.nmse),
-                    format!("{:.6}", m.cosine),
-                    fmt_metric(m.max_abs)
-                );
+            let _ = writeln!(s, "{:<14} {:>4}  {:<22} {:>10}", "phase", "pos", "stage", "bit-exact");
+            for row in r.rows.iter().filter(|x| !(failures_only && x.pass)) {
+                let mark = if row.pass { "yes".to_string() } else { format!("no   {}", row.note.as_deref().unwrap_or("")) };
+                let _ = writeln!(s, "{:<14} {:>4}  {:<22} {mark:>10}", row.phase.to_string(), row.position, row.stage.to_string());
             }
-            (CompareMode::Values, None) => {
-                let _ = writeln!(
-                    s,
-                    "{phase:<14} {pos:>4}  {stage:<22} {:>10} {:>10} {:>10}  FAIL: {}",
-                    "-",
-                    "-",
-                    "-",
-                    row.note.as_deref().unwrap_or("")
-                );
-            }
-            (CompareMode::HashOnly, _) => {
-                let mark = if row.pass {
-                    "yes".to_string()
-                } else {
-                    format!("no   {}", row.note.as_deref().unwrap_or(""))
-                };
-                let _ = writeln!(s, "{phase:<14} {pos:>4}  {stage:<22} {mark:>10}");
-            }
-        }
-    }
-    let _ = writeln!(s);
-    if d.mode == CompareMode::Values {
-        let agree = r.logits.iter().filter(|l| l.metrics.top1_agree()).count();
-        let worst_kl = r.logits.iter().map(|l| l.metrics.kl).fold(0.0, f64::max);
-        let _ = writeln!(
-            s,
-            "logits    top-1 agree at {agree}/{} positions, worst KL {}",
-            r.logits.len(),
-            fmt_metric(worst_kl)
-        );
-        for l in r.logits.iter().filter(|l| !l.pass) {
-            let _ = writeln!(
-                s,
-                "          {} pos {}: {}",
-                l.phase,
-                l.position,
-                l.note.as_deref().unwrap_or("outside tolerance")
-            );
+            let _ = writeln!(s);
         }
     }
     if !r.oracle_greedy.is_empty() || !r.engine_greedy.is_empty() {
