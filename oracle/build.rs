@@ -78,9 +78,56 @@ fn main() {
         format!("BITNET_CPP_DIR={}", src.display())
     };
     println!("cargo:rustc-env=BITPROBE_BITNET_SOURCE={source_id}");
+    // The full identity for sweep receipts: package, tree sha256, and each patch's sha256.
+    let (package, tree_sha) = if vendored {
+        let stamp = fs::read_to_string(manifest_dir.join("vendor/.stamp")).unwrap_or_default();
+        let mut it = stamp.split_whitespace();
+        (
+            it.next().unwrap_or("bitnet-cpp-sys-0.0.5").to_string(),
+            it.next().unwrap_or("unknown").to_string(),
+        )
+    } else {
+        (
+            format!("BITNET_CPP_DIR={}", src.display()),
+            "unknown".to_string(),
+        )
+    };
+    println!("cargo:rustc-env=BITPROBE_BITNET_PACKAGE={package}");
+    println!("cargo:rustc-env=BITPROBE_BITNET_TREE_SHA256={tree_sha}");
+    println!(
+        "cargo:rustc-env=BITPROBE_BITNET_PATCHES={}",
+        patch_digests(&patches_dir)
+    );
     println!("cargo:rustc-link-lib=dylib=stdc++");
     println!("cargo:rustc-link-lib=dylib=m");
     println!("cargo:rustc-link-lib=dylib=pthread");
+}
+
+/// `name=sha256;name=sha256` of every patch applied, in application order.
+fn patch_digests(patches_dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut patches: Vec<PathBuf> = fs::read_dir(patches_dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "patch"))
+                .collect()
+        })
+        .unwrap_or_default();
+    patches.sort();
+    let mut out = Vec::new();
+    for p in patches {
+        let bytes =
+            fs::read(&p).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", p.display())));
+        let hex: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        out.push(format!(
+            "{}={hex}",
+            p.file_name().unwrap().to_string_lossy()
+        ));
+    }
+    out.join(";")
 }
 
 /// `<target dir>/bitnet-cpp`: where the patched copy and the CMake build live. Not OUT_DIR:

@@ -6,7 +6,6 @@
 //! asserted: absolute numbers drift between machines, ratios from one run do not.
 
 use crate::probes::{open_remote, ProbeKind};
-use probe::wire::RemoteProbe;
 use probe::{GenerateRequest, Probe, Token};
 use serde::Serialize;
 use std::path::Path;
@@ -82,7 +81,7 @@ fn peak_rss(pid: u32) -> u64 {
 }
 
 /// A prompt of exactly `n` tokens (ids of a repeated English text, BOS first).
-fn prompt_of(p: &mut RemoteProbe, n: usize) -> Result<Vec<Token>, String> {
+pub fn prompt_of(p: &mut dyn Probe, n: usize) -> Result<Vec<Token>, String> {
     let text = "The quick brown fox jumps over the lazy dog while the ternary network counts to ten. ";
     let mut ids = p.tokenize(&text.repeat(n / 8 + 2), true, false).map_err(|e| e.to_string())?;
     if ids.len() < n {

@@ -421,7 +421,7 @@ pub fn case_id(file: &Path, root: &Path) -> String {
 }
 
 /// Expands `~` and `$VAR`/`${VAR}` and resolves relative paths against the case file.
-fn expand_path(path: &str, case_file: &Path) -> PathBuf {
+pub(crate) fn expand_path(path: &str, case_file: &Path) -> PathBuf {
     let mut out = String::new();
     let mut rest = path;
     if let Some(r) = rest.strip_prefix("~/") {

@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod probes;
 pub mod runs;
 pub mod snapshot;
+pub mod sweep;
 pub mod tolerance;
 pub mod trace;
 pub mod trials;

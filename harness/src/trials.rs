@@ -346,7 +346,8 @@ fn check_decode(case: &Case, p: &Prompt, d: &DiffReport) -> Result<(), String> {
 // ------------------------------------------------------------------------------------------
 // Tokenizer trials.
 
-fn truth() -> Result<&'static engine::tokenizer::truth::Truth, String> {
+/// The trained Llama-3 tokenizer (tiktoken over the ranks asset), loaded once.
+pub fn truth() -> Result<&'static engine::tokenizer::truth::Truth, String> {
     use engine::forge::vocab::{assets_dir, LLAMA3_ASSET};
     static T: std::sync::OnceLock<Result<engine::tokenizer::truth::Truth, String>> = std::sync::OnceLock::new();
     T.get_or_init(|| engine::tokenizer::truth::Truth::from_ranks_file(assets_dir().join(LLAMA3_ASSET)).map_err(|e| e.to_string()))

@@ -23,6 +23,32 @@ use std::process::ExitCode;
 use std::ptr::NonNull;
 use std::sync::{Mutex, Once};
 
+/// Which bitnet.cpp this crate was built from, as recorded by `build.rs`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceInfo {
+    /// `bitnet-cpp-sys-0.0.5` (the crates.io package it was vendored from), or
+    /// `BITNET_CPP_DIR=<path>` for an override checkout.
+    pub package: &'static str,
+    /// sha256 of the vendored tree as `scripts/setup.sh` verified it (`unknown` for an override).
+    pub tree_sha256: &'static str,
+    /// Patches applied in order: file name and sha256.
+    pub patches: Vec<(&'static str, &'static str)>,
+}
+
+/// The source identity of the linked bitnet.cpp.
+pub fn source_info() -> SourceInfo {
+    let patches = env!("BITPROBE_BITNET_PATCHES")
+        .split(';')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.split_once('=').unwrap_or((s, "")))
+        .collect();
+    SourceInfo {
+        package: env!("BITPROBE_BITNET_PACKAGE"),
+        tree_sha256: env!("BITPROBE_BITNET_TREE_SHA256"),
+        patches,
+    }
+}
+
 /// Serves the `probe::wire` protocol on stdin/stdout with [`OracleProbe`]s.
 ///
 /// stdout is the protocol channel, so nothing else may write to it. bitnet.cpp's log goes

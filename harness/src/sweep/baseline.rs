@@ -1,0 +1,269 @@
+//! A sweep against an earlier one: what broke, what got worse, what got fixed.
+//!
+//! Models are matched by name and trials by name. Regressions (exit code 1):
+//! - a model that ran before now errors out;
+//! - a trial that passed, or did not exist, now fails;
+//! - a trial's NMSE or KL got worse by more than a decade ([`DECADE`]); a bit-exact or zero
+//!   value counts as [`FLOOR`], so leaving bit-exactness for anything above 1e-11 counts;
+//! - the engine/oracle speed ratio (prefill or decode) dropped by more than the allowed share
+//!   (10% by default).
+//!
+//! Fixed failures and recovered models are reported as improvements.
+
+use super::receipt::{Change, ChangeKind, Comparison, ModelResult, Receipt, Status, Verdict};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Worse by more than this factor is a regression.
+pub const DECADE: f64 = 10.0;
+/// What a zero (bit-exact) metric counts as when judging "worse by a decade".
+pub const FLOOR: f64 = 1e-12;
+
+/// Reads a receipt, naming the file and what to do when it is not one.
+pub fn load(path: &Path) -> Result<Receipt, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("baseline {}: cannot read: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("baseline {}: not JSON: {e}", path.display()))?;
+    let version = v.get("schema_version").and_then(|x| x.as_u64());
+    if v.get("schema").and_then(|x| x.as_str()) != Some(super::receipt::SCHEMA) {
+        return Err(format!(
+            "baseline {}: not a bitprobe sweep receipt (no \"schema\": \"{}\")",
+            path.display(),
+            super::receipt::SCHEMA
+        ));
+    }
+    if version != Some(super::receipt::SCHEMA_VERSION as u64) {
+        return Err(format!(
+            "baseline {}: receipt schema version {} but this bitprobe writes version {}; run without --baseline (or --baseline none) once to start a new series",
+            path.display(),
+            version.map_or("?".to_string(), |x| x.to_string()),
+            super::receipt::SCHEMA_VERSION
+        ));
+    }
+    serde_json::from_value(v)
+        .map_err(|e| format!("baseline {}: malformed receipt: {e}", path.display()))
+}
+
+fn worse(now: Option<f64>, before: Option<f64>, had_metric_before: bool) -> bool {
+    if !had_metric_before {
+        return false;
+    }
+    // `None` where a metric was expected means a non-finite value: the worst there is.
+    match (now, before) {
+        (None, Some(_)) => true,
+        (Some(n), Some(b)) => n > b.max(FLOOR) * DECADE,
+        _ => false,
+    }
+}
+
+fn fmt(x: Option<f64>) -> String {
+    x.map_or("non-finite".to_string(), |v| {
+        if v == 0.0 {
+            "0 (bit-exact)".to_string()
+        } else {
+            format!("{v:.3e}")
+        }
+    })
+}
+
+/// Regressions of one model, counted by kind, with the first of them.
+#[derive(Clone, Debug)]
+pub struct Group<'a> {
+    pub model: &'a str,
+    pub counts: Vec<(ChangeKind, usize)>,
+    pub first: &'a Change,
+}
+
+impl Group<'_> {
+    /// `new failure ×12, metric worse ×3`.
+    pub fn counts_text(&self) -> String {
+        self.counts
+            .iter()
+            .map(|(k, n)| format!("{} ×{n}", k.label()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Where to start reading: the model's first divergence when it has one (the earliest
+    /// stage in evaluation order), else the first regression listed.
+    pub fn lead(&self, r: &super::receipt::Receipt) -> String {
+        let fd = r
+            .models
+            .iter()
+            .find(|m| m.name == self.model)
+            .and_then(|m| m.first_divergence.as_ref());
+        match fd {
+            Some(d) if self.first.kind == ChangeKind::NewFailure => {
+                format!(
+                    "first divergence {} at {}, position {} ({} / {}): {}",
+                    d.stage, d.phase, d.position, d.case, d.prompt, d.detail
+                )
+            }
+            _ => format!(
+                "{} {}: {}",
+                self.first.kind.label(),
+                self.first.what,
+                self.first.detail
+            ),
+        }
+    }
+}
+
+/// The regressions grouped by model, in the order they are listed.
+pub fn groups(changes: &[Change]) -> Vec<Group<'_>> {
+    let mut out: Vec<Group> = Vec::new();
+    for c in changes {
+        match out.iter_mut().find(|g| g.model == c.model) {
+            Some(g) => match g.counts.iter_mut().find(|(k, _)| *k == c.kind) {
+                Some((_, n)) => *n += 1,
+                None => g.counts.push((c.kind, 1)),
+            },
+            None => out.push(Group {
+                model: &c.model,
+                counts: vec![(c.kind, 1)],
+                first: c,
+            }),
+        }
+    }
+    out
+}
+
+/// Compares `now` with `base`; `speed_drop` is the allowed relative drop of a speed ratio.
+pub fn compare(now: &Receipt, base: &Receipt, base_path: &Path, speed_drop: f64) -> Comparison {
+    let mut regressions = Vec::new();
+    let mut improvements = Vec::new();
+    let base_models: HashMap<&str, &ModelResult> =
+        base.models.iter().map(|m| (m.name.as_str(), m)).collect();
+    for m in &now.models {
+        let Some(b) = base_models.get(m.name.as_str()) else {
+            continue;
+        };
+        let change = |kind, what: String, detail: String| Change {
+            kind,
+            model: m.name.clone(),
+            what,
+            detail,
+        };
+        let ran = |s: Status| matches!(s, Status::Pass | Status::Fail);
+        if m.status == Status::Error && ran(b.status) {
+            regressions.push(change(
+                ChangeKind::ModelError,
+                "model".into(),
+                m.error.clone().unwrap_or_default(),
+            ));
+            continue;
+        }
+        if ran(m.status) && b.status == Status::Error {
+            improvements.push(change(
+                ChangeKind::ModelRecovered,
+                "model".into(),
+                format!("was: {}", b.error.clone().unwrap_or_default()),
+            ));
+        }
+        if !ran(m.status) || !ran(b.status) {
+            continue;
+        }
+        let before: HashMap<&str, &super::receipt::TrialResult> = b
+            .cases
+            .iter()
+            .flat_map(|c| &c.trials)
+            .map(|t| (t.name.as_str(), t))
+            .collect();
+        for t in m.cases.iter().flat_map(|c| &c.trials) {
+            let prev = before.get(t.name.as_str());
+            let first_line = |s: &Option<String>| {
+                s.as_deref()
+                    .and_then(|x| x.lines().next())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let new_failure =
+                t.verdict == Verdict::Fail && prev.is_none_or(|p| p.verdict == Verdict::Pass);
+            match (t.verdict, prev.map(|p| p.verdict)) {
+                (Verdict::Fail, Some(Verdict::Pass) | None) => regressions.push(change(
+                    ChangeKind::NewFailure,
+                    t.name.clone(),
+                    format!(
+                        "{}{}",
+                        if prev.is_none() { "(new trial) " } else { "" },
+                        first_line(&t.message)
+                    ),
+                )),
+                (Verdict::Pass, Some(Verdict::Fail)) => improvements.push(change(
+                    ChangeKind::Fixed,
+                    t.name.clone(),
+                    format!("was: {}", first_line(&prev.unwrap().message)),
+                )),
+                _ => {}
+            }
+            let Some(p) = prev else { continue };
+            // A new failure is reported once, as such; metrics are judged where both ran.
+            if new_failure || t.verdict == Verdict::Ignored || p.verdict == Verdict::Ignored {
+                continue;
+            }
+            if worse(t.nmse, p.nmse, p.nmse.is_some() || p.bit_exact.is_some()) {
+                regressions.push(change(
+                    ChangeKind::MetricWorse,
+                    t.name.clone(),
+                    format!("NMSE {} → {}", fmt(p.nmse), fmt(t.nmse)),
+                ));
+            } else if worse(t.kl, p.kl, p.kl.is_some()) {
+                regressions.push(change(
+                    ChangeKind::MetricWorse,
+                    t.name.clone(),
+                    format!("KL {} → {}", fmt(p.kl), fmt(t.kl)),
+                ));
+            }
+        }
+        if let (Some(s), Some(bs)) = (&m.speed, &b.speed) {
+            for (what, r, br) in [
+                ("prefill", s.prefill_ratio, bs.prefill_ratio),
+                ("decode", s.decode_ratio, bs.decode_ratio),
+            ] {
+                if r < br * (1.0 - speed_drop) {
+                    regressions.push(change(
+                        ChangeKind::SpeedDrop,
+                        format!("{what} speed ratio"),
+                        format!(
+                            "engine/oracle {br:.2}× → {r:.2}× ({:+.0}%, allowed −{:.0}%)",
+                            (r / br - 1.0) * 100.0,
+                            speed_drop * 100.0
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    // Model order as run, then the worst kind first; trials keep their order within.
+    let rank: HashMap<&str, usize> = now
+        .models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.name.as_str(), i))
+        .collect();
+    regressions.sort_by_key(|c| (rank.get(c.model.as_str()).copied(), c.kind));
+    Comparison {
+        baseline: base_path.display().to_string(),
+        baseline_started: base.started.clone(),
+        baseline_git_revision: base.bitprobe.git_revision.clone(),
+        regressions,
+        improvements,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decade_rule() {
+        assert!(!worse(Some(0.0), Some(0.0), true));
+        assert!(!worse(Some(5e-12), Some(0.0), true));
+        assert!(worse(Some(2e-11), Some(0.0), true));
+        assert!(!worse(Some(9e-3), Some(1e-3), true));
+        assert!(worse(Some(1.1e-2), Some(1e-3), true));
+        assert!(worse(None, Some(1e-3), true));
+        assert!(!worse(Some(1.0), None, false));
+    }
+}

@@ -1,0 +1,760 @@
+//! `bitprobe sweep`: every model of a `models.toml` through its case files, one receipt and
+//! two reports (Markdown, self-contained HTML) per run, and the regressions against a
+//! baseline receipt.
+//!
+//! Per model: forge or find the file, hash it, open both probes (a failure is the model's
+//! error row, and the sweep goes on), run every trial of its cases exactly as `cargo test`
+//! would (snapshot trials excepted: the baseline receipt plays their part), then collect the
+//! per-stage worst NMSE, the first divergence, tokenizer parity, and engine/oracle speed.
+
+pub mod baseline;
+pub mod models;
+pub mod receipt;
+pub mod report;
+
+use crate::case::{self, Case};
+use crate::diff::{DiffReport, Phase};
+use crate::probes::{ModelSpec, ProbeKind};
+use crate::runs::Runs;
+use crate::trials::{self, Kind, OracleMode, Outcome, TrialSpec};
+use models::{ModelEntry, ModelsFile};
+use probe::Probe;
+use receipt::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What to sweep.
+#[derive(Clone, Debug)]
+pub struct SweepRequest {
+    pub models: ModelsFile,
+    pub cases_dir: PathBuf,
+    /// Switch this engine fault on for every model (needs the `faults` feature).
+    pub inject_fault: Option<String>,
+    /// Trials run at once within a model (each holds its own probes).
+    pub jobs: usize,
+    pub speed: SpeedSettings,
+    /// Only models whose name contains this.
+    pub only: Option<String>,
+}
+
+/// Progress, for a bar on a terminal or plain lines elsewhere.
+pub enum Event<'a> {
+    ModelStart {
+        index: usize,
+        of: usize,
+        name: &'a str,
+    },
+    /// The model's trials are expanded: this many will run.
+    Trials {
+        count: usize,
+    },
+    TrialDone,
+    /// Measuring speed.
+    Speed,
+    ModelDone {
+        index: usize,
+        of: usize,
+        result: &'a ModelResult,
+    },
+}
+
+/// Runs the sweep. Never stops at a broken model: its row carries the error.
+pub fn run(req: &SweepRequest, progress: &(dyn Fn(Event) + Sync)) -> Receipt {
+    let started = std::time::SystemTime::now();
+    let t0 = Instant::now();
+    let all_cases: Vec<(String, PathBuf)> = case::discover(&req.cases_dir)
+        .into_iter()
+        .map(|f| (case::case_id(&f, &req.cases_dir), f))
+        .collect();
+    let entries: Vec<&ModelEntry> = req
+        .models
+        .models
+        .iter()
+        .filter(|m| {
+            req.only
+                .as_ref()
+                .is_none_or(|o| m.name.contains(o.as_str()))
+        })
+        .collect();
+    let mut results = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        progress(Event::ModelStart {
+            index: i + 1,
+            of: entries.len(),
+            name: &entry.name,
+        });
+        let r = run_model(req, entry, &all_cases, progress);
+        progress(Event::ModelDone {
+            index: i + 1,
+            of: entries.len(),
+            result: &r,
+        });
+        results.push(r);
+    }
+    let mut summary = Summary {
+        models: results.len(),
+        ..Default::default()
+    };
+    for m in &results {
+        match m.status {
+            Status::Pass => summary.passed += 1,
+            Status::Fail => summary.failed += 1,
+            Status::Error => summary.errors += 1,
+            Status::Skipped => summary.skipped += 1,
+        }
+        summary.trials += m.counts.pass + m.counts.fail;
+        summary.trials_failed += m.counts.fail;
+    }
+    let src = oracle::source_info();
+    Receipt {
+        schema: SCHEMA.into(),
+        schema_version: SCHEMA_VERSION,
+        started: humantime::format_rfc3339_seconds(started).to_string(),
+        finished: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        duration_seconds: t0.elapsed().as_secs_f64(),
+        bitprobe: build_info(),
+        machine: machine(),
+        oracle: OracleSource {
+            package: src.package.into(),
+            tree_sha256: src.tree_sha256.into(),
+            patches: src
+                .patches
+                .iter()
+                .map(|(n, s)| Patch {
+                    name: n.to_string(),
+                    sha256: s.to_string(),
+                })
+                .collect(),
+        },
+        settings: Settings {
+            models_file: req.models.file.display().to_string(),
+            cases_dir: req.cases_dir.display().to_string(),
+            injected_fault: req.inject_fault.clone(),
+            speed: req.speed,
+        },
+        summary,
+        comparison: None,
+        models: results,
+    }
+}
+
+/// Attaches the comparison with a baseline and counts its regressions.
+pub fn attach_baseline(r: &mut Receipt, base: &Receipt, base_path: &Path, speed_drop: f64) {
+    let c = baseline::compare(r, base, base_path, speed_drop);
+    r.summary.regressions = c.regressions.len();
+    r.comparison = Some(c);
+}
+
+fn blank(entry: &ModelEntry) -> ModelResult {
+    let (preset, seed) = match &entry.spec {
+        ModelSpec::Preset { name, seed } => (Some(name.clone()), Some(*seed)),
+        ModelSpec::Path(_) => (None, None),
+    };
+    ModelResult {
+        name: entry.name.clone(),
+        source: entry.spec.to_string(),
+        preset,
+        seed,
+        file: None,
+        sha256: None,
+        bytes: None,
+        arch: None,
+        weight_type: None,
+        n_layer: None,
+        threads: entry.threads,
+        tokenizer: entry.tokenizer.clone(),
+        status: Status::Error,
+        error: None,
+        seconds: 0.0,
+        counts: Counts::default(),
+        first_divergence: None,
+        first_failure: None,
+        stages: Vec::new(),
+        logits: None,
+        tokenizer_parity: None,
+        speed: None,
+        speed_error: None,
+        cases: Vec::new(),
+    }
+}
+
+fn run_model(
+    req: &SweepRequest,
+    entry: &ModelEntry,
+    all_cases: &[(String, PathBuf)],
+    progress: &(dyn Fn(Event) + Sync),
+) -> ModelResult {
+    let t0 = Instant::now();
+    let mut r = blank(entry);
+    let finish = |mut r: ModelResult| {
+        r.seconds = t0.elapsed().as_secs_f64();
+        r
+    };
+    if let Some(why) = &entry.unavailable {
+        r.status = Status::Skipped;
+        r.error = Some(why.clone());
+        return finish(r);
+    }
+    let files = match models::cases_for(entry, all_cases, &req.models.file) {
+        Ok(f) => f,
+        Err(e) => {
+            r.error = Some(e.0);
+            return finish(r);
+        }
+    };
+    let path = match entry.spec.resolve() {
+        Ok(p) => p,
+        Err(e) => {
+            r.error = Some(format!("cannot get the model file: {e}"));
+            return finish(r);
+        }
+    };
+    r.file = Some(path.display().to_string());
+    match sha256_file(&path) {
+        Ok((hex, n)) => {
+            r.sha256 = Some(hex);
+            r.bytes = Some(n);
+        }
+        Err(e) => {
+            r.error = Some(format!("cannot read {}: {e}", path.display()));
+            return finish(r);
+        }
+    }
+
+    // The cases, re-aimed at this model.
+    let mut cases: Vec<Result<Case, case::CaseError>> = Vec::new();
+    for f in &files {
+        cases.push(
+            case::load(f, &req.cases_dir)
+                .map(|c| retarget(c, entry, &path, req.inject_fault.as_deref())),
+        );
+    }
+    let runs = Runs::default();
+    // Both probes must open before any trial: a model neither side can load is an error row.
+    let probe_case = cases.iter().find_map(|c| c.as_ref().ok()).cloned();
+    if let Some(c) = &probe_case {
+        for kind in [ProbeKind::Engine, ProbeKind::Oracle] {
+            match runs.lease(c, kind) {
+                Ok(p) => {
+                    if kind == ProbeKind::Engine {
+                        let info = p.info();
+                        r.arch = Some(info.arch.clone());
+                        r.weight_type = Some(crate::tolerance::governing_type(&info.weight_types));
+                        r.n_layer = Some(info.n_layer);
+                    }
+                }
+                Err(e) => {
+                    r.error = Some(format!("{kind} cannot open the model: {e}"));
+                    return finish(r);
+                }
+            }
+        }
+    }
+
+    let mut specs: Vec<TrialSpec> = Vec::new();
+    for c in cases {
+        specs.extend(
+            trials::expand(c, &runs, OracleMode::On)
+                .into_iter()
+                .filter(|t| !matches!(t.kind, Kind::Snapshot | Kind::SnapshotMetrics)),
+        );
+    }
+    progress(Event::Trials { count: specs.len() });
+    // Plain worker threads, as libtest runs trials. Not a rayon pool: a trial blocked on a
+    // diff another trial is computing must not be the thread that computation's own rayon
+    // kernels steal work onto (it would wait on itself).
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<Outcome>>> =
+        specs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..req.jobs.clamp(1, specs.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(t) = specs.get(i) else { break };
+                // A panic in one trial is that trial's failure, never the sweep's end.
+                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    trials::check(&runs, t)
+                }))
+                .unwrap_or_else(|p| Outcome::Fail(format!("panicked: {}", panic_text(&p))));
+                *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
+                progress(Event::TrialDone);
+            });
+        }
+    });
+    let outcomes: Vec<Outcome> = slots
+        .into_iter()
+        .map(|s| {
+            s.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or(Outcome::Fail("internal: trial not run".into()))
+        })
+        .collect();
+
+    // Per-trial verdicts with the metrics they judged.
+    let mut by_case: BTreeMap<String, Vec<TrialResult>> = BTreeMap::new();
+    for (t, o) in specs.iter().zip(&outcomes) {
+        let (verdict, message) = match o {
+            Outcome::Pass => (Verdict::Pass, None),
+            Outcome::Fail(m) => (Verdict::Fail, Some(clip(m, 1500))),
+            Outcome::Ignored(m) => (Verdict::Ignored, Some(m.clone())),
+        };
+        match verdict {
+            Verdict::Pass => r.counts.pass += 1,
+            Verdict::Fail => r.counts.fail += 1,
+            Verdict::Ignored => r.counts.ignored += 1,
+        }
+        if verdict == Verdict::Fail && r.first_failure.is_none() {
+            r.first_failure = Some(format!(
+                "{}: {}",
+                t.name,
+                message
+                    .as_deref()
+                    .and_then(|m| m.lines().next())
+                    .unwrap_or("")
+            ));
+        }
+        let (nmse, kl, bit_exact) = trial_metrics(&runs, t);
+        let id = t
+            .case
+            .as_ref()
+            .map_or_else(|| t.name.clone(), |c| c.id.clone());
+        by_case.entry(id).or_default().push(TrialResult {
+            name: t.name.clone(),
+            verdict,
+            message,
+            nmse,
+            kl,
+            bit_exact,
+        });
+    }
+    r.cases = by_case
+        .into_iter()
+        .map(|(id, trials)| CaseResult { id, trials })
+        .collect();
+
+    // What the diffs say, over every compared prompt.
+    let mut diffs: Vec<(&Case, &crate::case::Prompt, Arc<DiffReport>)> = Vec::new();
+    let cases_ok: Vec<Arc<Case>> = {
+        let mut v: Vec<Arc<Case>> = specs.iter().filter_map(|t| t.case.clone()).collect();
+        v.dedup_by(|a, b| a.id == b.id);
+        v
+    };
+    for c in &cases_ok {
+        if !c.compare {
+            continue;
+        }
+        for p in &c.prompts {
+            if let Ok(d) = runs.diff(c, p) {
+                diffs.push((c, p, d));
+            }
+        }
+    }
+    r.first_divergence = diffs.iter().find_map(|(c, p, d)| {
+        d.first_divergence.as_ref().map(|fd| FirstDivergence {
+            case: c.id.clone(),
+            prompt: p.id.clone(),
+            stage: fd.stage.clone(),
+            phase: fd.phase.to_string(),
+            position: fd.position,
+            detail: fd.detail.clone(),
+        })
+    });
+    r.stages = stage_worst(diffs.iter().map(|(_, _, d)| d.as_ref()));
+    r.logits = logits_summary(diffs.iter().map(|(_, _, d)| d.as_ref()));
+    r.tokenizer_parity = tokenizer_parity(&runs, &cases_ok);
+    r.status = if r.counts.fail == 0 {
+        Status::Pass
+    } else {
+        Status::Fail
+    };
+
+    if entry.speed {
+        if let Some(c) = &probe_case {
+            progress(Event::Speed);
+            match measure_speed(&runs, c, req.speed) {
+                Ok(s) => r.speed = Some(s),
+                Err(e) => r.speed_error = Some(e),
+            }
+        }
+    }
+    finish(r)
+}
+
+/// The case as this model runs it.
+fn retarget(mut c: Case, entry: &ModelEntry, path: &Path, fault: Option<&str>) -> Case {
+    c.model = ModelSpec::Path(path.to_path_buf());
+    c.unavailable = None;
+    c.threads = entry.threads;
+    c.tokenizer = entry.tokenizer.clone();
+    if let Some(f) = fault {
+        c.fault = Some(f.to_string());
+    }
+    c
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.len() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", &s[..s.floor_char_boundary(n)])
+    }
+}
+
+/// The worst NMSE / KL a trial judged, from the shared diff (no recomputation).
+fn trial_metrics(runs: &Runs, t: &TrialSpec) -> (Option<f64>, Option<f64>, Option<bool>) {
+    let Some(c) = &t.case else {
+        return (None, None, None);
+    };
+    let prompt = match &t.kind {
+        Kind::Stage { prompt, .. } | Kind::Logits { prompt, .. } | Kind::Decode { prompt } => {
+            *prompt
+        }
+        _ => return (None, None, None),
+    };
+    let Ok(d) = runs.diff(c, &c.prompts[prompt]) else {
+        return (None, None, None);
+    };
+    let worst = |it: &mut dyn Iterator<Item = (f64, bool)>| -> (Option<f64>, Option<bool>) {
+        let mut any = false;
+        let (mut w, mut exact) = (0f64, true);
+        for (x, e) in it {
+            any = true;
+            w = if x.is_nan() || w.is_nan() {
+                f64::NAN
+            } else {
+                w.max(x)
+            };
+            exact &= e;
+        }
+        if any {
+            (finite(w), Some(exact))
+        } else {
+            (None, None)
+        }
+    };
+    let tensor = |m: &crate::compare::TensorMetrics| {
+        (
+            if m.non_finite_failure().is_some() {
+                f64::NAN
+            } else {
+                m.nmse
+            },
+            m.bit_exact,
+        )
+    };
+    match &t.kind {
+        Kind::Stage { stage, .. } => {
+            let (n, e) = worst(
+                &mut d
+                    .rows
+                    .iter()
+                    .filter(|r| r.phase == Phase::Prompt && r.stage == *stage)
+                    .filter_map(|r| r.metrics.as_ref().map(tensor)),
+            );
+            (n, None, e)
+        }
+        Kind::Logits { position, .. } => match d
+            .logits
+            .iter()
+            .find(|l| l.phase == Phase::Prompt && l.position == *position)
+        {
+            Some(l) => (finite(l.metrics.nmse), finite(l.metrics.kl), None),
+            None => (None, None, None),
+        },
+        Kind::Decode { .. } => {
+            let (n, e) = worst(
+                &mut d
+                    .rows
+                    .iter()
+                    .filter(|r| r.phase != Phase::Prompt)
+                    .filter_map(|r| r.metrics.as_ref().map(tensor)),
+            );
+            let kl = d
+                .logits
+                .iter()
+                .filter(|l| l.phase != Phase::Prompt)
+                .map(|l| l.metrics.kl)
+                .fold(None, |a: Option<f64>, x| {
+                    Some(a.map_or(x, |a| if x.is_nan() { f64::NAN } else { a.max(x) }))
+                });
+            (n, kl.and_then(finite), e)
+        }
+        _ => (None, None, None),
+    }
+}
+
+fn stage_worst<'a>(diffs: impl Iterator<Item = &'a DiffReport>) -> Vec<StageWorst> {
+    struct Acc {
+        stage: probe::StageId,
+        prompt: Option<f64>,
+        decode: Option<f64>,
+        exact: bool,
+        limit: f64,
+        non_finite: bool,
+    }
+    let mut by: BTreeMap<(u32, usize), Acc> = BTreeMap::new();
+    for d in diffs {
+        for row in &d.rows {
+            let a = by.entry(row.stage.eval_key()).or_insert(Acc {
+                stage: row.stage,
+                prompt: None,
+                decode: None,
+                exact: true,
+                limit: row.nmse_limit,
+                non_finite: false,
+            });
+            a.limit = a.limit.min(row.nmse_limit);
+            let Some(m) = &row.metrics else { continue };
+            a.exact &= m.bit_exact;
+            let bad = m.non_finite_failure().is_some() || !m.nmse.is_finite();
+            a.non_finite |= bad;
+            let slot = if row.phase == Phase::Prompt {
+                &mut a.prompt
+            } else {
+                &mut a.decode
+            };
+            *slot = Some(
+                slot.unwrap_or(0.0)
+                    .max(if bad { f64::INFINITY } else { m.nmse }),
+            );
+        }
+    }
+    by.into_values()
+        .map(|a| StageWorst {
+            stage: a.stage.to_string(),
+            worst_nmse_prompt: a.prompt.and_then(finite),
+            worst_nmse_decode: a.decode.and_then(finite),
+            bit_exact: a.exact,
+            nmse_limit: a.limit,
+            non_finite: a.non_finite,
+        })
+        .collect()
+}
+
+fn logits_summary<'a>(diffs: impl Iterator<Item = &'a DiffReport>) -> Option<LogitsSummary> {
+    let (mut n, mut agree, mut kl, mut nmse) = (0, 0, 0f64, 0f64);
+    for d in diffs {
+        for l in &d.logits {
+            n += 1;
+            agree += l.metrics.top1_agree() as usize;
+            kl = if l.metrics.kl.is_nan() {
+                f64::NAN
+            } else {
+                kl.max(l.metrics.kl)
+            };
+            nmse = if l.metrics.nmse.is_nan() {
+                f64::NAN
+            } else {
+                nmse.max(l.metrics.nmse)
+            };
+        }
+    }
+    (n > 0).then(|| LogitsSummary {
+        positions: n,
+        top1_agree: agree,
+        worst_kl: finite(kl),
+        worst_nmse: finite(nmse),
+    })
+}
+
+/// Engine vs oracle vs truth ids over every tokenizer input of the model's cases.
+fn tokenizer_parity(runs: &Runs, cases: &[Arc<Case>]) -> Option<TokenizerParity> {
+    let mut p = TokenizerParity::default();
+    let mut any_truth = false;
+    let (mut et, mut ot) = (0, 0);
+    for c in cases {
+        let Some(spec) = &c.tokenize else { continue };
+        let (Ok(mut e), Ok(mut o)) = (
+            runs.lease(c, ProbeKind::Engine),
+            runs.lease(c, ProbeKind::Oracle),
+        ) else {
+            continue;
+        };
+        let truth = if spec.truth {
+            trials::truth().ok()
+        } else {
+            None
+        };
+        any_truth |= truth.is_some();
+        for text in &spec.inputs {
+            for &ps in &spec.parse_special {
+                let (Ok(ei), Ok(oi)) = (
+                    e.tokenize(text, spec.add_bos, ps),
+                    o.tokenize(text, spec.add_bos, ps),
+                ) else {
+                    continue;
+                };
+                p.comparisons += 1;
+                p.engine_eq_oracle += (ei == oi) as usize;
+                if let Some(Ok(ti)) = truth.map(|t| t.encode(text, spec.add_bos, ps)) {
+                    et += (ei == ti) as usize;
+                    ot += (oi == ti) as usize;
+                }
+            }
+        }
+    }
+    if p.comparisons == 0 {
+        return None;
+    }
+    if any_truth {
+        p.engine_eq_truth = Some(et);
+        p.oracle_eq_truth = Some(ot);
+    }
+    Some(p)
+}
+
+/// Engine and oracle tok/s on this model: one warm-up each, then `reps` alternating runs.
+/// Both time themselves (prefill and decode seconds inside the probe), so the oracle's
+/// process boundary does not count against it.
+fn measure_speed(runs: &Runs, case: &Case, s: SpeedSettings) -> Result<Speed, String> {
+    let mut e = runs.lease(case, ProbeKind::Engine)?;
+    let mut o = runs.lease(case, ProbeKind::Oracle)?;
+    let n_ctx = e.info().n_ctx.min(o.info().n_ctx) as usize;
+    let prompt_tokens = s
+        .prompt_tokens
+        .min(n_ctx.saturating_sub(s.decode_tokens + 2))
+        .max(1);
+    let prompt = crate::bench::prompt_of(e.as_mut(), prompt_tokens)?;
+    let once = |p: &mut dyn Probe| -> Result<(f64, f64), String> {
+        let g = p
+            .generate(&probe::GenerateRequest::greedy(
+                prompt.clone(),
+                s.decode_tokens + 1,
+            ))
+            .map_err(|e| e.to_string())?;
+        Ok((
+            prompt.len() as f64 / g.prefill_seconds.max(1e-9),
+            g.steps.len() as f64 / g.decode_seconds.max(1e-9),
+        ))
+    };
+    once(e.as_mut()).map_err(|x| format!("engine: {x}"))?;
+    once(o.as_mut()).map_err(|x| format!("oracle: {x}"))?;
+    let (mut ep, mut ed, mut op, mut od) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..s.reps.max(1) {
+        let (a, b) = once(e.as_mut()).map_err(|x| format!("engine: {x}"))?;
+        ep.push(a);
+        ed.push(b);
+        let (a, b) = once(o.as_mut()).map_err(|x| format!("oracle: {x}"))?;
+        op.push(a);
+        od.push(b);
+    }
+    let med = |v: &[f64]| crate::bench::summarize(v).median;
+    let engine = ProbeSpeed {
+        prefill_tok_s: med(&ep),
+        decode_tok_s: med(&ed),
+    };
+    let oracle = ProbeSpeed {
+        prefill_tok_s: med(&op),
+        decode_tok_s: med(&od),
+    };
+    Ok(Speed {
+        prompt_tokens: prompt.len(),
+        decode_tokens: s.decode_tokens,
+        reps: s.reps,
+        prefill_ratio: engine.prefill_tok_s / oracle.prefill_tok_s,
+        decode_ratio: engine.decode_tok_s / oracle.decode_tok_s,
+        engine,
+        oracle,
+    })
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((h.finalize().iter().map(|b| format!("{b:02x}")).collect(), n))
+}
+
+fn build_info() -> BuildInfo {
+    let root = crate::snapshot::workspace_root();
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(&root)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let revision = git(&["rev-parse", "HEAD"]);
+    let dirty = revision
+        .as_ref()
+        .and_then(|_| git(&["status", "--porcelain", "--untracked-files=no"]))
+        .map(|s| !s.is_empty());
+    BuildInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        git_revision: revision,
+        git_dirty: dirty,
+        faults_built: trials::faults_built(),
+    }
+}
+
+/// CPU model, the flags the kernels care about, cores and memory (Linux /proc; other systems
+/// get what `std` knows).
+pub fn machine() -> Machine {
+    const FLAGS: &[&str] = &[
+        "sse4_2",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512_vnni",
+        "avx_vnni",
+        "amx_int8",
+    ];
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let have: Vec<String> = field("flags")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_mib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb / 1024);
+    Machine {
+        cpu_model: field("model name").unwrap_or_else(|| "unknown".into()),
+        cpu_flags: FLAGS
+            .iter()
+            .filter(|f| have.iter().any(|h| h == *f))
+            .map(|f| f.to_string())
+            .collect(),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory_mib,
+        os: std::env::consts::OS.into(),
+        arch: std::env::consts::ARCH.into(),
+    }
+}

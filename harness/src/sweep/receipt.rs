@@ -1,0 +1,316 @@
+//! `receipt.json`: everything one sweep found, machine-readable and schema-versioned.
+//!
+//! The schema is `docs/receipt.schema.json` (JSON Schema 2020-12); a test validates a real
+//! receipt against it. Bump [`SCHEMA_VERSION`] on any incompatible change and update the
+//! schema file with it. Non-finite numbers (an NMSE of ∞, a NaN) are written as `null`.
+
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA: &str = "bitprobe.sweep.receipt";
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    pub schema_version: u32,
+    /// RFC 3339, UTC.
+    pub started: String,
+    pub finished: String,
+    pub duration_seconds: f64,
+    pub bitprobe: BuildInfo,
+    pub machine: Machine,
+    pub oracle: OracleSource,
+    pub settings: Settings,
+    pub summary: Summary,
+    /// Against the baseline receipt, when there was one.
+    pub comparison: Option<Comparison>,
+    pub models: Vec<ModelResult>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BuildInfo {
+    pub version: String,
+    /// `git rev-parse HEAD` of the workspace, when it is a git checkout.
+    pub git_revision: Option<String>,
+    /// Uncommitted changes to tracked files.
+    pub git_dirty: Option<bool>,
+    /// Built with the `faults` feature (fault injection available).
+    pub faults_built: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu_model: String,
+    /// The CPU flags that matter to the kernels (avx2, avx512f, avx512_vnni, f16c, …).
+    pub cpu_flags: Vec<String>,
+    pub cores: usize,
+    pub memory_mib: Option<u64>,
+    pub os: String,
+    pub arch: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OracleSource {
+    /// The crates.io package bitnet.cpp was vendored from (`bitnet-cpp-sys-0.0.5`).
+    pub package: String,
+    /// sha256 of the vendored source tree (as `scripts/setup.sh` verifies it).
+    pub tree_sha256: String,
+    /// `oracle/patches/*.patch`, in the order applied.
+    pub patches: Vec<Patch>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Patch {
+    pub name: String,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Settings {
+    pub models_file: String,
+    pub cases_dir: String,
+    /// An engine fault switched on for every model (the known-bug gallery's injection).
+    pub injected_fault: Option<String>,
+    pub speed: SpeedSettings,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct SpeedSettings {
+    pub prompt_tokens: usize,
+    pub decode_tokens: usize,
+    /// Alternating engine/oracle repetitions after one warm-up each; medians are reported.
+    pub reps: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub models: usize,
+    pub passed: usize,
+    pub failed: usize,
+    /// Models that could not be loaded or run (their error is in the row).
+    pub errors: usize,
+    pub skipped: usize,
+    pub trials: usize,
+    pub trials_failed: usize,
+    /// Regressions against the baseline (0 without one).
+    pub regressions: usize,
+}
+
+/// A model's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Every trial passed (ignored ones aside).
+    Pass,
+    /// At least one trial failed.
+    Fail,
+    /// The model could not be forged, read or opened by a probe.
+    Error,
+    /// Not run: its file is absent.
+    Skipped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::Error => "error",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelResult {
+    pub name: String,
+    /// `preset tiny-i2s (seed 1)` or the file path as given.
+    pub source: String,
+    pub preset: Option<String>,
+    pub seed: Option<u64>,
+    /// The GGUF file run (forged into the cache for presets).
+    pub file: Option<String>,
+    pub sha256: Option<String>,
+    pub bytes: Option<u64>,
+    pub arch: Option<String>,
+    /// The type that governs the tolerances (`I2_S`, `TQ1_0`, `F16`, …).
+    pub weight_type: Option<String>,
+    pub n_layer: Option<u32>,
+    pub threads: usize,
+    pub tokenizer: String,
+    pub status: Status,
+    /// Why the model is `error` or `skipped`.
+    pub error: Option<String>,
+    pub seconds: f64,
+    pub counts: Counts,
+    /// The first (case, prompt) whose engine run parts from the oracle, and where.
+    pub first_divergence: Option<FirstDivergence>,
+    /// The first failing trial and the first line of its message.
+    pub first_failure: Option<String>,
+    /// Worst NMSE per stage over every compared prompt and position, in evaluation order.
+    pub stages: Vec<StageWorst>,
+    pub logits: Option<LogitsSummary>,
+    pub tokenizer_parity: Option<TokenizerParity>,
+    pub speed: Option<Speed>,
+    /// Why speed could not be measured.
+    pub speed_error: Option<String>,
+    pub cases: Vec<CaseResult>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Counts {
+    pub pass: usize,
+    pub fail: usize,
+    pub ignored: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FirstDivergence {
+    pub case: String,
+    pub prompt: String,
+    /// `blk.3.attn_q`, `result_output`, `tokenize` or `decode`.
+    pub stage: String,
+    /// `prompt` or `decode step N`.
+    pub phase: String,
+    pub position: u32,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StageWorst {
+    /// `blk.3.attn_q`, `inp_embd`, `result_output`, ….
+    pub stage: String,
+    /// `null` when the stage was not compared in this phase, or the value was not finite.
+    pub worst_nmse_prompt: Option<f64>,
+    pub worst_nmse_decode: Option<f64>,
+    /// Every compared value had the same bits, in both phases.
+    pub bit_exact: bool,
+    /// The tolerance in force (the tightest over the cases).
+    pub nmse_limit: f64,
+    /// A value was NaN or ±Inf against a finite one.
+    pub non_finite: bool,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct LogitsSummary {
+    pub positions: usize,
+    pub top1_agree: usize,
+    pub worst_kl: Option<f64>,
+    pub worst_nmse: Option<f64>,
+}
+
+/// Over every tokenizer input of the model's cases, in each `parse_special` mode.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct TokenizerParity {
+    /// Input × mode comparisons made.
+    pub comparisons: usize,
+    pub engine_eq_oracle: usize,
+    /// `null` when no case compares with the trained tokenizer.
+    pub engine_eq_truth: Option<usize>,
+    pub oracle_eq_truth: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Speed {
+    pub prompt_tokens: usize,
+    pub decode_tokens: usize,
+    pub reps: usize,
+    pub engine: ProbeSpeed,
+    pub oracle: ProbeSpeed,
+    /// engine / oracle (above 1: the engine is faster).
+    pub prefill_ratio: f64,
+    pub decode_ratio: f64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct ProbeSpeed {
+    /// Medians over the repetitions.
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaseResult {
+    /// Case id (`smoke/tiny-i2s`), run with this model.
+    pub id: String,
+    pub trials: Vec<TrialResult>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Ignored,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrialResult {
+    /// The trial's name as `cargo test` would call it for the case's own model.
+    pub name: String,
+    pub verdict: Verdict,
+    /// Why it failed or was ignored (clipped).
+    pub message: Option<String>,
+    /// Stage, logits and decode trials: the worst NMSE they judged.
+    pub nmse: Option<f64>,
+    /// Logits and decode trials: the worst KL.
+    pub kl: Option<f64>,
+    pub bit_exact: Option<bool>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Comparison {
+    /// The baseline receipt's path.
+    pub baseline: String,
+    pub baseline_started: String,
+    pub baseline_git_revision: Option<String>,
+    pub regressions: Vec<Change>,
+    /// Fixed failures and other good news (never affects the exit code).
+    pub improvements: Vec<Change>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// The model ran before and now errors out.
+    ModelError,
+    /// A trial that passed (or did not exist) now fails.
+    NewFailure,
+    /// A metric got worse by more than a decade.
+    MetricWorse,
+    /// The engine/oracle speed ratio dropped by more than the allowed share.
+    SpeedDrop,
+    /// A trial that failed now passes.
+    Fixed,
+    /// A model that errored now runs.
+    ModelRecovered,
+}
+
+impl ChangeKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            ChangeKind::ModelError => "model error",
+            ChangeKind::NewFailure => "new failure",
+            ChangeKind::MetricWorse => "metric worse",
+            ChangeKind::SpeedDrop => "speed drop",
+            ChangeKind::Fixed => "fixed",
+            ChangeKind::ModelRecovered => "model recovered",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Change {
+    pub kind: ChangeKind,
+    pub model: String,
+    /// The trial or figure concerned.
+    pub what: String,
+    /// Before → after, in words and numbers.
+    pub detail: String,
+}
+
+/// `Some(x)` for finite `x`, else `None` (JSON has no ∞/NaN).
+pub fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
