@@ -365,7 +365,7 @@ struct SweepArgs {
     #[arg(long, default_value_t = 64)]
     decode_tokens: usize,
     /// Alternating engine/oracle speed repetitions per model (medians reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 7)]
     reps: usize,
     /// Skip the speed measurements.
     #[arg(long)]

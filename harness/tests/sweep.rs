@@ -259,6 +259,10 @@ fn sweep_receipt_reports_and_regressions() {
     let s = &mut fast["models"][0]["speed"];
     for k in ["prefill_ratio", "decode_ratio"] {
         s[k] = (s[k].as_f64().unwrap() * 20.0).into();
+        let range = format!("{k}_range");
+        for i in 0..2 {
+            s[&range][i] = (s[&range][i].as_f64().unwrap() * 20.0).into();
+        }
     }
     let fast_path = dir.join("fast-baseline.json");
     std::fs::write(&fast_path, serde_json::to_string(&fast).unwrap()).unwrap();

@@ -6,7 +6,7 @@
 //! - a trial's NMSE or KL got worse by more than a decade ([`DECADE`]); a bit-exact or zero
 //!   value counts as [`FLOOR`], so leaving bit-exactness for anything above 1e-11 counts;
 //! - the engine/oracle speed ratio (prefill or decode) dropped by more than the allowed share
-//!   (10% by default).
+//!   (10% by default) and by more than the two runs' own spread ([`speed_dropped`]).
 //!
 //! Fixed failures and recovered models are reported as improvements.
 
@@ -55,6 +55,14 @@ fn worse(now: Option<f64>, before: Option<f64>, had_metric_before: bool) -> bool
         (Some(n), Some(b)) => n > b.max(FLOOR) * DECADE,
         _ => false,
     }
+}
+
+/// A speed ratio dropped: its median fell by more than `allowed`, and the fall is more than
+/// the two runs' own spread — every repetition of this run is below every repetition of the
+/// baseline. On a busy machine single repetitions swing by tens of percent (tiny models time
+/// milliseconds), and a median alone would cry wolf.
+fn speed_dropped(r: f64, range: [f64; 2], base: f64, base_range: [f64; 2], allowed: f64) -> bool {
+    r < base * (1.0 - allowed) && range[1] < base_range[0]
 }
 
 fn fmt(x: Option<f64>) -> String {
@@ -217,16 +225,21 @@ pub fn compare(now: &Receipt, base: &Receipt, base_path: &Path, speed_drop: f64)
             }
         }
         if let (Some(s), Some(bs)) = (&m.speed, &b.speed) {
-            for (what, r, br) in [
-                ("prefill", s.prefill_ratio, bs.prefill_ratio),
-                ("decode", s.decode_ratio, bs.decode_ratio),
-            ] {
-                if r < br * (1.0 - speed_drop) {
+            let pairs = [
+                ("prefill", s.prefill_ratio, s.prefill_ratio_range, bs.prefill_ratio, bs.prefill_ratio_range),
+                ("decode", s.decode_ratio, s.decode_ratio_range, bs.decode_ratio, bs.decode_ratio_range),
+            ];
+            for (what, r, range, br, brange) in pairs {
+                if speed_dropped(r, range, br, brange, speed_drop) {
                     regressions.push(change(
                         ChangeKind::SpeedDrop,
                         format!("{what} speed ratio"),
                         format!(
-                            "engine/oracle {br:.2}× → {r:.2}× ({:+.0}%, allowed −{:.0}%)",
+                            "engine/oracle {br:.2}× ({:.2}–{:.2}) → {r:.2}× ({:.2}–{:.2}): {:+.0}%, allowed −{:.0}%",
+                            brange[0],
+                            brange[1],
+                            range[0],
+                            range[1],
                             (r / br - 1.0) * 100.0,
                             speed_drop * 100.0
                         ),
@@ -265,5 +278,15 @@ mod tests {
         assert!(worse(Some(1.1e-2), Some(1e-3), true));
         assert!(worse(None, Some(1e-3), true));
         assert!(!worse(Some(1.0), None, false));
+    }
+
+    #[test]
+    fn speed_drop_needs_median_and_spread() {
+        // 20% down, ranges apart: a drop.
+        assert!(speed_dropped(0.8, [0.75, 0.85], 1.0, [0.95, 1.05], 0.1));
+        // 20% down, but the runs' repetitions overlap: noise.
+        assert!(!speed_dropped(0.8, [0.6, 0.97], 1.0, [0.95, 1.05], 0.1));
+        // 5% down, ranges apart: inside the allowance.
+        assert!(!speed_dropped(0.95, [0.94, 0.96], 1.0, [0.99, 1.01], 0.1));
     }
 }

@@ -648,22 +648,20 @@ fn measure_speed(runs: &Runs, case: &Case, s: SpeedSettings) -> Result<Speed, St
         od.push(b);
     }
     let med = |v: &[f64]| crate::bench::summarize(v).median;
-    let engine = ProbeSpeed {
-        prefill_tok_s: med(&ep),
-        decode_tok_s: med(&ed),
+    let ratios = |a: &[f64], b: &[f64]| {
+        crate::bench::summarize(&a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<_>>())
     };
-    let oracle = ProbeSpeed {
-        prefill_tok_s: med(&op),
-        decode_tok_s: med(&od),
-    };
+    let (pr, dr) = (ratios(&ep, &op), ratios(&ed, &od));
     Ok(Speed {
         prompt_tokens: prompt.len(),
         decode_tokens: s.decode_tokens,
         reps: s.reps,
-        prefill_ratio: engine.prefill_tok_s / oracle.prefill_tok_s,
-        decode_ratio: engine.decode_tok_s / oracle.decode_tok_s,
-        engine,
-        oracle,
+        engine: ProbeSpeed { prefill_tok_s: med(&ep), decode_tok_s: med(&ed) },
+        oracle: ProbeSpeed { prefill_tok_s: med(&op), decode_tok_s: med(&od) },
+        prefill_ratio: pr.median,
+        decode_ratio: dr.median,
+        prefill_ratio_range: [pr.min, pr.max],
+        decode_ratio_range: [dr.min, dr.max],
     })
 }
 

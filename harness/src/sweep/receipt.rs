@@ -218,9 +218,13 @@ pub struct Speed {
     pub reps: usize,
     pub engine: ProbeSpeed,
     pub oracle: ProbeSpeed,
-    /// engine / oracle (above 1: the engine is faster).
+    /// engine / oracle (above 1: the engine is faster): the median of the per-repetition
+    /// ratios (each repetition runs the engine, then the oracle, back to back).
     pub prefill_ratio: f64,
     pub decode_ratio: f64,
+    /// Smallest and largest per-repetition ratio: the run's own spread.
+    pub prefill_ratio_range: [f64; 2],
+    pub decode_ratio_range: [f64; 2],
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
