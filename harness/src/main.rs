@@ -792,7 +792,7 @@ fn previous_receipt(out: &std::path::Path) -> Option<PathBuf> {
             }
         }
     }
-    best.map(|(_, p)| p)
+    best.map(|(_, p)| p.canonicalize().unwrap_or(p))
 }
 
 fn sweep(a: SweepArgs) -> Result<ExitCode> {

@@ -6,7 +6,7 @@
 //! - a trial's NMSE or KL got worse by more than a decade ([`DECADE`]); a bit-exact or zero
 //!   value counts as [`FLOOR`], so leaving bit-exactness for anything above 1e-11 counts;
 //! - the engine/oracle speed ratio (prefill or decode) dropped by more than the allowed share
-//!   (10% by default) and by more than the two runs' own spread ([`speed_dropped`]).
+//!   (10% by default), in its median and in every repetition ([`speed_dropped`]).
 //!
 //! Fixed failures and recovered models are reported as improvements.
 
@@ -57,12 +57,13 @@ fn worse(now: Option<f64>, before: Option<f64>, had_metric_before: bool) -> bool
     }
 }
 
-/// A speed ratio dropped: its median fell by more than `allowed`, and the fall is more than
-/// the two runs' own spread — every repetition of this run is below every repetition of the
-/// baseline. On a busy machine single repetitions swing by tens of percent (tiny models time
-/// milliseconds), and a median alone would cry wolf.
+/// A speed ratio dropped: its median fell by more than `allowed`, and so did every
+/// repetition — even this run's best is more than `allowed` below the baseline's worst. On a
+/// busy machine single repetitions swing by tens of percent and whole runs shift by 10–15%
+/// (measured: two sweeps minutes apart on tiny models, where a token takes well under a
+/// millisecond), so a median alone would cry wolf.
 fn speed_dropped(r: f64, range: [f64; 2], base: f64, base_range: [f64; 2], allowed: f64) -> bool {
-    r < base * (1.0 - allowed) && range[1] < base_range[0]
+    r < base * (1.0 - allowed) && range[1] < base_range[0] * (1.0 - allowed)
 }
 
 fn fmt(x: Option<f64>) -> String {
@@ -282,10 +283,12 @@ mod tests {
 
     #[test]
     fn speed_drop_needs_median_and_spread() {
-        // 20% down, ranges apart: a drop.
+        // 20% down, the best now 10.5% under the worst before: a drop.
         assert!(speed_dropped(0.8, [0.75, 0.85], 1.0, [0.95, 1.05], 0.1));
         // 20% down, but the runs' repetitions overlap: noise.
         assert!(!speed_dropped(0.8, [0.6, 0.97], 1.0, [0.95, 1.05], 0.1));
+        // 14% down, ranges apart but by less than the allowance (measured between two runs).
+        assert!(!speed_dropped(0.87, [0.86, 0.88], 1.01, [0.93, 1.11], 0.1));
         // 5% down, ranges apart: inside the allowance.
         assert!(!speed_dropped(0.95, [0.94, 0.96], 1.0, [0.99, 1.01], 0.1));
     }
