@@ -352,7 +352,7 @@ struct SweepArgs {
     /// Only models whose name contains this.
     #[arg(long)]
     only: Option<String>,
-    /// Trials run at once (each with its own single-threaded probes) [default: cores].
+    /// Trials run at once, each with its own probes [default: cores].
     #[arg(long, short = 'j')]
     jobs: Option<usize>,
     /// Largest accepted drop of an engine/oracle speed ratio against the baseline.
