@@ -214,7 +214,16 @@ fn attention_matches_naive_and_levels_agree() {
         n_head_kv: 2,
         head_dim: 16,
     };
-    for &(n_past, nt) in &[(0usize, 1usize), (0, 5), (10, 1), (60, 7), (130, 2)] {
+    for &(n_past, nt) in &[
+        (0usize, 1usize),
+        (0, 5),
+        (10, 1),
+        (60, 7),
+        (130, 2),
+        (70, 1),
+        (100, 1),
+        (300, 1),
+    ] {
         let (q, k, v) = attn_case(&mut rng, sh, n_past, nt);
         let n_kv = ggml_n_kv(n_past + nt, 4096);
         let naive = naive_attention(&q, &k, &v, n_past, sh);

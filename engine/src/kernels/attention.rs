@@ -308,6 +308,12 @@ pub(crate) fn kqv(
             }
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    if matches!(simd, Simd::Avx2 | Simd::Avx512) && hd % 8 == 0 {
+        // SAFETY: AVX2/F16C are implied by the (clamped) level; sizes as below.
+        unsafe { reduce_lanes_avx2(order, acc, hd, p, lanes_used, vb, kvrow, off, out) };
+        return;
+    }
     for (d, o) in out.iter_mut().enumerate() {
         let mut v = [0f32; 16];
         for (l, vl) in v.iter_mut().enumerate() {
@@ -335,6 +341,64 @@ pub(crate) fn kqv(
 #[inline(always)]
 fn f16_le(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])).to_f32()
+}
+
+/// The end of [`kqv`] for eight dimensions at a time: the same lane sums, the same
+/// [`reduce16`] tree and (for [`KqvOrder::VecDotF16`]) the same f64 tail, each an
+/// elementwise operation across dimensions, so the bits equal the scalar loop's.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn reduce_lanes_avx2(
+    order: KqvOrder,
+    acc: &[f32],
+    hd: usize,
+    p: &[f32],
+    lanes_used: usize,
+    vb: &[u8],
+    kvrow: usize,
+    off: usize,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let lanes = match order {
+        KqvOrder::VecDotF16 => 64,
+        KqvOrder::TinyBlas => sgemm::KN,
+    };
+    assert!(acc.len() >= lanes * hd && out.len() >= hd);
+    assert!(vb.len() >= 2 * (p.len().saturating_sub(1) * kvrow + off + hd));
+    for d in (0..hd).step_by(8) {
+        let a = |l: usize| _mm256_loadu_ps(acc.as_ptr().add(l * hd + d));
+        let v: [__m256; 16] = std::array::from_fn(|l| match order {
+            KqvOrder::VecDotF16 => _mm256_add_ps(
+                _mm256_add_ps(a(l), a(32 + l)),
+                _mm256_add_ps(a(16 + l), a(48 + l)),
+            ),
+            KqvOrder::TinyBlas => a(l),
+        });
+        let t3: [__m256; 8] = std::array::from_fn(|i| _mm256_add_ps(v[i + 8], v[i]));
+        let t6: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(t3[i + 4], t3[i]));
+        let r = _mm256_add_ps(_mm256_add_ps(t6[0], t6[2]), _mm256_add_ps(t6[1], t6[3]));
+        let o = out.as_mut_ptr().add(d);
+        match order {
+            KqvOrder::VecDotF16 => {
+                let mut lo = _mm256_cvtps_pd(_mm256_castps256_ps128(r));
+                let mut hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(r));
+                for (j, &pj) in p.iter().enumerate().skip(lanes_used) {
+                    let w = vb.as_ptr().add(2 * (j * kvrow + off + d));
+                    let prod = _mm256_mul_ps(
+                        _mm256_cvtph_ps(_mm_loadu_si128(w as *const __m128i)),
+                        _mm256_set1_ps(pj),
+                    );
+                    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(prod)));
+                    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(prod)));
+                }
+                _mm_storeu_ps(o, _mm256_cvtpd_ps(lo));
+                _mm_storeu_ps(o.add(4), _mm256_cvtpd_ps(hi));
+            }
+            KqvOrder::TinyBlas => _mm256_storeu_ps(o, r),
+        }
+    }
 }
 
 /// `acc[d] = fma(v[d], p, acc[d])`, eight at a time (elementwise: same bits as scalar).

@@ -41,6 +41,26 @@ pub fn vec_dot_f16(w_row: &[f16], x_f16: &[f16]) -> f32 {
     vec_dot_f16_bytes(bytes, &x)
 }
 
+/// [`vec_dot_f16_with`] for rows read in a long stream (one token through a whole F16
+/// matrix): same arithmetic, plus software prefetch of the weight bytes
+/// [`super::PREFETCH_BYTES`] ahead, which may reach past the row (prefetches never fault).
+pub fn vec_dot_f16_stream_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
+    assert!(
+        w_row.len() >= 2 * x.len(),
+        "f16 dot: row has {} bytes, need {}",
+        w_row.len(),
+        2 * x.len()
+    );
+    match simd.clamp() {
+        // SAFETY (both): the level was clamped to what the CPU has; the row is long enough.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { x86::dot_f16_avx2::<true>(w_row.as_ptr(), x) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { x86::dot_f16_avx512::<true>(w_row.as_ptr(), x) },
+        _ => dot_f16_scalar(w_row, x),
+    }
+}
+
 /// Dot of an f16 weight row (raw LE bytes, `2·x.len()` of them) with an activation row
 /// already rounded to f16 (see [`round_to_f16`]), mirroring `ggml_vec_dot_f16`.
 pub fn vec_dot_f16_bytes(w_row: &[u8], x: &[f32]) -> f32 {
@@ -58,9 +78,9 @@ pub fn vec_dot_f16_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
     match simd.clamp() {
         Simd::Scalar => dot_f16_scalar(w_row, x),
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { x86::dot_f16_avx2(w_row.as_ptr(), x) },
+        Simd::Avx2 => unsafe { x86::dot_f16_avx2::<false>(w_row.as_ptr(), x) },
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { x86::dot_f16_avx512(w_row.as_ptr(), x) },
+        Simd::Avx512 => unsafe { x86::dot_f16_avx512::<false>(w_row.as_ptr(), x) },
         #[allow(unreachable_patterns)]
         _ => dot_f16_scalar(w_row, x),
     }
@@ -168,6 +188,7 @@ pub fn dot_f32_scalar(w: &[u8], x: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
+    use crate::kernels::{prefetch, PREFETCH_BYTES};
     use std::arch::x86_64::*;
 
     /// Reduces 16 lanes given as two 8-lane halves (`lo` = lanes 0..8) in the oracle's
@@ -193,14 +214,19 @@ pub(crate) mod x86 {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
 
+    /// As [`dot_f16_avx512`], in two 8-lane halves per 16-lane accumulator.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f16_avx2(w: *const u8, x: &[f32]) -> f32 {
+    pub unsafe fn dot_f16_avx2<const PREFETCH: bool>(w: *const u8, x: &[f32]) -> f32 {
         let n = x.len();
         let np = n & !63;
         let xp = x.as_ptr();
         let mut a = [_mm256_setzero_ps(); 8];
         let mut i = 0;
         while i < np {
+            if PREFETCH {
+                prefetch(w.wrapping_add(2 * i + PREFETCH_BYTES));
+                prefetch(w.wrapping_add(2 * i + PREFETCH_BYTES + 64));
+            }
             for k in 0..8 {
                 a[k] = _mm256_fmadd_ps(
                     ld_f16x8(w.add(2 * (i + 8 * k))),
@@ -220,14 +246,22 @@ pub(crate) mod x86 {
         s as f32
     }
 
+    /// `ggml_vec_dot_f16`'s AVX-512 order. With `PREFETCH`, it also prefetches the weight
+    /// bytes [`PREFETCH_BYTES`] ahead of the ones it reads (for long row streams such as
+    /// the F16 head; the arithmetic is the same).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-    pub unsafe fn dot_f16_avx512(w: *const u8, x: &[f32]) -> f32 {
+    pub unsafe fn dot_f16_avx512<const PREFETCH: bool>(w: *const u8, x: &[f32]) -> f32 {
         let n = x.len();
         let np = n & !63;
         let xp = x.as_ptr();
         let mut a = [_mm512_setzero_ps(); 4];
         let mut i = 0;
         while i < np {
+            if PREFETCH {
+                // Two lines a step: the 128 bytes this step reads, PREFETCH_BYTES later.
+                prefetch(w.wrapping_add(2 * i + PREFETCH_BYTES));
+                prefetch(w.wrapping_add(2 * i + PREFETCH_BYTES + 64));
+            }
             for k in 0..4 {
                 let wv =
                     _mm512_cvtph_ps(_mm256_loadu_si256(w.add(2 * (i + 16 * k)) as *const __m256i));

@@ -8,14 +8,23 @@
 //! for TQ1_0/TQ2_0, f16 for F16, nothing for F32 — then every output element is one
 //! `vec_dot` of a weight row with a converted activation row.
 //!
-//! Work is split over output rows in fixed chunks on rayon; each element is computed by
-//! one call whose order depends on nothing but the data, so results do not depend on the
-//! thread count or the chunking. Each task walks its weight rows once and applies each row
-//! to every token while it is hot in L1 (prefill re-uses the weight traffic; decode reads
-//! each weight byte once and is memory-bandwidth bound).
+//! Work is split over output rows in chunks on rayon; each element is computed by one call
+//! whose order depends on nothing but the data, so results do not depend on the thread
+//! count or the chunking. Each task walks its weight rows once and applies each row to
+//! every token while it is hot in L1 (prefill re-uses the weight traffic). Decode reads
+//! each weight byte once and is memory-bandwidth bound: its kernels prefetch
+//! [`PREFETCH_BYTES`] ahead of the row stream, which the hardware prefetcher alone does
+//! not keep full.
+//!
+//! I2_S at the AVX-512 level on a CPU with VNNI goes through [`i2s_vnni`]: the same
+//! integers as `ggml_vec_dot_i2_i8_s` for every activation row whose i16 lanes provably
+//! cannot wrap, with each weight row unpacked once per call instead of once per token
+//! (prefill); rows that could wrap take ggml's wrap-exact dot as before.
 
-use super::{check_len, KernelError, SendPtr, Simd};
+use super::{check_len, KernelError, SendPtr, Simd, PREFETCH_BYTES};
 use super::{dot, sgemm};
+#[cfg(target_arch = "x86_64")]
+use crate::quant::i2s_vnni;
 use crate::quant::q8k::{self, BlockQ8K, QK_K};
 use crate::quant::{i2s, tq1, tq2};
 use rayon::prelude::*;
@@ -134,6 +143,11 @@ impl<'a> WeightView<'a> {
 #[derive(Default, Debug)]
 pub struct Scratch {
     q8: Vec<i8>,
+    /// Activation rows in pair order ([`i2s_vnni::to_pair_order`]), fast tokens only.
+    q8p: Vec<i8>,
+    /// Tokens whose I2_S lanes cannot wrap ([`i2s_vnni::cannot_wrap`]), and the others.
+    fast: Vec<usize>,
+    slow: Vec<usize>,
     act_scales: Vec<f32>,
     act_sums: Vec<i32>,
     xh: Vec<f32>,
@@ -146,8 +160,43 @@ fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
     }
 }
 
-/// Weight rows per rayon task.
+/// Weight rows per rayon task (at least, for streams: [`stream_rows_per_task`]).
 const ROWS_PER_TASK: usize = 32;
+/// Weight rows per rayon task when I2_S rows are unpacked into a panel (prefill): 32 rows
+/// of up to 6912 codes stay in L2 while every token tile passes over them.
+#[cfg(target_arch = "x86_64")]
+const PANEL_ROWS: usize = 32;
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// Unpacked I2_S codes of one panel ([`i2s_vnni::x86::unpack_panel`]), per thread.
+    static PANEL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Rows per task when one token streams through a matrix (decode): about 8 tasks per
+/// thread, so that work stealing evens out a thread slowed by something else, but no
+/// fewer than [`ROWS_PER_TASK`] rows (each task restarts its prefetch stream). Who
+/// computes a row never changes how it is computed.
+fn stream_rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(8 * rayon::current_num_threads())
+        .max(ROWS_PER_TASK)
+}
+
+/// Runs `f(r0, r1)` over `0..rows` in ranges of `per_task` rows, in parallel.
+fn par_row_ranges(rows: usize, per_task: usize, f: impl Fn(usize, usize) + Sync) {
+    (0..rows.div_ceil(per_task))
+        .into_par_iter()
+        .for_each(|task| {
+            let r0 = task * per_task;
+            f(r0, (r0 + per_task).min(rows))
+        });
+}
+
+/// Prefetches the first [`PREFETCH_BYTES`] of a task's `len`-byte stream at `p`; the
+/// kernel's own prefetches cover the rest.
+fn prefetch_start(p: *const u8, len: usize) {
+    super::prefetch_range(p, len.min(PREFETCH_BYTES));
+}
 
 /// `out[t·rows + r] = W[r] · x[t·cols ..]` for `n_tokens = x.len() / cols`, at the
 /// process's SIMD level ([`Simd::current`]).
@@ -222,6 +271,11 @@ pub fn matmul_with(
                 scratch.act_sums[t] = sum;
             }
             let scale = i2s::scale(data, rows * cols);
+            #[cfg(target_arch = "x86_64")]
+            if simd == Simd::Avx512 && i2s_vnni::has_vnni() && cols <= i2s_vnni::MAX_COLS {
+                matmul_i2s_vnni(data, rows, cols, nt, scale, scratch, optr);
+                return Ok(());
+            }
             let (q8, scales, sums) = (
                 &scratch.q8[..],
                 &scratch.act_scales[..],
@@ -259,16 +313,22 @@ pub fn matmul_with(
         }
         // Otherwise (one token, or cols % 16 != 0) ggml's `vec_dot` loop: F16 rounds each
         // activation row to f16 first (`vec_dot_type`), then `ggml_vec_dot_f16`.
+        // Rows are read as one stream (the tied head: 656 MB per token), with prefetch.
         WeightView::F16 { data, .. } => {
             grow(&mut scratch.xh, nt * cols);
             dot::round_to_f16(x, &mut scratch.xh[..nt * cols]);
             let xh = &scratch.xh[..nt * cols];
             let rb = cols * 2;
-            run(&|r, t0, v| {
-                let row = &data[r * rb..(r + 1) * rb];
-                let xt = |t: usize| &xh[t * cols..(t + 1) * cols];
-                for (k, o) in v.iter_mut().enumerate() {
-                    *o = dot::vec_dot_f16_with(simd, row, xt(t0 + k));
+            par_row_ranges(rows, stream_rows_per_task(rows), |r0, r1| {
+                prefetch_start(data[r0 * rb..].as_ptr(), (r1 - r0) * rb);
+                for r in r0..r1 {
+                    let row = &data[r * rb..(r + 1) * rb];
+                    for t in 0..nt {
+                        let v =
+                            dot::vec_dot_f16_stream_with(simd, row, &xh[t * cols..(t + 1) * cols]);
+                        // SAFETY: (t, r) is in bounds; rows r0..r1 belong to this task only.
+                        unsafe { *optr.ptr().add(t * rows + r) = v };
+                    }
                 }
             });
         }
@@ -312,6 +372,90 @@ pub fn matmul_with(
         }
     }
     Ok(())
+}
+
+/// I2_S on AVX-512 VNNI ([`i2s_vnni`]), activations already in `scratch.q8`, scales and
+/// sums: tokens whose i16 lanes cannot wrap go through the exact VNNI kernels — row by row
+/// for a single such token (decode), unpacked panels for several (prefill) — and the
+/// others through ggml's wrap-exact dot, row by row. Same bits either way.
+#[cfg(target_arch = "x86_64")]
+fn matmul_i2s_vnni(
+    data: &[u8],
+    rows: usize,
+    cols: usize,
+    nt: usize,
+    scale: f32,
+    scratch: &mut Scratch,
+    optr: SendPtr<f32>,
+) {
+    use i2s_vnni::x86;
+    grow(&mut scratch.q8p, nt * cols);
+    scratch.fast.clear();
+    scratch.slow.clear();
+    for t in 0..nt {
+        let q = &scratch.q8[t * cols..(t + 1) * cols];
+        if i2s_vnni::cannot_wrap(q) {
+            let f = scratch.fast.len();
+            i2s_vnni::to_pair_order(q, &mut scratch.q8p[f * cols..(f + 1) * cols]);
+            scratch.fast.push(t);
+        } else {
+            scratch.slow.push(t);
+        }
+    }
+    let (q8, q8p, scales, sums) = (
+        &scratch.q8[..],
+        &scratch.q8p[..],
+        &scratch.act_scales[..],
+        &scratch.act_sums[..],
+    );
+    let (fast, slow) = (&scratch.fast[..], &scratch.slow[..]);
+    let rb = cols / 4;
+    let per_task = if fast.len() >= 2 {
+        PANEL_ROWS
+    } else {
+        stream_rows_per_task(rows)
+    };
+    par_row_ranges(rows, per_task, |r0, r1| {
+        let store = |t: usize, r: usize, dot: i32| {
+            let v = i2s::finish(dot, sums[t], scales[t], scale);
+            // SAFETY: (t, r) is in bounds, and rows r0..r1 belong to this task only.
+            unsafe { *optr.ptr().add(t * rows + r) = v };
+        };
+        if fast.len() == 1 {
+            prefetch_start(data[r0 * rb..].as_ptr(), (r1 - r0) * rb);
+            for r in r0..r1 {
+                // SAFETY: the caller checked VNNI; the row holds cols/4 bytes (validated
+                // view) and q8p one pair-order row of cols values.
+                store(fast[0], r, unsafe {
+                    x86::dot_row(data[r * rb..].as_ptr(), q8p.as_ptr(), cols)
+                });
+            }
+        } else if fast.len() >= 2 {
+            PANEL.with(|panel| {
+                let mut panel = panel.borrow_mut();
+                grow(&mut panel, (r1 - r0) * cols);
+                // SAFETY: VNNI checked by the caller; rows r0..r1 hold (r1−r0)·cols/4 bytes,
+                // the panel (r1−r0)·cols, q8p fast.len()·cols.
+                unsafe {
+                    x86::unpack_panel(data[r0 * rb..].as_ptr(), r1 - r0, cols, panel.as_mut_ptr());
+                    x86::gemm_panel(
+                        panel.as_ptr(),
+                        r1 - r0,
+                        q8p.as_ptr(),
+                        fast.len(),
+                        cols,
+                        |r, f, dot| store(fast[f], r0 + r, dot),
+                    );
+                }
+            });
+        }
+        for &t in slow {
+            let q = &q8[t * cols..(t + 1) * cols];
+            for r in r0..r1 {
+                store(t, r, i2s_dot(Simd::Avx512, &data[r * rb..(r + 1) * rb], q));
+            }
+        }
+    });
 }
 
 #[inline(always)]

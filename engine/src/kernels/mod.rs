@@ -64,6 +64,33 @@ pub(crate) fn check_len(
     }
 }
 
+/// How far ahead of its reads a streaming kernel prefetches (decode matmuls, which read
+/// each weight byte once). Measured on the 2B-4T shapes: 3–8 KiB all reach about 1.7× the
+/// bandwidth of the hardware prefetcher alone; 4 KiB also crosses one page ahead.
+pub const PREFETCH_BYTES: usize = 4096;
+
+/// Prefetches the cache line at `p` into L1 (`prefetcht0`): a hint, it never faults, so `p`
+/// may point past the end of an allocation. No-op off x86_64.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch instructions never fault, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Prefetches `len` bytes from `p` (see [`prefetch`]): the start of a stream, before the
+/// kernel's own prefetches [`PREFETCH_BYTES`] ahead take over.
+#[inline]
+pub(crate) fn prefetch_range(p: *const u8, len: usize) {
+    for o in (0..len).step_by(64) {
+        prefetch(p.wrapping_add(o));
+    }
+}
+
 /// A raw pointer that rayon tasks may share to write disjoint elements of one output.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr<T>(pub *mut T);

@@ -14,7 +14,8 @@ pub enum Simd {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
-    /// AVX-512 F/BW/VL (plus everything `Avx2` needs).
+    /// AVX-512 F/BW/VL (plus everything `Avx2` needs). On a CPU that also has AVX-512
+    /// VNNI, I2_S matmuls at this level use it ([`crate::quant::i2s_vnni`]).
     Avx512,
 }
 

@@ -35,12 +35,16 @@ pub fn v_expf(x: f32) -> f32 {
     if n.abs() > 192.0 {
         return if n <= 0.0 { 0.0 } else { f32::INFINITY };
     }
-    // _mm512_scalef_ps(j, n): j·2^floor(n), one rounding; n is integral here.
-    (j as f64 * f64::powi(2.0, n as i32)) as f32
+    // _mm512_scalef_ps(j, n): j·2^floor(n), one rounding; n is integral here. 2ⁿ is built
+    // from its exponent bits (exact for |n| ≤ 192; `powi` would be a libm call).
+    let pow2 = f64::from_bits(((1023 + n as i64) as u64) << 52);
+    (j as f64 * pow2) as f32
 }
 
 /// ggml's SiLU over a row: `ggml_vec_silu_f32` — `x / (1 + v_expf(0 − x))` for each full
 /// chunk of 16 (`ggml_v_silu`, AVX-512), `x / (1.0f + expf(-x))` for the rest.
+/// (Always inlined, so that [`silu_row_fast`] compiles it with FMA instructions.)
+#[inline(always)]
 pub fn silu_row(x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len());
     let n16 = x.len() & !15;

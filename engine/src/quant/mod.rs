@@ -2,6 +2,8 @@
 //!
 //! - [`i2s`]: bitnet.cpp's I2_S ternary weights (GGUF type 36) and the int8 activation
 //!   quantizer that goes with them (`quantize_row_i8_s`).
+//! - [`i2s_vnni`]: the same I2_S integer dots on AVX-512 VNNI, for activation rows whose
+//!   i16 lanes provably cannot wrap; unpack-once panels for prefill.
 //! - [`tq1`], [`tq2`]: ggml's TQ1_0 / TQ2_0 ternary blocks (types 34 / 35).
 //! - [`q8k`]: ggml's Q8_K activation blocks, the `vec_dot_type` of TQ1_0 and TQ2_0.
 //!
@@ -15,6 +17,7 @@
 )]
 
 pub mod i2s;
+pub mod i2s_vnni;
 pub mod q8k;
 pub mod tq1;
 pub mod tq2;

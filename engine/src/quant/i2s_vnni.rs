@@ -1,0 +1,328 @@
+//! I2_S matmul kernels on AVX-512 VNNI: the integers `ggml_vec_dot_i2_i8_s` computes, faster.
+//!
+//! ggml's dot ([`super::i2s::vec_dot_i2_i8`]) keeps sixteen i16 lanes per group of 32 blocks
+//! and lets them wrap; `vpdpbusd` sums four byte products straight into i32 lanes and
+//! cannot wrap the same way. It does not have to when no lane can leave the i16 range:
+//! lane `k` of a group sums `code·q` over the positions `n·32 + 2k` and `n·32 + 2k + 1`
+//! (`n` = 0..4) of each of its blocks, every code is at most 3, so
+//! `|lane| ≤ 3·Σ|q|` over those positions. [`cannot_wrap`] checks `3·Σ|q| ≤ 32767` for
+//! every lane of every group of one activation row — once per token, whatever the
+//! weights. When it holds, ggml's wrapped sum *is* the exact sum `Σ code·q` (and no
+//! `vpmaddubsw` pair saturates: `|pair| ≤ 2·3·128`), and any order of exact integer adds
+//! gives it. Tokens that fail the check (only extreme activation rows, over rows of at
+//! least 11 blocks) go to the wrap-exact kernels in [`super::i2s`]; the driver
+//! (`kernels::matmul`) routes them.
+//!
+//! Both kernels read activations in *pair order* ([`to_pair_order`]) so that one 64-byte
+//! load of packed weights — two blocks — meets its activations in 64-byte loads:
+//!
+//! - [`x86::dot_row`] (one token, decode): masks each packed byte with `0xC0`, `0x30`,
+//!   `0x0C`, `0x03` instead of shifting, so shift group `n` contributes `4^(3−n)·code·q`
+//!   into its own accumulator; every lane of it is a multiple of `4^(3−n)`, divided out
+//!   exactly by an arithmetic shift at the end.
+//! - [`x86::gemm_panel`] (two or more tokens, prefill): unpacks a panel of rows to one
+//!   code byte per weight once ([`x86::unpack_panel`]) and applies it to every token in
+//!   4-row × 6-token register tiles, so each weight is unpacked once per call instead of
+//!   once per token.
+
+use super::i2s::BLOCK;
+
+/// Longest row the kernels take: [`x86::dot_row`]'s scaled i32 lanes each sum `cols/64`
+/// terms of at most `4·192·128`, which must not overflow (ggml's own lanes are far from it).
+pub const MAX_COLS: usize = 1 << 20;
+
+/// Largest per-lane `Σ|q|` for which `3·Σ|q|` fits an i16 lane.
+const LANE_ABS_LIMIT: i32 = 32767 / 3;
+
+/// Whether ggml's i16 lanes cannot wrap for activation row `q` with any I2_S weights
+/// (codes 0..=3): for every group of 32 blocks and every lane `k`, `3·Σ|q|` over the
+/// lane's positions is at most 32767. See the module documentation.
+pub fn cannot_wrap(q: &[i8]) -> bool {
+    let nb = q.len() / BLOCK;
+    let mut b0 = 0;
+    while b0 < nb {
+        let b1 = (b0 + 32).min(nb);
+        let mut lanes = [0i32; 16];
+        for y in q[b0 * BLOCK..b1 * BLOCK].chunks_exact(32) {
+            for (k, l) in lanes.iter_mut().enumerate() {
+                *l += (y[2 * k] as i32).abs() + (y[2 * k + 1] as i32).abs();
+            }
+        }
+        if lanes.iter().any(|&l| l > LANE_ABS_LIMIT) {
+            return false;
+        }
+        b0 = b1;
+    }
+    true
+}
+
+/// Copies activation row `q` (a multiple of 128 values) into pair order: for each pair of
+/// blocks `2p, 2p+1`, the 32-value slices `(2p, n), (2p+1, n)` for `n` = 0..4 — the order
+/// in which the codes of one 64-byte load of packed weights come out per shift group
+/// (byte `j` of a block holds values `j, j+32, j+64, j+96`). An odd last block is copied
+/// as it is.
+pub fn to_pair_order(q: &[i8], out: &mut [i8]) {
+    assert_eq!(q.len(), out.len(), "pair order: lengths differ");
+    let nb = q.len() / BLOCK;
+    for p in 0..nb / 2 {
+        let (src, dst) = (
+            &q[p * 2 * BLOCK..(p + 1) * 2 * BLOCK],
+            &mut out[p * 2 * BLOCK..(p + 1) * 2 * BLOCK],
+        );
+        for n in 0..4 {
+            dst[n * 64..n * 64 + 32].copy_from_slice(&src[n * 32..n * 32 + 32]);
+            dst[n * 64 + 32..n * 64 + 64]
+                .copy_from_slice(&src[BLOCK + n * 32..BLOCK + n * 32 + 32]);
+        }
+    }
+    if nb % 2 == 1 {
+        let o = (nb - 1) * BLOCK;
+        out[o..].copy_from_slice(&q[o..]);
+    }
+}
+
+/// Whether this CPU has AVX-512 VNNI (with F/BW/VL), checked once.
+pub fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Rows per register tile of [`x86::gemm_panel`].
+pub const TILE_ROWS: usize = 4;
+/// Tokens per register tile of [`x86::gemm_panel`].
+pub const TILE_TOKENS: usize = 6;
+
+#[cfg(target_arch = "x86_64")]
+pub mod x86 {
+    use crate::kernels::{prefetch, PREFETCH_BYTES};
+    use std::arch::x86_64::*;
+
+    /// `Σ code·q` of one packed row against an activation row in pair order (`qp`),
+    /// `cols` values (a multiple of 128). Exact; equals ggml's dot when [`super::cannot_wrap`]
+    /// holds for the activations. Prefetches the weights [`PREFETCH_BYTES`] ahead (rows
+    /// are read as one stream; the prefetch may reach past the row, which is harmless).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/VNNI ([`super::has_vnni`]); `row` holds `cols/4`
+    /// readable bytes and `qp` `cols`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn dot_row(row: *const u8, qp: *const i8, cols: usize) -> i32 {
+        let nb = cols / 128;
+        let (m0, m1, m2, m3) = (
+            _mm512_set1_epi8(0xC0u8 as i8),
+            _mm512_set1_epi8(0x30),
+            _mm512_set1_epi8(0x0C),
+            _mm512_set1_epi8(0x03),
+        );
+        let mut a = [_mm512_setzero_si512(); 4];
+        for p in 0..nb / 2 {
+            prefetch(row.wrapping_add(p * 64 + PREFETCH_BYTES));
+            let w = _mm512_loadu_si512(row.add(p * 64) as *const _);
+            let y = qp.add(p * 256);
+            a[0] = _mm512_dpbusd_epi32(
+                a[0],
+                _mm512_and_si512(w, m0),
+                _mm512_loadu_si512(y as *const _),
+            );
+            a[1] = _mm512_dpbusd_epi32(
+                a[1],
+                _mm512_and_si512(w, m1),
+                _mm512_loadu_si512(y.add(64) as *const _),
+            );
+            a[2] = _mm512_dpbusd_epi32(
+                a[2],
+                _mm512_and_si512(w, m2),
+                _mm512_loadu_si512(y.add(128) as *const _),
+            );
+            a[3] = _mm512_dpbusd_epi32(
+                a[3],
+                _mm512_and_si512(w, m3),
+                _mm512_loadu_si512(y.add(192) as *const _),
+            );
+        }
+        // Lanes of a[n] are multiples of 4^(3−n): the shifts divide exactly.
+        let v = _mm512_add_epi32(
+            _mm512_add_epi32(_mm512_srai_epi32::<6>(a[0]), _mm512_srai_epi32::<4>(a[1])),
+            _mm512_add_epi32(_mm512_srai_epi32::<2>(a[2]), a[3]),
+        );
+        let mut sum = _mm512_reduce_add_epi32(v);
+        if nb % 2 == 1 {
+            sum += dot_block_256(row.add((nb - 1) * 32), qp.add((nb - 1) * 128));
+        }
+        sum
+    }
+
+    /// `Σ code·q` of one block (32 packed bytes, activations in natural order).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn dot_block_256(w: *const u8, y: *const i8) -> i32 {
+        let mask = _mm256_set1_epi8(3);
+        let w = _mm256_loadu_si256(w as *const __m256i);
+        let mut acc = _mm256_setzero_si256();
+        for n in 0..4 {
+            let c = _mm256_and_si256(
+                _mm256_srlv_epi16(w, _mm256_set1_epi16(6 - 2 * n as i16)),
+                mask,
+            );
+            acc = _mm256_dpbusd_epi32(acc, c, _mm256_loadu_si256(y.add(32 * n) as *const __m256i));
+        }
+        let s = _mm_add_epi32(
+            _mm256_castsi256_si128(acc),
+            _mm256_extracti128_si256::<1>(acc),
+        );
+        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        _mm_cvtsi128_si32(s)
+    }
+
+    /// Unpacks `n_rows` packed rows (`cols/4` bytes each, consecutive from `rows`) into one
+    /// code byte (0..=3) per weight in pair order, `cols` bytes per row into `out`.
+    ///
+    /// # Safety
+    /// As [`dot_row`]; `rows` holds `n_rows·cols/4` readable bytes, `out` `n_rows·cols`
+    /// writable ones.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn unpack_panel(rows: *const u8, n_rows: usize, cols: usize, out: *mut u8) {
+        let nb = cols / 128;
+        let mask = _mm512_set1_epi8(3);
+        let mask256 = _mm256_set1_epi8(3);
+        for r in 0..n_rows {
+            let (w, o) = (rows.add(r * cols / 4), out.add(r * cols));
+            for p in 0..nb / 2 {
+                let v = _mm512_loadu_si512(w.add(p * 64) as *const _);
+                let d = o.add(p * 256);
+                _mm512_storeu_si512(
+                    d as *mut _,
+                    _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask),
+                );
+                _mm512_storeu_si512(
+                    d.add(64) as *mut _,
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
+                );
+                _mm512_storeu_si512(
+                    d.add(128) as *mut _,
+                    _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask),
+                );
+                _mm512_storeu_si512(d.add(192) as *mut _, _mm512_and_si512(v, mask));
+            }
+            if nb % 2 == 1 {
+                let v = _mm256_loadu_si256(w.add((nb - 1) * 32) as *const __m256i);
+                let d = o.add((nb - 1) * 128);
+                _mm256_storeu_si256(
+                    d as *mut __m256i,
+                    _mm256_and_si256(_mm256_srli_epi16::<6>(v), mask256),
+                );
+                _mm256_storeu_si256(
+                    d.add(32) as *mut __m256i,
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask256),
+                );
+                _mm256_storeu_si256(
+                    d.add(64) as *mut __m256i,
+                    _mm256_and_si256(_mm256_srli_epi16::<2>(v), mask256),
+                );
+                _mm256_storeu_si256(d.add(96) as *mut __m256i, _mm256_and_si256(v, mask256));
+            }
+        }
+    }
+
+    /// `R × T` exact dots of unpacked code rows (`u`, stride `cols`) with pair-order
+    /// activation rows (`y`, stride `cols`): `out[r][t] = Σ code·q`.
+    #[inline(always)]
+    unsafe fn tile<const R: usize, const T: usize>(
+        u: *const u8,
+        y: *const i8,
+        cols: usize,
+    ) -> [[i32; T]; R] {
+        let mut acc = [[_mm512_setzero_si512(); T]; R];
+        let mut c = 0;
+        while c < cols {
+            let mut a = [_mm512_setzero_si512(); R];
+            for r in 0..R {
+                a[r] = _mm512_loadu_si512(u.add(r * cols + c) as *const _);
+            }
+            for t in 0..T {
+                let b = _mm512_loadu_si512(y.add(t * cols + c) as *const _);
+                for r in 0..R {
+                    acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], a[r], b);
+                }
+            }
+            c += 64;
+        }
+        let mut out = [[0i32; T]; R];
+        for r in 0..R {
+            for t in 0..T {
+                out[r][t] = _mm512_reduce_add_epi32(acc[r][t]);
+            }
+        }
+        out
+    }
+
+    /// All dots of an unpacked panel (`n_rows` code rows from [`unpack_panel`]) with
+    /// `n_tok` pair-order activation rows, `cols` values each: calls
+    /// `emit(row, token, Σ code·q)` for each pair, in register tiles of
+    /// [`super::TILE_ROWS`] × [`super::TILE_TOKENS`] (and smaller ones at the edges).
+    ///
+    /// # Safety
+    /// As [`dot_row`]; `u` holds `n_rows·cols` bytes, `y` `n_tok·cols`; `cols % 128 == 0`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn gemm_panel<F: FnMut(usize, usize, i32)>(
+        u: *const u8,
+        n_rows: usize,
+        y: *const i8,
+        n_tok: usize,
+        cols: usize,
+        mut emit: F,
+    ) {
+        const R: usize = super::TILE_ROWS;
+        const T: usize = super::TILE_TOKENS;
+        let mut t0 = 0;
+        while t0 < n_tok {
+            let nt = (n_tok - t0).min(T);
+            let yt = y.add(t0 * cols);
+            let mut r0 = 0;
+            while r0 < n_rows {
+                let nr = (n_rows - r0).min(R);
+                let ur = u.add(r0 * cols);
+                if nr == R && nt == T {
+                    let d = tile::<R, T>(ur, yt, cols);
+                    for r in 0..R {
+                        for t in 0..T {
+                            emit(r0 + r, t0 + t, d[r][t]);
+                        }
+                    }
+                } else {
+                    // Edges: one row at a time against up to T tokens, one token at a time.
+                    for r in 0..nr {
+                        let ur = ur.add(r * cols);
+                        if nt == T {
+                            let d = tile::<1, T>(ur, yt, cols);
+                            for t in 0..T {
+                                emit(r0 + r, t0 + t, d[0][t]);
+                            }
+                        } else {
+                            for t in 0..nt {
+                                emit(
+                                    r0 + r,
+                                    t0 + t,
+                                    tile::<1, 1>(ur, yt.add(t * cols), cols)[0][0],
+                                );
+                            }
+                        }
+                    }
+                }
+                r0 += nr;
+            }
+            t0 += nt;
+        }
+    }
+}
