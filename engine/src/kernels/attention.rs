@@ -346,6 +346,7 @@ fn f16_le(b: &[u8], i: usize) -> f32 {
 /// The end of [`kqv`] for eight dimensions at a time: the same lane sums, the same
 /// [`reduce16`] tree and (for [`KqvOrder::VecDotF16`]) the same f64 tail, each an
 /// elementwise operation across dimensions, so the bits equal the scalar loop's.
+/// Safety: the CPU has AVX2 and F16C; `hd % 8 == 0` (the buffer sizes are asserted).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]

@@ -163,6 +163,7 @@ pub mod x86 {
     }
 
     /// `Σ code·q` of one block (32 packed bytes, activations in natural order).
+    /// Safety: as [`dot_row`], with 32 bytes at `w` and 128 values at `y`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn dot_block_256(w: *const u8, y: *const i8) -> i32 {
@@ -236,7 +237,8 @@ pub mod x86 {
     }
 
     /// `R × T` exact dots of unpacked code rows (`u`, stride `cols`) with pair-order
-    /// activation rows (`y`, stride `cols`): `out[r][t] = Σ code·q`.
+    /// activation rows (`y`, stride `cols`): `out[r][t] = Σ code·q`. Safety: called from
+    /// [`gemm_panel`] only (its features and bounds); always inlined into it.
     #[inline(always)]
     unsafe fn tile<const R: usize, const T: usize>(
         u: *const u8,
