@@ -137,6 +137,58 @@ fn machine_line(r: &Receipt) -> String {
     )
 }
 
+/// One model's facts, one line each, shared by both reports.
+fn model_facts(m: &ModelResult) -> Vec<String> {
+    let mut f = vec![format!("source: {}", m.source)];
+    if let Some(file) = &m.file {
+        f.push(format!("file: {file} ({} bytes, sha256 {})", m.bytes.unwrap_or(0), m.sha256.as_deref().unwrap_or("?")));
+    }
+    if let (Some(a), Some(w), Some(l)) = (&m.arch, &m.weight_type, m.n_layer) {
+        f.push(format!("arch {a}, weights {w}, {l} layers, {} thread(s), tokenizer {}", m.threads, m.tokenizer));
+    }
+    f.push(format!(
+        "verdict: {} ({} pass, {} fail, {} ignored) in {:.1} s",
+        m.status.as_str(),
+        m.counts.pass,
+        m.counts.fail,
+        m.counts.ignored,
+        m.seconds
+    ));
+    if let Some(e) = &m.error {
+        f.push(format!("error: {e}"));
+    }
+    if let Some(d) = &m.first_divergence {
+        f.push(format!("first divergence: {} at {}, position {} ({} / {}): {}", d.stage, d.phase, d.position, d.case, d.prompt, d.detail));
+    }
+    if let Some(l) = &m.logits {
+        f.push(format!("logits: top-1 agree {}/{}, worst KL {}, worst NMSE {}", l.top1_agree, l.positions, sci(l.worst_kl), sci(l.worst_nmse)));
+    }
+    if let Some(t) = &m.tokenizer_parity {
+        let truth = match (t.engine_eq_truth, t.oracle_eq_truth) {
+            (Some(e), Some(x)) => format!(", engine = truth {e}, oracle = truth {x}"),
+            _ => String::new(),
+        };
+        f.push(format!("tokenizer parity over {} input×mode comparisons: engine = oracle {}{truth}", t.comparisons, t.engine_eq_oracle));
+    }
+    match (&m.speed, &m.speed_error) {
+        (Some(s), _) => f.push(format!(
+            "speed ({} prompt tokens, {} decode, median of {}): prefill engine {:.1} vs oracle {:.1} tok/s ({}), decode {:.1} vs {:.1} tok/s ({})",
+            s.prompt_tokens,
+            s.decode_tokens,
+            s.reps,
+            s.engine.prefill_tok_s,
+            s.oracle.prefill_tok_s,
+            ratio(s.prefill_ratio),
+            s.engine.decode_tok_s,
+            s.oracle.decode_tok_s,
+            ratio(s.decode_ratio)
+        )),
+        (None, Some(e)) => f.push(format!("speed: not measured: {e}")),
+        _ => {}
+    }
+    f
+}
+
 // ------------------------------------------------------------------------------------------
 // Markdown.
 
@@ -256,80 +308,8 @@ pub fn markdown(r: &Receipt) -> String {
     let _ = writeln!(o, "## Models\n");
     for m in &r.models {
         let _ = writeln!(o, "### {}\n", m.name);
-        let _ = writeln!(o, "- source: {}", m.source);
-        if let Some(f) = &m.file {
-            let _ = writeln!(
-                o,
-                "- file: `{f}` ({} bytes, sha256 `{}`)",
-                m.bytes.unwrap_or(0),
-                m.sha256.as_deref().unwrap_or("?")
-            );
-        }
-        if let (Some(a), Some(w), Some(l)) = (&m.arch, &m.weight_type, m.n_layer) {
-            let _ = writeln!(
-                o,
-                "- arch `{a}`, weights {w}, {l} layers, {} thread(s), tokenizer {}",
-                m.threads, m.tokenizer
-            );
-        }
-        let _ = writeln!(
-            o,
-            "- verdict: **{}** ({} pass, {} fail, {} ignored) in {:.1} s",
-            m.status.as_str(),
-            m.counts.pass,
-            m.counts.fail,
-            m.counts.ignored,
-            m.seconds
-        );
-        if let Some(e) = &m.error {
-            let _ = writeln!(o, "- error: {}", md_cell(e));
-        }
-        if let Some(d) = &m.first_divergence {
-            let _ = writeln!(
-                o,
-                "- first divergence: `{}` at {}, position {} ({} / {}): {}",
-                d.stage,
-                d.phase,
-                d.position,
-                d.case,
-                d.prompt,
-                md_cell(&d.detail)
-            );
-        }
-        if let Some(l) = &m.logits {
-            let _ = writeln!(
-                o,
-                "- logits: top-1 agree {}/{}, worst KL {}, worst NMSE {}",
-                l.top1_agree,
-                l.positions,
-                sci(l.worst_kl),
-                sci(l.worst_nmse)
-            );
-        }
-        if let Some(t) = &m.tokenizer_parity {
-            let _ = writeln!(
-                o,
-                "- tokenizer parity over {} input×mode comparisons: engine = oracle {}{}",
-                t.comparisons,
-                t.engine_eq_oracle,
-                match (t.engine_eq_truth, t.oracle_eq_truth) {
-                    (Some(e), Some(x)) => format!(", engine = truth {e}, oracle = truth {x}"),
-                    _ => String::new(),
-                }
-            );
-        }
-        match (&m.speed, &m.speed_error) {
-            (Some(s), _) => {
-                let _ = writeln!(
-                    o,
-                    "- speed ({} prompt tokens, {} decode, median of {}): prefill engine {:.1} vs oracle {:.1} tok/s ({}), decode {:.1} vs {:.1} tok/s ({})",
-                    s.prompt_tokens, s.decode_tokens, s.reps, s.engine.prefill_tok_s, s.oracle.prefill_tok_s, ratio(s.prefill_ratio), s.engine.decode_tok_s, s.oracle.decode_tok_s, ratio(s.decode_ratio)
-                );
-            }
-            (None, Some(e)) => {
-                let _ = writeln!(o, "- speed: not measured: {}", md_cell(e));
-            }
-            _ => {}
+        for fact in model_facts(m) {
+            let _ = writeln!(o, "- {}", md_cell(&fact));
         }
         let failures: Vec<&TrialResult> = m
             .cases
@@ -561,79 +541,8 @@ pub fn html(r: &Receipt) -> String {
             esc(&m.name),
             verdict_span(m.status)
         );
-        let _ = writeln!(o, "<li>source: {}</li>", esc(&m.source));
-        if let Some(f) = &m.file {
-            let _ = writeln!(
-                o,
-                "<li>file: <code>{}</code> ({} bytes), sha256 <code>{}</code></li>",
-                esc(f),
-                m.bytes.unwrap_or(0),
-                esc(m.sha256.as_deref().unwrap_or("?"))
-            );
-        }
-        if let (Some(a), Some(w), Some(l)) = (&m.arch, &m.weight_type, m.n_layer) {
-            let _ = writeln!(
-                o,
-                "<li>arch <code>{}</code>, weights {}, {l} layers, {} thread(s), tokenizer {}</li>",
-                esc(a),
-                esc(w),
-                m.threads,
-                esc(&m.tokenizer)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "<li>{} pass, {} fail, {} ignored in {:.1} s</li>",
-            m.counts.pass, m.counts.fail, m.counts.ignored, m.seconds
-        );
-        if let Some(e) = &m.error {
-            let _ = writeln!(o, "<li class=\"{}\">{}</li>", m.status.as_str(), esc(e));
-        }
-        if let Some(d) = &m.first_divergence {
-            let _ = writeln!(
-                o,
-                "<li>first divergence: <code>{}</code> at {}, position {} ({} / {}): {}</li>",
-                esc(&d.stage),
-                esc(&d.phase),
-                d.position,
-                esc(&d.case),
-                esc(&d.prompt),
-                esc(&d.detail)
-            );
-        }
-        if let Some(l) = &m.logits {
-            let _ = writeln!(
-                o,
-                "<li>logits: top-1 agree {}/{}, worst KL {}, worst NMSE {}</li>",
-                l.top1_agree,
-                l.positions,
-                sci(l.worst_kl),
-                sci(l.worst_nmse)
-            );
-        }
-        if let Some(t) = &m.tokenizer_parity {
-            let truth = match (t.engine_eq_truth, t.oracle_eq_truth) {
-                (Some(e), Some(x)) => format!(", engine = truth {e}, oracle = truth {x}"),
-                _ => String::new(),
-            };
-            let _ = writeln!(
-                o,
-                "<li>tokenizer parity over {} input×mode comparisons: engine = oracle {}{}</li>",
-                t.comparisons, t.engine_eq_oracle, truth
-            );
-        }
-        match (&m.speed, &m.speed_error) {
-            (Some(s), _) => {
-                let _ = writeln!(
-                    o,
-                    "<li>speed ({} prompt tokens, {} decode, median of {}): prefill engine {:.1} vs oracle {:.1} tok/s (<b>{}</b>), decode {:.1} vs {:.1} tok/s (<b>{}</b>)</li>",
-                    s.prompt_tokens, s.decode_tokens, s.reps, s.engine.prefill_tok_s, s.oracle.prefill_tok_s, ratio(s.prefill_ratio), s.engine.decode_tok_s, s.oracle.decode_tok_s, ratio(s.decode_ratio)
-                );
-            }
-            (None, Some(e)) => {
-                let _ = writeln!(o, "<li>speed not measured: {}</li>", esc(e));
-            }
-            _ => {}
+        for fact in model_facts(m) {
+            let _ = writeln!(o, "<li>{}</li>", esc(&fact));
         }
         let _ = writeln!(o, "</ul>");
         if let Some(c) = r.comparison.as_ref() {
