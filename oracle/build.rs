@@ -23,7 +23,12 @@ use std::process::Command;
 use std::{env, fs};
 
 /// Folders (relative to the source root) that a build never needs; `.git` is skipped at any depth.
-const SKIP: &[&str] = &["build", "models", "3rdparty/llama.cpp/build", "3rdparty/llama.cpp/models"];
+const SKIP: &[&str] = &[
+    "build",
+    "models",
+    "3rdparty/llama.cpp/build",
+    "3rdparty/llama.cpp/models",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
@@ -32,14 +37,19 @@ fn main() {
 
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={}", patches_dir.display());
-    println!("cargo:rerun-if-changed={}", manifest_dir.join("src/identity_dump.cpp").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("src/identity_dump.cpp").display()
+    );
     println!("cargo:rerun-if-env-changed=BITNET_CPP_DIR");
 
     let (src, vendored) = match env::var_os("BITNET_CPP_DIR") {
         Some(dir) if !dir.is_empty() => (PathBuf::from(dir), false),
         _ => (manifest_dir.join("vendor/bitnet"), true),
     };
-    if !src.join("3rdparty/llama.cpp/include/llama.h").is_file() || !src.join("CMakeLists.txt").is_file() {
+    if !src.join("3rdparty/llama.cpp/include/llama.h").is_file()
+        || !src.join("CMakeLists.txt").is_file()
+    {
         fail(&format!(
             "bitnet.cpp source not found at {}: run scripts/setup.sh (or set BITNET_CPP_DIR)",
             src.display()
@@ -50,7 +60,9 @@ fn main() {
     println!("cargo:rerun-if-changed={}", src.display());
     for tool in ["cmake", "clang", "clang++", "patch"] {
         if Command::new(tool).arg("--version").output().is_err() {
-            fail(&format!("`{tool}` not found (needed to build bitnet.cpp): run scripts/setup.sh"));
+            fail(&format!(
+                "`{tool}` not found (needed to build bitnet.cpp): run scripts/setup.sh"
+            ));
         }
     }
 
@@ -60,7 +72,13 @@ fn main() {
     prepare_tree(&src, &tree, &patches_dir, vendored, &work.join("src.stamp"));
     let libs = build(&tree, &work.join("cmake"));
     bindings(&tree, &out_dir.join("bindings.rs"));
-    identity_tools(&src, &tree, &work, &libs, &manifest_dir.join("src/identity_dump.cpp"));
+    identity_tools(
+        &src,
+        &tree,
+        &work,
+        &libs,
+        &manifest_dir.join("src/identity_dump.cpp"),
+    );
 
     for (dir, name) in libs {
         println!("cargo:rustc-link-search=native={}", dir.display());
@@ -137,11 +155,14 @@ fn patch_digests(patches_dir: &Path) -> String {
 fn shared_work_dir(out_dir: &Path) -> PathBuf {
     // OUT_DIR = <target>/<profile>/build/oracle-<hash>/out
     let dir = match out_dir.ancestors().nth(2) {
-        Some(build) if build.file_name().is_some_and(|n| n == "build") => build.ancestors().nth(2).map(|t| t.join("bitnet-cpp")),
+        Some(build) if build.file_name().is_some_and(|n| n == "build") => {
+            build.ancestors().nth(2).map(|t| t.join("bitnet-cpp"))
+        }
         _ => None,
     };
     let dir = dir.unwrap_or_else(|| out_dir.join("bitnet-cpp"));
-    fs::create_dir_all(&dir).unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", dir.display())));
+    fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", dir.display())));
     dir
 }
 
@@ -160,15 +181,24 @@ impl Lock {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let owner = fs::read_to_string(path.join("pid")).unwrap_or_default();
-                    let alive = owner.trim().parse::<u32>().is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-                    let age = fs::metadata(path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                    let alive = owner
+                        .trim()
+                        .parse::<u32>()
+                        .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                    let age = fs::metadata(path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok());
                     let orphan = owner.is_empty() && age.is_some_and(|a| a.as_secs() > 60);
                     if (!alive && !owner.is_empty()) || orphan {
                         let _ = fs::remove_dir_all(path);
                         continue;
                     }
                     if !waited {
-                        println!("cargo:warning=waiting for another build of bitnet.cpp ({})", path.display());
+                        println!(
+                            "cargo:warning=waiting for another build of bitnet.cpp ({})",
+                            path.display()
+                        );
                         waited = true;
                     }
                     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -203,8 +233,16 @@ fn prepare_tree(src: &Path, tree: &Path, patches_dir: &Path, vendored: bool, sta
 
     let mut listing = format!("source {}\n", src.display());
     for p in &patches {
-        let text = fs::read_to_string(p).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", p.display())));
-        writeln!(listing, "patch {} {} {:016x}", p.display(), text.len(), fnv1a(text.as_bytes())).unwrap();
+        let text = fs::read_to_string(p)
+            .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", p.display())));
+        writeln!(
+            listing,
+            "patch {} {} {:016x}",
+            p.display(),
+            text.len(),
+            fnv1a(text.as_bytes())
+        )
+        .unwrap();
     }
     list_files(src, Path::new(""), &mut listing);
     if fs::read_to_string(stamp).is_ok_and(|s| s == listing) && tree.is_dir() {
@@ -213,24 +251,35 @@ fn prepare_tree(src: &Path, tree: &Path, patches_dir: &Path, vendored: bool, sta
 
     let _ = fs::remove_file(stamp);
     if tree.exists() {
-        fs::remove_dir_all(tree).unwrap_or_else(|e| fail(&format!("cannot remove {}: {e}", tree.display())));
+        fs::remove_dir_all(tree)
+            .unwrap_or_else(|e| fail(&format!("cannot remove {}: {e}", tree.display())));
     }
     copy_tree(src, tree, Path::new(""));
     for p in &patches {
         let name = p.file_name().unwrap().to_string_lossy();
         let run = |dry: bool| {
             let mut cmd = Command::new("patch");
-            cmd.args(["-p1", "--batch", "--forward", "--silent", "-d"]).arg(tree).arg("-i").arg(p);
+            cmd.args(["-p1", "--batch", "--forward", "--silent", "-d"])
+                .arg(tree)
+                .arg("-i")
+                .arg(p);
             if dry {
                 cmd.arg("--dry-run");
             }
-            cmd.output().unwrap_or_else(|e| fail(&format!("cannot run patch: {e}")))
+            cmd.output()
+                .unwrap_or_else(|e| fail(&format!("cannot run patch: {e}")))
         };
         let dry = run(true);
         if !dry.status.success() {
-            let why = String::from_utf8_lossy(&dry.stdout).lines().next().unwrap_or("").to_string();
+            let why = String::from_utf8_lossy(&dry.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
             if vendored {
-                fail(&format!("patch {name} does not apply to the vendored bitnet.cpp: {why}"));
+                fail(&format!(
+                    "patch {name} does not apply to the vendored bitnet.cpp: {why}"
+                ));
             }
             // A newer checkout may already have what a patch adds: build it as it is.
             println!("cargo:warning=patch {name} does not apply to BITNET_CPP_DIR, skipped: {why}");
@@ -240,7 +289,8 @@ fn prepare_tree(src: &Path, tree: &Path, patches_dir: &Path, vendored: bool, sta
             fail(&format!("patch {name} failed on {}", tree.display()));
         }
     }
-    fs::write(stamp, listing).unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", stamp.display())));
+    fs::write(stamp, listing)
+        .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", stamp.display())));
 }
 
 fn skipped(rel: &Path) -> bool {
@@ -259,11 +309,15 @@ fn list_files(root: &Path, rel: &Path, out: &mut String) {
         if skipped(&rel) {
             continue;
         }
-        let meta = fs::metadata(e.path()).unwrap_or_else(|err| fail(&format!("cannot stat {}: {err}", e.path().display())));
+        let meta = fs::metadata(e.path())
+            .unwrap_or_else(|err| fail(&format!("cannot stat {}: {err}", e.path().display())));
         if meta.is_dir() {
             list_files(root, &rel, out);
         } else {
-            let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
             writeln!(out, "{} {} {:?}", rel.display(), meta.len(), mtime).unwrap();
         }
     }
@@ -271,7 +325,8 @@ fn list_files(root: &Path, rel: &Path, out: &mut String) {
 
 fn copy_tree(root: &Path, dst_root: &Path, rel: &Path) {
     let dst = dst_root.join(rel);
-    fs::create_dir_all(&dst).unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", dst.display())));
+    fs::create_dir_all(&dst)
+        .unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", dst.display())));
     for e in fs::read_dir(root.join(rel)).unwrap().filter_map(Result::ok) {
         let rel = rel.join(e.file_name());
         if skipped(&rel) {
@@ -288,7 +343,9 @@ fn copy_tree(root: &Path, dst_root: &Path, rel: &Path) {
 
 /// 64-bit FNV-1a: a stable fingerprint of a patch's text for the stamp.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Runs CMake on the prepared tree; returns (folder, name) of each static library, in link order.
@@ -314,7 +371,10 @@ fn build(tree: &Path, cmake_dir: &Path) -> Vec<(PathBuf, &'static str)> {
         .build_target("llama")
         .build();
     let build = dst.join("build/3rdparty/llama.cpp");
-    let libs = [(build.join("src"), "llama"), (build.join("ggml/src"), "ggml")];
+    let libs = [
+        (build.join("src"), "llama"),
+        (build.join("ggml/src"), "ggml"),
+    ];
     for (dir, name) in &libs {
         if !dir.join(format!("lib{name}.a")).is_file() {
             fail(&format!("CMake built no lib{name}.a in {}", dir.display()));
@@ -338,10 +398,13 @@ fn bindings(tree: &Path, out: &Path) {
     // bindgen panics when libclang is missing; turn that into our one line.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let generated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || builder.generate()));
+    let generated =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || builder.generate()));
     std::panic::set_hook(hook);
     match generated {
-        Ok(Ok(b)) => b.write_to_file(out).unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", out.display()))),
+        Ok(Ok(b)) => b
+            .write_to_file(out)
+            .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", out.display()))),
         Ok(Err(e)) => fail(&format!("bindgen failed on llama.h: {e}")),
         Err(_) => fail("libclang not found (bindgen needs it for llama.h): run scripts/setup.sh"),
     }
@@ -356,33 +419,64 @@ fn bindings(tree: &Path, out: &Path) {
 /// incrementally. Paths go to the tests as `BITPROBE_IDENTITY_DUMP_{STOCK,PATCHED}`.
 fn identity_tools(src: &Path, tree: &Path, work: &Path, libs: &[(PathBuf, &str)], dump_cpp: &Path) {
     let dir = work.join("identity");
-    let (stock_tool, patched_tool) = (dir.join("identity-dump-stock"), dir.join("identity-dump-patched"));
-    println!("cargo:rustc-env=BITPROBE_IDENTITY_DUMP_STOCK={}", stock_tool.display());
-    println!("cargo:rustc-env=BITPROBE_IDENTITY_DUMP_PATCHED={}", patched_tool.display());
+    let (stock_tool, patched_tool) = (
+        dir.join("identity-dump-stock"),
+        dir.join("identity-dump-patched"),
+    );
+    println!(
+        "cargo:rustc-env=BITPROBE_IDENTITY_DUMP_STOCK={}",
+        stock_tool.display()
+    );
+    println!(
+        "cargo:rustc-env=BITPROBE_IDENTITY_DUMP_PATCHED={}",
+        patched_tool.display()
+    );
 
     let llama_src = "3rdparty/llama.cpp/src/llama.cpp";
     let commands = work.join("cmake/build/compile_commands.json");
-    let text = fs::read_to_string(&commands).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", commands.display())));
-    let entries: Vec<serde_json::Value> =
-        serde_json::from_str(&text).unwrap_or_else(|e| fail(&format!("{}: {e}", commands.display())));
+    let text = fs::read_to_string(&commands)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", commands.display())));
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&text)
+        .unwrap_or_else(|e| fail(&format!("{}: {e}", commands.display())));
     let patched_file = tree.join(llama_src);
     let entry = entries
         .iter()
-        .find(|e| e["file"].as_str().is_some_and(|f| Path::new(f) == patched_file))
-        .unwrap_or_else(|| fail(&format!("{}: no entry for {}", commands.display(), patched_file.display())));
+        .find(|e| {
+            e["file"]
+                .as_str()
+                .is_some_and(|f| Path::new(f) == patched_file)
+        })
+        .unwrap_or_else(|| {
+            fail(&format!(
+                "{}: no entry for {}",
+                commands.display(),
+                patched_file.display()
+            ))
+        });
     let (directory, command) = match (entry["directory"].as_str(), entry["command"].as_str()) {
         (Some(d), Some(c)) => (PathBuf::from(d), c.to_string()),
-        _ => fail(&format!("{}: entry for {llama_src} lacks directory/command", commands.display())),
+        _ => fail(&format!(
+            "{}: entry for {llama_src} lacks directory/command",
+            commands.display()
+        )),
     };
-    let dump_text = fs::read(dump_cpp).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", dump_cpp.display())));
+    let dump_text = fs::read(dump_cpp)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", dump_cpp.display())));
     let tree_stamp = fs::read_to_string(work.join("src.stamp")).unwrap_or_default();
-    let stamp_text = format!("{tree_stamp}\ncommand {command}\ndump {:016x}\n", fnv1a(&dump_text));
+    let stamp_text = format!(
+        "{tree_stamp}\ncommand {command}\ndump {:016x}\n",
+        fnv1a(&dump_text)
+    );
     let stamp = dir.join("identity.stamp");
-    if fs::read_to_string(&stamp).is_ok_and(|s| s == stamp_text) && stock_tool.is_file() && patched_tool.is_file() {
+    if fs::read_to_string(&stamp).is_ok_and(|s| s == stamp_text)
+        && stock_tool.is_file()
+        && patched_tool.is_file()
+    {
         return;
     }
     let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", dir.display())));
+    fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", dir.display())));
     let started = std::time::Instant::now();
 
     // 1. CMake's command for the patched file, pointed at the unpatched one and our object.
@@ -393,19 +487,36 @@ fn identity_tools(src: &Path, tree: &Path, work: &Path, libs: &[(PathBuf, &str)]
     let object = dir.join("stock/llama.cpp.o"); // the member name ar replaces
     fs::create_dir_all(object.parent().unwrap()).unwrap();
     let mut replace_after = |flag: &str, with: &Path| {
-        let i = args.iter().position(|a| a == flag).unwrap_or_else(|| fail(&format!("no {flag} in: {command}")));
+        let i = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| fail(&format!("no {flag} in: {command}")));
         args[i + 1] = with.display().to_string();
     };
     replace_after("-o", &object);
     replace_after("-c", &src.join(llama_src));
-    run(Command::new(&args[0]).args(&args[1..]).current_dir(&directory), "compile the unpatched llama.cpp");
+    run(
+        Command::new(&args[0])
+            .args(&args[1..])
+            .current_dir(&directory),
+        "compile the unpatched llama.cpp",
+    );
 
     // 2. A copy of the patched libllama.a with that object in place of llama.cpp.o.
-    let find = |name: &str| libs.iter().find(|(_, n)| *n == name).map(|(d, n)| d.join(format!("lib{n}.a"))).unwrap();
+    let find = |name: &str| {
+        libs.iter()
+            .find(|(_, n)| *n == name)
+            .map(|(d, n)| d.join(format!("lib{n}.a")))
+            .unwrap()
+    };
     let (patched_lib, ggml_lib) = (find("llama"), find("ggml"));
     let stock_lib = dir.join("stock/libllama.a");
-    fs::copy(&patched_lib, &stock_lib).unwrap_or_else(|e| fail(&format!("cannot copy {}: {e}", patched_lib.display())));
-    run(Command::new("ar").arg("r").arg(&stock_lib).arg(&object), "ar the stock llama.cpp.o");
+    fs::copy(&patched_lib, &stock_lib)
+        .unwrap_or_else(|e| fail(&format!("cannot copy {}: {e}", patched_lib.display())));
+    run(
+        Command::new("ar").arg("r").arg(&stock_lib).arg(&object),
+        "ar the stock llama.cpp.o",
+    );
 
     // 3. The dump tool against each.
     let llama = tree.join("3rdparty/llama.cpp");
@@ -423,16 +534,26 @@ fn identity_tools(src: &Path, tree: &Path, work: &Path, libs: &[(PathBuf, &str)]
             "link identity_dump",
         );
     }
-    fs::write(&stamp, stamp_text).unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", stamp.display())));
+    fs::write(&stamp, stamp_text)
+        .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", stamp.display())));
     // Timing goes to the build log (target/*/build/oracle-*/output), not to a cargo warning
     // that cargo would replay on every later build.
-    println!("identity tools built in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "identity tools built in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 fn run(cmd: &mut Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| fail(&format!("cannot {what}: {e}")));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| fail(&format!("cannot {what}: {e}")));
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        fail(&format!("cannot {what} ({}): {}", out.status, err.lines().take(5).collect::<Vec<_>>().join(" | ")));
+        fail(&format!(
+            "cannot {what} ({}): {}",
+            out.status,
+            err.lines().take(5).collect::<Vec<_>>().join(" | ")
+        ));
     }
 }

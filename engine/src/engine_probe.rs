@@ -2,13 +2,13 @@
 
 use crate::faults::Fault;
 use crate::forward::{Logits, Session, Tap};
+use crate::gguf::GgufFile;
 use crate::model::{Arch, Model};
 use crate::sampling::Sampler;
-use crate::gguf::GgufFile;
 use crate::tokenizer::{truth::Truth, Tokenizer, TokenizerError};
 use probe::{
-    drive_generation, Capture, Decoder, Error, Forward, GenerateRequest, Generation, Limits, ModelInfo, Step, OpenRequest, Probe,
-    Result, Token,
+    drive_generation, Capture, Decoder, Error, Forward, GenerateRequest, Generation, Limits,
+    ModelInfo, OpenRequest, Probe, Result, Step, Token,
 };
 
 /// Context used when the caller asks for 0 (= default): the training context, capped.
@@ -29,7 +29,10 @@ impl EngineProbe {
     /// `fault` = a gallery fault name (builds with the `faults` feature).
     pub fn open(req: &OpenRequest) -> Result<EngineProbe> {
         let path = req.model.display().to_string();
-        let load = |message: String| Error::Load { path: path.clone(), message };
+        let load = |message: String| Error::Load {
+            path: path.clone(),
+            message,
+        };
         let mut fault = Fault::None;
         let mut tokenizer_mode = "gguf".to_string();
         for (k, v) in &req.options {
@@ -44,7 +47,8 @@ impl EngineProbe {
             }
         }
         let model = Model::load(&req.model).map_err(|e| load(e.to_string()))?;
-        let tokenizer = TokenizerSet::open(&model.file, &tokenizer_mode).map_err(|e| load(e.to_string()))?;
+        let tokenizer =
+            TokenizerSet::open(&model.file, &tokenizer_mode).map_err(|e| load(e.to_string()))?;
         let threads = if req.threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -54,7 +58,11 @@ impl EngineProbe {
             .num_threads(threads)
             .build()
             .map_err(|e| Error::Backend(format!("cannot start {threads} threads: {e}")))?;
-        let n_ctx = if req.n_ctx == 0 { model.hp.n_ctx_train.min(DEFAULT_N_CTX) } else { req.n_ctx };
+        let n_ctx = if req.n_ctx == 0 {
+            model.hp.n_ctx_train.min(DEFAULT_N_CTX)
+        } else {
+            req.n_ctx
+        };
         let mut session = Session::new(&model, n_ctx);
         session.fault = fault;
         let hp = &model.hp;
@@ -75,11 +83,22 @@ impl EngineProbe {
             bos: tokenizer.bos(),
             eos: tokenizer.eos(),
             weight_types: model.weight_types(),
-            implementation: format!("bitprobe engine {} ({})", env!("CARGO_PKG_VERSION"), crate::kernels::Simd::current().name()),
+            implementation: format!(
+                "bitprobe engine {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                crate::kernels::Simd::current().name()
+            ),
             threads: threads as u32,
         };
         let _ = Arch::Bitnet;
-        Ok(EngineProbe { model, session, tokenizer, info, pool, fault })
+        Ok(EngineProbe {
+            model,
+            session,
+            tokenizer,
+            info,
+            pool,
+            fault,
+        })
     }
 
     pub fn model(&self) -> &Model {
@@ -87,11 +106,21 @@ impl EngineProbe {
     }
 
     fn check_tokens(&self, tokens: &[Token], start: usize) -> Result<()> {
-        Limits { n_vocab: self.info.n_vocab, n_ctx: self.session.n_ctx, eos: &[] }.check(tokens, start)
+        Limits {
+            n_vocab: self.info.n_vocab,
+            n_ctx: self.session.n_ctx,
+            eos: &[],
+        }
+        .check(tokens, start)
     }
 
     /// One batch at the session's current position; returns the logits rows and the stages.
-    fn run(&mut self, tokens: &[Token], logits: Logits, capture: &Capture) -> (Vec<f32>, Vec<probe::StageTensor>) {
+    fn run(
+        &mut self,
+        tokens: &[Token],
+        logits: Logits,
+        capture: &Capture,
+    ) -> (Vec<f32>, Vec<probe::StageTensor>) {
         let (model, session) = (&self.model, &mut self.session);
         self.pool.install(|| {
             let mut tap = Tap::new(capture, session.n_past);
@@ -107,7 +136,10 @@ impl Probe for EngineProbe {
     }
 
     fn tokenize(&mut self, text: &str, add_bos: bool, parse_special: bool) -> Result<Vec<Token>> {
-        let mut ids = self.tokenizer.encode(text, add_bos, parse_special).map_err(|e| Error::Backend(e.to_string()))?;
+        let mut ids = self
+            .tokenizer
+            .encode(text, add_bos, parse_special)
+            .map_err(|e| Error::Backend(e.to_string()))?;
         if add_bos && self.fault.double_bos() {
             if let Some(b) = self.tokenizer.bos() {
                 ids.insert(0, b);
@@ -117,23 +149,42 @@ impl Probe for EngineProbe {
     }
 
     fn pieces(&mut self, ids: &[Token]) -> Result<Vec<Vec<u8>>> {
-        self.tokenizer.pieces(ids).map_err(|e| Error::InvalidRequest(e.to_string()))
+        self.tokenizer
+            .pieces(ids)
+            .map_err(|e| Error::InvalidRequest(e.to_string()))
     }
 
     fn forward(&mut self, tokens: &[Token], capture: &Capture) -> Result<Forward> {
         if tokens.is_empty() {
-            return Err(Error::InvalidRequest("forward of an empty token list".into()));
+            return Err(Error::InvalidRequest(
+                "forward of an empty token list".into(),
+            ));
         }
         self.check_tokens(tokens, 0)?;
         self.session.reset();
         let (logits, stages) = self.run(tokens, Logits::All, capture);
-        Ok(Forward { n_vocab: self.info.n_vocab, logits, stages })
+        Ok(Forward {
+            n_vocab: self.info.n_vocab,
+            logits,
+            stages,
+        })
     }
 
-    fn generate_with(&mut self, req: &GenerateRequest, on_token: &mut dyn FnMut(Token)) -> Result<Generation> {
+    fn generate_with(
+        &mut self,
+        req: &GenerateRequest,
+        on_token: &mut dyn FnMut(Token),
+    ) -> Result<Generation> {
         let eos = self.tokenizer.eos_set();
-        let limits = Limits { n_vocab: self.info.n_vocab, n_ctx: self.session.n_ctx, eos: &eos };
-        let mut d = EngineDecoder { sampler: Sampler::new(&req.sampling), probe: self };
+        let limits = Limits {
+            n_vocab: self.info.n_vocab,
+            n_ctx: self.session.n_ctx,
+            eos: &eos,
+        };
+        let mut d = EngineDecoder {
+            sampler: Sampler::new(&req.sampling),
+            probe: self,
+        };
         drive_generation(&mut d, req, limits, on_token)
     }
 }
@@ -147,18 +198,30 @@ struct EngineDecoder<'a> {
 impl Decoder for EngineDecoder<'_> {
     fn prefill(&mut self, req: &GenerateRequest) -> Result<(Forward, Token)> {
         self.probe.session.reset();
-        let mode = if req.keep_logits { Logits::All } else { Logits::Last };
+        let mode = if req.keep_logits {
+            Logits::All
+        } else {
+            Logits::Last
+        };
         let (logits, stages) = self.probe.run(&req.prompt, mode, &req.capture);
         let nv = self.probe.info.n_vocab as usize;
         let first = self.sampler.choose(&logits[logits.len() - nv..]);
-        Ok((Forward { n_vocab: nv as u32, logits, stages }, first))
+        Ok((
+            Forward {
+                n_vocab: nv as u32,
+                logits,
+                stages,
+            },
+            first,
+        ))
     }
 
     fn step(&mut self, req: &GenerateRequest, input: Token, _position: u32) -> Result<Step> {
         // Sample straight from the session's logits buffer: nothing is allocated per token
         // unless the caller keeps logits or captures stages.
         let p = &mut *self.probe;
-        let (model, session, sampler, keep) = (&p.model, &mut p.session, &mut self.sampler, req.keep_logits);
+        let (model, session, sampler, keep) =
+            (&p.model, &mut p.session, &mut self.sampler, req.keep_logits);
         Ok(p.pool.install(|| {
             let mut tap = Tap::new(&req.capture, session.n_past);
             let l = session.forward(model, &[input], Logits::Last, &mut tap);
@@ -182,9 +245,13 @@ impl TokenizerSet {
         match mode {
             "gguf" => Ok(TokenizerSet::Gguf(Tokenizer::from_gguf(file)?)),
             "truth" => {
-                let path = crate::forge::vocab::assets_dir().join(crate::forge::vocab::LLAMA3_ASSET);
+                let path =
+                    crate::forge::vocab::assets_dir().join(crate::forge::vocab::LLAMA3_ASSET);
                 let t = Truth::from_ranks_file(&path)?;
-                let n_model = file.get_arr("tokenizer.ggml.tokens").map(|a| a.len()).unwrap_or(0);
+                let n_model = file
+                    .get_arr("tokenizer.ggml.tokens")
+                    .map(|a| a.len())
+                    .unwrap_or(0);
                 if n_model != t.n_vocab() {
                     return Err(TokenizerError::Build(format!(
                         "tokenizer mode 'truth' is the Llama-3 tokenizer ({} tokens) but this model's vocab has {n_model}",
@@ -197,7 +264,12 @@ impl TokenizerSet {
         }
     }
 
-    fn encode(&self, text: &str, add_bos: bool, parse_special: bool) -> std::result::Result<Vec<Token>, TokenizerError> {
+    fn encode(
+        &self,
+        text: &str,
+        add_bos: bool,
+        parse_special: bool,
+    ) -> std::result::Result<Vec<Token>, TokenizerError> {
         match self {
             TokenizerSet::Gguf(t) => t.encode(text, add_bos, parse_special),
             TokenizerSet::Truth(t) => t.encode(text, add_bos, parse_special),
@@ -229,7 +301,9 @@ impl TokenizerSet {
     fn eos_set(&self) -> Vec<Token> {
         match self {
             TokenizerSet::Gguf(t) => t.eos().into_iter().chain(t.eot()).collect(),
-            TokenizerSet::Truth(_) => vec![crate::tokenizer::truth::EOS, crate::tokenizer::truth::EOT],
+            TokenizerSet::Truth(_) => {
+                vec![crate::tokenizer::truth::EOS, crate::tokenizer::truth::EOT]
+            }
         }
     }
 }

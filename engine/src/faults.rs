@@ -15,8 +15,8 @@ use crate::kernels::attention::{attention, AttnShape};
 use crate::kernels::elementwise::rms_norm_rows;
 use crate::kernels::matmul::{matmul, Scratch, WeightView};
 use crate::kernels::rope::rope_neox;
-use half::f16;
 use crate::model::{Arch, Model};
+use half::f16;
 use probe::Stage;
 
 #[cfg(not(feature = "faults"))]
@@ -54,7 +54,15 @@ impl Fault {
         rms_norm_rows(x, gamma, eps, out, width)
     }
     #[inline(always)]
-    pub fn sub_norm(self, _stage: Stage, x: &[f32], gamma: &[f32], eps: f32, out: &mut [f32], width: usize) {
+    pub fn sub_norm(
+        self,
+        _stage: Stage,
+        x: &[f32],
+        gamma: &[f32],
+        eps: f32,
+        out: &mut [f32],
+        width: usize,
+    ) {
         rms_norm_rows(x, gamma, eps, out, width)
     }
     #[inline(always)]
@@ -74,8 +82,18 @@ impl Fault {
     }
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    pub fn attention(self, q: &[f32], k: &[f16], v: &[f16], n_past: usize, shape: AttnShape, n_kv: usize, out: &mut [f32]) {
-        attention(q, k, v, n_past, shape, n_kv, out, None).expect("attention shapes follow the model")
+    pub fn attention(
+        self,
+        q: &[f32],
+        k: &[f16],
+        v: &[f16],
+        n_past: usize,
+        shape: AttnShape,
+        n_kv: usize,
+        out: &mut [f32],
+    ) {
+        attention(q, k, v, n_past, shape, n_kv, out, None)
+            .expect("attention shapes follow the model")
     }
     #[inline(always)]
     pub fn act(self, arch: Arch, gate: &[f32], out: &mut [f32]) {
@@ -205,7 +223,10 @@ impl Fault {
         }
         match Fault::NAMES.iter().position(|&k| k == n) {
             Some(i) => Ok(Fault::ALL[i]),
-            None => Err(format!("unknown fault '{name}' (known: {})", Fault::NAMES.join(", "))),
+            None => Err(format!(
+                "unknown fault '{name}' (known: {})",
+                Fault::NAMES.join(", ")
+            )),
         }
     }
 
@@ -236,11 +257,18 @@ impl Fault {
         }
     }
 
-    pub fn sub_norm(self, stage: Stage, x: &[f32], gamma: &[f32], eps: f32, out: &mut [f32], width: usize) {
+    pub fn sub_norm(
+        self,
+        stage: Stage,
+        x: &[f32],
+        gamma: &[f32],
+        eps: f32,
+        out: &mut [f32],
+        width: usize,
+    ) {
         match (self, stage) {
-            (Fault::AttnSubNormSkipped, Stage::AttnSubNorm) | (Fault::FfnSubNormSkipped, Stage::FfnSubNorm) => {
-                out.copy_from_slice(x)
-            }
+            (Fault::AttnSubNormSkipped, Stage::AttnSubNorm)
+            | (Fault::FfnSubNormSkipped, Stage::FfnSubNorm) => out.copy_from_slice(x),
             (Fault::Layernorm, _) => gallery::layer_norm_rows(x, gamma, eps, out, width),
             _ => rms_norm_rows(x, gamma, eps, out, width),
         }
@@ -282,12 +310,22 @@ impl Fault {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn attention(self, q: &[f32], k: &[f16], v: &[f16], n_past: usize, shape: AttnShape, n_kv: usize, out: &mut [f32]) {
+    pub fn attention(
+        self,
+        q: &[f32],
+        k: &[f16],
+        v: &[f16],
+        n_past: usize,
+        shape: AttnShape,
+        n_kv: usize,
+        out: &mut [f32],
+    ) {
         match self {
             Fault::GqaSequential | Fault::CausalOffByOne | Fault::SoftmaxNoMax => {
                 gallery::attention(self, q, k, v, n_past, shape, n_kv, out)
             }
-            _ => attention(q, k, v, n_past, shape, n_kv, out, None).expect("attention shapes follow the model"),
+            _ => attention(q, k, v, n_past, shape, n_kv, out, None)
+                .expect("attention shapes follow the model"),
         }
     }
 
@@ -325,6 +363,8 @@ mod tests {
             assert_eq!(Fault::from_name(&n.replace('_', "-")), Ok(*f));
         }
         assert_eq!(Fault::from_name("none"), Ok(Fault::None));
-        assert!(Fault::from_name("i2s_block_512").unwrap_err().contains("i2s_block_256"));
+        assert!(Fault::from_name("i2s_block_512")
+            .unwrap_err()
+            .contains("i2s_block_256"));
     }
 }

@@ -38,17 +38,17 @@ pub struct Session {
 /// Activations for a batch of `n` tokens; each grows to the largest batch seen, then stays.
 #[derive(Default)]
 struct Buffers {
-    x: Vec<f32>,       // [n, n_embd]  residual stream
-    xn: Vec<f32>,      // [n, n_embd]  normed input of a sub-block
-    q: Vec<f32>,       // [n, n_embd]
-    k: Vec<f32>,       // [n, n_embd_kv]
-    v: Vec<f32>,       // [n, n_embd_kv]
-    att: Vec<f32>,     // [n, n_embd]  attention output (kqv_out)
-    o: Vec<f32>,       // [n, n_embd]
-    gate: Vec<f32>,    // [n, n_ff]
-    up: Vec<f32>,      // [n, n_ff]
-    hn: Vec<f32>,      // [n, n_ff]    sub-normed FFN hidden
-    logits: Vec<f32>,  // [n_out, n_vocab]
+    x: Vec<f32>,      // [n, n_embd]  residual stream
+    xn: Vec<f32>,     // [n, n_embd]  normed input of a sub-block
+    q: Vec<f32>,      // [n, n_embd]
+    k: Vec<f32>,      // [n, n_embd_kv]
+    v: Vec<f32>,      // [n, n_embd_kv]
+    att: Vec<f32>,    // [n, n_embd]  attention output (kqv_out)
+    o: Vec<f32>,      // [n, n_embd]
+    gate: Vec<f32>,   // [n, n_ff]
+    up: Vec<f32>,     // [n, n_ff]
+    hn: Vec<f32>,     // [n, n_ff]    sub-normed FFN hidden
+    logits: Vec<f32>, // [n_out, n_vocab]
     mm: MatmulScratch,
 }
 
@@ -68,7 +68,11 @@ pub struct Tap<'c> {
 
 impl<'c> Tap<'c> {
     pub fn new(capture: &'c Capture, pos0: usize) -> Self {
-        Tap { capture, pos0, out: Vec::new() }
+        Tap {
+            capture,
+            pos0,
+            out: Vec::new(),
+        }
     }
 
     /// `data` holds `n` rows of `shape.product()` values, one per token of the batch.
@@ -82,7 +86,13 @@ impl<'c> Tap<'c> {
         for (i, row) in data.chunks_exact(width).enumerate() {
             let position = (self.pos0 + i) as u32;
             if self.capture.wants_position(position) {
-                self.out.push(StageTensor { stage, layer, position, shape: shape.to_vec(), data: row.to_vec() });
+                self.out.push(StageTensor {
+                    stage,
+                    layer,
+                    position,
+                    shape: shape.to_vec(),
+                    data: row.to_vec(),
+                });
             }
         }
     }
@@ -110,9 +120,18 @@ impl Session {
     /// Returns the requested logits rows (`n_vocab` each).
     pub fn forward(&mut self, m: &Model, tokens: &[u32], logits: Logits, tap: &mut Tap) -> &[f32] {
         let hp = &m.hp;
-        let (n, d, dkv, ff, hd) = (tokens.len(), hp.n_embd, hp.n_embd_kv(), hp.n_ff, hp.head_dim);
+        let (n, d, dkv, ff, hd) = (
+            tokens.len(),
+            hp.n_embd,
+            hp.n_embd_kv(),
+            hp.n_ff,
+            hp.head_dim,
+        );
         let pos0 = self.n_past;
-        assert!(pos0 + n <= self.n_ctx, "context overflow is checked by the caller");
+        assert!(
+            pos0 + n <= self.n_ctx,
+            "context overflow is checked by the caller"
+        );
         if pos0 == 0 {
             self.n_prefill = n;
         }
@@ -153,8 +172,20 @@ impl Session {
             // RoPE (NEOX: rotate halves) on q and k at their absolute positions
             for i in 0..n {
                 let pos = (pos0 + i) as u32;
-                fault.rope(&mut q[i * d..(i + 1) * d], hd, pos, hp.n_rot, hp.rope_freq_base);
-                fault.rope(&mut k[i * dkv..(i + 1) * dkv], hd, pos, hp.n_rot, hp.rope_freq_base);
+                fault.rope(
+                    &mut q[i * d..(i + 1) * d],
+                    hd,
+                    pos,
+                    hp.n_rot,
+                    hp.rope_freq_base,
+                );
+                fault.rope(
+                    &mut k[i * dkv..(i + 1) * dkv],
+                    hd,
+                    pos,
+                    hp.n_rot,
+                    hp.rope_freq_base,
+                );
             }
             tap.take(Stage::AttnQ, li, q, &[hp.n_head, hd]);
             tap.take(Stage::AttnK, li, k, &[hp.n_head_kv, hd]);
@@ -164,18 +195,35 @@ impl Session {
             let (kc, vc) = (&mut self.k_cache[l], &mut self.v_cache[l]);
             for i in 0..n {
                 let at = fault.kv_position(pos0 + i, self.n_prefill);
-                store_f16(&k[i * dkv..(i + 1) * dkv], &mut kc[at * dkv..(at + 1) * dkv]);
-                store_f16(&v[i * dkv..(i + 1) * dkv], &mut vc[at * dkv..(at + 1) * dkv]);
+                store_f16(
+                    &k[i * dkv..(i + 1) * dkv],
+                    &mut kc[at * dkv..(at + 1) * dkv],
+                );
+                store_f16(
+                    &v[i * dkv..(i + 1) * dkv],
+                    &mut vc[at * dkv..(at + 1) * dkv],
+                );
             }
 
             // kqv_out: causal GQA attention, softmax(q·kᵀ / sqrt(head_dim)) · v over the cache;
             // rows of ggml's padded length n_kv (see ggml_n_kv) so sums group as ggml's do
-            let shape = AttnShape { n_head: hp.n_head, n_head_kv: hp.n_head_kv, head_dim: hd };
+            let shape = AttnShape {
+                n_head: hp.n_head,
+                n_head_kv: hp.n_head_kv,
+                head_dim: hd,
+            };
             fault.attention(q, kc, vc, pos0, shape, ggml_n_kv(pos0 + n, self.n_ctx), att);
             tap.take(Stage::KqvOut, li, att, &[d]);
 
             // attn_sub_norm: xn = RMSNorm(att) · blk.l.attn_sub_norm
-            fault.sub_norm(Stage::AttnSubNorm, att, m.gamma(&w.attn_sub_norm), eps, xn, d);
+            fault.sub_norm(
+                Stage::AttnSubNorm,
+                att,
+                m.gamma(&w.attn_sub_norm),
+                eps,
+                xn,
+                d,
+            );
             tap.take(Stage::AttnSubNorm, li, xn, &[d]);
 
             // attn_output: o = xn · Wo
@@ -205,7 +253,14 @@ impl Session {
             tap.take(Stage::FfnSubOut, li, gate, &[ff]);
 
             // ffn_sub_norm: hn = RMSNorm(gate) · blk.l.ffn_sub_norm
-            fault.sub_norm(Stage::FfnSubNorm, gate, m.gamma(&w.ffn_sub_norm), eps, hn, ff);
+            fault.sub_norm(
+                Stage::FfnSubNorm,
+                gate,
+                m.gamma(&w.ffn_sub_norm),
+                eps,
+                hn,
+                ff,
+            );
             tap.take(Stage::FfnSubNorm, li, hn, &[ff]);
 
             // ffn_down: o = hn · Wdown

@@ -18,9 +18,19 @@ pub enum ModelError {
     #[error("{path}: tensor '{name}' is missing")]
     MissingTensor { path: String, name: String },
     #[error("{path}: tensor '{name}' has shape {found:?}, expected {expected:?}")]
-    Shape { path: String, name: String, found: Vec<u64>, expected: Vec<u64> },
+    Shape {
+        path: String,
+        name: String,
+        found: Vec<u64>,
+        expected: Vec<u64>,
+    },
     #[error("{path}: tensor '{name}' has type {ty}, which the engine does not support here (supported: {supported})")]
-    UnsupportedType { path: String, name: String, ty: String, supported: &'static str },
+    UnsupportedType {
+        path: String,
+        name: String,
+        ty: String,
+        supported: &'static str,
+    },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -69,14 +79,21 @@ pub struct Hparams {
 impl Hparams {
     pub fn from_gguf(f: &GgufFile, path: &str) -> Result<Hparams, ModelError> {
         let arch_name = f.get_str("general.architecture")?.to_string();
-        let arch = Arch::from_name(&arch_name)
-            .ok_or_else(|| ModelError::UnknownArch { path: path.into(), arch: arch_name.clone() })?;
+        let arch = Arch::from_name(&arch_name).ok_or_else(|| ModelError::UnknownArch {
+            path: path.into(),
+            arch: arch_name.clone(),
+        })?;
         let key = |k: &str| format!("{arch_name}.{k}");
         let n_embd = f.get_u32(&key("embedding_length"))? as usize;
         let n_head = f.get_u32(&key("attention.head_count"))? as usize;
         // llama.cpp: head_count_kv defaults to head_count (no GQA) when absent.
-        let n_head_kv = opt(f, &key("attention.head_count_kv"), GgufFile::get_u32)?.map_or(n_head, |v| v as usize);
-        if n_head == 0 || n_head_kv == 0 || !n_embd.is_multiple_of(n_head) || !n_head.is_multiple_of(n_head_kv) {
+        let n_head_kv = opt(f, &key("attention.head_count_kv"), GgufFile::get_u32)?
+            .map_or(n_head, |v| v as usize);
+        if n_head == 0
+            || n_head_kv == 0
+            || !n_embd.is_multiple_of(n_head)
+            || !n_head.is_multiple_of(n_head_kv)
+        {
             return Err(ModelError::Invalid {
                 path: path.into(),
                 message: format!(
@@ -94,7 +111,9 @@ impl Hparams {
         Ok(Hparams {
             arch,
             arch_name: arch_name.clone(),
-            name: opt(f, "general.name", GgufFile::get_str)?.unwrap_or_default().to_string(),
+            name: opt(f, "general.name", GgufFile::get_str)?
+                .unwrap_or_default()
+                .to_string(),
             n_vocab,
             n_ctx_train: f.get_u32(&key("context_length"))? as usize,
             n_embd,
@@ -104,7 +123,8 @@ impl Hparams {
             head_dim,
             n_ff: f.get_u32(&key("feed_forward_length"))? as usize,
             // llama.cpp: n_rot defaults to n_embd / n_head.
-            n_rot: opt(f, &key("rope.dimension_count"), GgufFile::get_u32)?.map_or(head_dim, |v| v as usize),
+            n_rot: opt(f, &key("rope.dimension_count"), GgufFile::get_u32)?
+                .map_or(head_dim, |v| v as usize),
             // llama.cpp: rope_freq_base defaults to 10000 when absent.
             rope_freq_base: opt(f, &key("rope.freq_base"), GgufFile::get_f32)?.unwrap_or(10000.0),
             rms_eps: f.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
@@ -183,9 +203,18 @@ impl Model {
 
     pub fn from_gguf(file: GgufFile, path: &str) -> Result<Model, ModelError> {
         let hp = Hparams::from_gguf(&file, path)?;
-        let (d, kv, ff, nv) = (hp.n_embd as u64, hp.n_embd_kv() as u64, hp.n_ff as u64, hp.n_vocab as u64);
+        let (d, kv, ff, nv) = (
+            hp.n_embd as u64,
+            hp.n_embd_kv() as u64,
+            hp.n_ff as u64,
+            hp.n_vocab as u64,
+        );
         let mut norms = std::collections::HashMap::new();
-        let mut b = Builder { file: &file, path, norms: &mut norms };
+        let mut b = Builder {
+            file: &file,
+            path,
+            norms: &mut norms,
+        };
 
         let token_embd = b.tensor("token_embd.weight", &[d, nv], FLOAT_TYPES)?;
         let output_norm = b.norm("output_norm.weight", d)?;
@@ -218,7 +247,16 @@ impl Model {
                 ffn_down_scale: b.scale(&s("ffn_down"))?,
             });
         }
-        Ok(Model { path: path.to_string(), hp, token_embd, output_norm, output, layers, norms, file })
+        Ok(Model {
+            path: path.to_string(),
+            hp,
+            token_embd,
+            output_norm,
+            output,
+            layers,
+            norms,
+            file,
+        })
     }
 
     /// The bytes of a tensor, straight from the map.
@@ -256,10 +294,18 @@ impl Builder<'_> {
     fn info(&self, name: &str) -> Result<&TensorInfo, ModelError> {
         self.file
             .tensor(name)
-            .ok_or_else(|| ModelError::MissingTensor { path: self.path.into(), name: name.into() })
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.into(),
+                name: name.into(),
+            })
     }
 
-    fn tensor(&mut self, name: &str, dims: &[u64], supported: &'static str) -> Result<Tensor, ModelError> {
+    fn tensor(
+        &mut self,
+        name: &str,
+        dims: &[u64],
+        supported: &'static str,
+    ) -> Result<Tensor, ModelError> {
         let info = self.info(name)?;
         if info.dims != dims {
             return Err(ModelError::Shape {
@@ -287,14 +333,21 @@ impl Builder<'_> {
         let data = self.file.tensor_data(info)?;
         let start = data.as_ptr() as usize - self.file.bytes().as_ptr() as usize;
         let range = start..start + data.len();
-        let t = Tensor { name: name.into(), ty: info.ty, dims: info.dims.clone(), range };
+        let t = Tensor {
+            name: name.into(),
+            ty: info.ty,
+            dims: info.dims.clone(),
+            range,
+        };
         if dims.len() == 2 {
             // A matmul weight: check block multiples and byte counts once, here, so the
             // forward pass can rely on them.
-            weight_view(t.ty, data, t.rows(), t.cols()).validate().map_err(|e| ModelError::Invalid {
-                path: self.path.into(),
-                message: format!("tensor '{name}' ({}): {e}", t.ty.name()),
-            })?;
+            weight_view(t.ty, data, t.rows(), t.cols())
+                .validate()
+                .map_err(|e| ModelError::Invalid {
+                    path: self.path.into(),
+                    message: format!("tensor '{name}' ({}): {e}", t.ty.name()),
+                })?;
         }
         Ok(t)
     }
@@ -311,7 +364,9 @@ impl Builder<'_> {
             return Ok(None);
         }
         let t = self.tensor(name, &[1], FLOAT_TYPES)?;
-        Ok(to_f32(t.ty, &self.file.bytes()[t.range.clone()]).first().copied())
+        Ok(to_f32(t.ty, &self.file.bytes()[t.range.clone()])
+            .first()
+            .copied())
     }
 }
 
@@ -346,6 +401,9 @@ pub fn to_f32(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
             .chunks_exact(2)
             .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
-        _ => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        _ => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
     }
 }

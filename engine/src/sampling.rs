@@ -19,11 +19,21 @@ impl Sampler {
             Sampling::Seeded { seed, .. } => *seed,
             Sampling::Greedy => 0,
         };
-        Sampler { sampling: sampling.clone(), rng: ChaCha8Rng::seed_from_u64(seed), scratch: Vec::new() }
+        Sampler {
+            sampling: sampling.clone(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            scratch: Vec::new(),
+        }
     }
 
     pub fn choose(&mut self, logits: &[f32]) -> Token {
-        let Sampling::Seeded { temperature, top_k, top_p, .. } = self.sampling else {
+        let Sampling::Seeded {
+            temperature,
+            top_k,
+            top_p,
+            ..
+        } = self.sampling
+        else {
             return argmax(logits);
         };
         if temperature <= 0.0 {
@@ -31,7 +41,13 @@ impl Sampler {
         }
         let c = &mut self.scratch;
         c.clear();
-        c.extend(logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (l / temperature, i as u32)));
+        c.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.is_nan())
+                .map(|(i, &l)| (l / temperature, i as u32)),
+        );
         // Highest first; ties to the lower id so the order is total.
         c.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         if top_k > 0 {
@@ -76,13 +92,35 @@ mod tests {
     #[test]
     fn greedy_and_seeded_reproduce() {
         let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
-        assert_eq!(Sampler::new(&Sampling::Greedy).choose(&logits), argmax(&logits));
-        let s = Sampling::Seeded { temperature: 0.8, top_k: 20, top_p: 0.95, seed: 7 };
-        let a: Vec<_> = { let mut x = Sampler::new(&s); (0..20).map(|_| x.choose(&logits)).collect() };
-        let b: Vec<_> = { let mut x = Sampler::new(&s); (0..20).map(|_| x.choose(&logits)).collect() };
+        assert_eq!(
+            Sampler::new(&Sampling::Greedy).choose(&logits),
+            argmax(&logits)
+        );
+        let s = Sampling::Seeded {
+            temperature: 0.8,
+            top_k: 20,
+            top_p: 0.95,
+            seed: 7,
+        };
+        let a: Vec<_> = {
+            let mut x = Sampler::new(&s);
+            (0..20).map(|_| x.choose(&logits)).collect()
+        };
+        let b: Vec<_> = {
+            let mut x = Sampler::new(&s);
+            (0..20).map(|_| x.choose(&logits)).collect()
+        };
         assert_eq!(a, b);
-        assert!(a.iter().any(|&t| t != a[0]), "sampling at T=0.8 should vary: {a:?}");
-        let top1 = Sampling::Seeded { temperature: 1.0, top_k: 1, top_p: 1.0, seed: 1 };
+        assert!(
+            a.iter().any(|&t| t != a[0]),
+            "sampling at T=0.8 should vary: {a:?}"
+        );
+        let top1 = Sampling::Seeded {
+            temperature: 1.0,
+            top_k: 1,
+            top_p: 1.0,
+            seed: 1,
+        };
         assert_eq!(Sampler::new(&top1).choose(&logits), argmax(&logits));
     }
 }

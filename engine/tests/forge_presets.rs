@@ -283,7 +283,11 @@ fn weights_have_the_intended_statistics() {
 
     let h = GgufFile::from_bytes(forge_bytes("tiny-hot-i2s", 5)).unwrap();
     let attn = f32s(h.tensor_bytes("blk.0.attn_norm.weight").unwrap());
-    assert!((rms(&attn) - 8.0).abs() < 0.3, "hot attn_norm rms {}", rms(&attn));
+    assert!(
+        (rms(&attn) - 8.0).abs() < 0.3,
+        "hot attn_norm rms {}",
+        rms(&attn)
+    );
 }
 
 #[test]

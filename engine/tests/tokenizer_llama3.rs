@@ -25,7 +25,9 @@ const DEFAULT_PRE_DEVIATIONS: usize = 79;
 
 fn inputs() -> &'static [String] {
     static INPUTS: OnceLock<Vec<String>> = OnceLock::new();
-    INPUTS.get_or_init(|| serde_json::from_str(include_str!("../../cases/tokenizer/inputs.json")).unwrap())
+    INPUTS.get_or_init(|| {
+        serde_json::from_str(include_str!("../../cases/tokenizer/inputs.json")).unwrap()
+    })
 }
 
 /// The forge's Llama-3 vocab as GGUF keys, with `tokenizer.ggml.pre` set to `pre`.

@@ -24,12 +24,20 @@ fn main() {
     let mut worst_kl: BTreeMap<String, (f64, String)> = BTreeMap::new();
     let mut top1 = (0usize, 0usize);
     for file in case::discover(&root) {
-        let Ok(c) = case::load(&file, &root) else { continue };
+        let Ok(c) = case::load(&file, &root) else {
+            continue;
+        };
         if !c.compare || c.prompts.is_empty() || c.fault.is_some() || c.unavailable.is_some() {
             continue;
         }
         let path = c.model.resolve().expect("model");
-        let mut e = open(ProbeKind::Engine, &path, 1, &[("tokenizer", c.tokenizer.as_str())]).expect("engine");
+        let mut e = open(
+            ProbeKind::Engine,
+            &path,
+            1,
+            &[("tokenizer", c.tokenizer.as_str())],
+        )
+        .expect("engine");
         let mut o = open(ProbeKind::Oracle, &path, 1, &[]).expect("oracle");
         let wt = governing_type(&o.info().weight_types);
         for p in &c.prompts {
@@ -47,7 +55,9 @@ fn main() {
                 let Some(m) = row.metrics else { continue };
                 let kind = format!("{:?}", StageKind::of(row.stage.stage, row.stage.layer));
                 let at = format!("{} {} {} pos {}", c.id, p.id, row.stage, row.position);
-                let e = worst.entry((kind, wt.clone())).or_insert((0.0, String::new()));
+                let e = worst
+                    .entry((kind, wt.clone()))
+                    .or_insert((0.0, String::new()));
                 if m.nmse > e.0 {
                     *e = (m.nmse, at);
                 }
@@ -55,7 +65,17 @@ fn main() {
             for l in &r.logits {
                 top1.0 += l.metrics.top1_agree() as usize;
                 top1.1 += 1;
-                let at = format!("{} {} {} pos {}", c.id, p.id, if l.phase == Phase::Prompt { "prompt" } else { "decode" }, l.position);
+                let at = format!(
+                    "{} {} {} pos {}",
+                    c.id,
+                    p.id,
+                    if l.phase == Phase::Prompt {
+                        "prompt"
+                    } else {
+                        "decode"
+                    },
+                    l.position
+                );
                 let e = worst_kl.entry(wt.clone()).or_insert((0.0, String::new()));
                 if l.metrics.kl > e.0 {
                     *e = (l.metrics.kl, at);

@@ -44,7 +44,11 @@ pub fn summarize(v: &[f64]) -> Summary {
         n if n % 2 == 1 => s[n / 2],
         n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
     };
-    Summary { median, min: s.first().copied().unwrap_or(f64::NAN), max: s.last().copied().unwrap_or(f64::NAN) }
+    Summary {
+        median,
+        min: s.first().copied().unwrap_or(f64::NAN),
+        max: s.last().copied().unwrap_or(f64::NAN),
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -82,8 +86,11 @@ fn peak_rss(pid: u32) -> u64 {
 
 /// A prompt of exactly `n` tokens (ids of a repeated English text, BOS first).
 pub fn prompt_of(p: &mut dyn Probe, n: usize) -> Result<Vec<Token>, String> {
-    let text = "The quick brown fox jumps over the lazy dog while the ternary network counts to ten. ";
-    let mut ids = p.tokenize(&text.repeat(n / 8 + 2), true, false).map_err(|e| e.to_string())?;
+    let text =
+        "The quick brown fox jumps over the lazy dog while the ternary network counts to ten. ";
+    let mut ids = p
+        .tokenize(&text.repeat(n / 8 + 2), true, false)
+        .map_err(|e| e.to_string())?;
     if ids.len() < n {
         return Err(format!("could not build a {n}-token prompt"));
     }
@@ -92,16 +99,27 @@ pub fn prompt_of(p: &mut dyn Probe, n: usize) -> Result<Vec<Token>, String> {
 }
 
 /// One measured run: start, open, prefill, decode, read the peak RSS, stop.
-fn one_run(kind: ProbeKind, bitprobe: &Path, model: &Path, req: &BenchRequest, s: &mut Series) -> Result<(), String> {
+fn one_run(
+    kind: ProbeKind,
+    bitprobe: &Path,
+    model: &Path,
+    req: &BenchRequest,
+    s: &mut Series,
+) -> Result<(), String> {
     let t = Instant::now();
-    let mut p = open_remote(kind, bitprobe, model, req.threads).map_err(|e| format!("{kind}: {e}"))?;
+    let mut p =
+        open_remote(kind, bitprobe, model, req.threads).map_err(|e| format!("{kind}: {e}"))?;
     let load = t.elapsed().as_secs_f64();
     let prompt = prompt_of(&mut p, req.prompt_tokens)?;
-    let g = p.generate(&GenerateRequest::greedy(prompt, req.decode_tokens + 1)).map_err(|e| format!("{kind}: {e}"))?;
+    let g = p
+        .generate(&GenerateRequest::greedy(prompt, req.decode_tokens + 1))
+        .map_err(|e| format!("{kind}: {e}"))?;
     let rss = p.pid().map_or(0, peak_rss);
     s.load_seconds.push(load);
-    s.prefill_tok_s.push(req.prompt_tokens as f64 / g.prefill_seconds.max(1e-9));
-    s.decode_tok_s.push(g.steps.len() as f64 / g.decode_seconds.max(1e-9));
+    s.prefill_tok_s
+        .push(req.prompt_tokens as f64 / g.prefill_seconds.max(1e-9));
+    s.decode_tok_s
+        .push(g.steps.len() as f64 / g.decode_seconds.max(1e-9));
     s.peak_rss_bytes.push(rss);
     Ok(())
 }
@@ -110,11 +128,18 @@ fn one_run(kind: ProbeKind, bitprobe: &Path, model: &Path, req: &BenchRequest, s
 pub fn read_bandwidth(threads: usize) -> f64 {
     use rayon::prelude::*;
     let buf: Vec<u64> = (0..(512usize << 20) / 8).map(|i| i as u64).collect();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build().expect("thread pool");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .expect("thread pool");
     let mut best = 0f64;
     for _ in 0..3 {
         let t = Instant::now();
-        let sum: u64 = pool.install(|| buf.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).reduce(|| 0, u64::wrapping_add));
+        let sum: u64 = pool.install(|| {
+            buf.par_chunks(1 << 16)
+                .map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x)))
+                .reduce(|| 0, u64::wrapping_add)
+        });
         std::hint::black_box(sum);
         best = best.max((buf.len() * 8) as f64 / t.elapsed().as_secs_f64());
     }
@@ -122,16 +147,36 @@ pub fn read_bandwidth(threads: usize) -> f64 {
 }
 
 /// Runs the benchmark; `progress` gets one line per run.
-pub fn run(bitprobe: &Path, model: &Path, req: &BenchRequest, mut progress: impl FnMut(&str)) -> Result<BenchReport, String> {
+pub fn run(
+    bitprobe: &Path,
+    model: &Path,
+    req: &BenchRequest,
+    mut progress: impl FnMut(&str),
+) -> Result<BenchReport, String> {
     let file = engine::gguf::GgufFile::open(model).map_err(|e| e.to_string())?;
     let bytes_per_decode_step: u64 = file.tensors().iter().map(|t| t.size).sum();
     drop(file);
     let (mut engine, mut oracle) = (Series::default(), Series::default());
     progress("warm-up: engine, oracle");
-    one_run(ProbeKind::Engine, bitprobe, model, req, &mut Series::default())?;
-    one_run(ProbeKind::Oracle, bitprobe, model, req, &mut Series::default())?;
+    one_run(
+        ProbeKind::Engine,
+        bitprobe,
+        model,
+        req,
+        &mut Series::default(),
+    )?;
+    one_run(
+        ProbeKind::Oracle,
+        bitprobe,
+        model,
+        req,
+        &mut Series::default(),
+    )?;
     for rep in 1..=req.reps {
-        for (kind, s) in [(ProbeKind::Engine, &mut engine), (ProbeKind::Oracle, &mut oracle)] {
+        for (kind, s) in [
+            (ProbeKind::Engine, &mut engine),
+            (ProbeKind::Oracle, &mut oracle),
+        ] {
             one_run(kind, bitprobe, model, req, s)?;
             progress(&format!(
                 "rep {rep}/{}: {kind} prefill {:.1} tok/s, decode {:.2} tok/s",
@@ -159,33 +204,74 @@ pub fn run(bitprobe: &Path, model: &Path, req: &BenchRequest, mut progress: impl
 pub fn table(r: &BenchReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let row = |out: &mut String, name: &str, e: &[f64], o: &[f64], unit: &str, higher_is_better: bool| {
-        let (se, so) = (summarize(e), summarize(o));
-        let ratio = se.median / so.median;
-        let _ = writeln!(
-            out,
-            "{name:<14} {:>10.2} ({:.2}–{:.2}) {:>10.2} ({:.2}–{:.2})  {:>6.2}×  {unit}{}",
-            se.median,
-            se.min,
-            se.max,
-            so.median,
-            so.min,
-            so.max,
-            ratio,
-            if higher_is_better { "" } else { " (lower is better)" }
-        );
-    };
+    let row =
+        |out: &mut String, name: &str, e: &[f64], o: &[f64], unit: &str, higher_is_better: bool| {
+            let (se, so) = (summarize(e), summarize(o));
+            let ratio = se.median / so.median;
+            let _ = writeln!(
+                out,
+                "{name:<14} {:>10.2} ({:.2}–{:.2}) {:>10.2} ({:.2}–{:.2})  {:>6.2}×  {unit}{}",
+                se.median,
+                se.min,
+                se.max,
+                so.median,
+                so.min,
+                so.max,
+                ratio,
+                if higher_is_better {
+                    ""
+                } else {
+                    " (lower is better)"
+                }
+            );
+        };
     let _ = writeln!(
         out,
         "model {} · {} threads · prompt {} tokens · decode {} tokens · {} reps (A B alternating, after a warm-up)",
         r.model, r.threads, r.prompt_tokens, r.decode_tokens, r.reps
     );
-    let _ = writeln!(out, "{:<14} {:>23} {:>23}  {:>7}", "", "engine median (min–max)", "oracle median (min–max)", "ratio");
-    row(&mut out, "load", &r.engine.load_seconds, &r.oracle.load_seconds, "s", false);
-    row(&mut out, "prefill", &r.engine.prefill_tok_s, &r.oracle.prefill_tok_s, "tok/s", true);
-    row(&mut out, "decode", &r.engine.decode_tok_s, &r.oracle.decode_tok_s, "tok/s", true);
-    let mib = |v: &[u64]| v.iter().map(|&b| b as f64 / (1 << 20) as f64).collect::<Vec<_>>();
-    row(&mut out, "peak RSS", &mib(&r.engine.peak_rss_bytes), &mib(&r.oracle.peak_rss_bytes), "MiB", false);
+    let _ = writeln!(
+        out,
+        "{:<14} {:>23} {:>23}  {:>7}",
+        "", "engine median (min–max)", "oracle median (min–max)", "ratio"
+    );
+    row(
+        &mut out,
+        "load",
+        &r.engine.load_seconds,
+        &r.oracle.load_seconds,
+        "s",
+        false,
+    );
+    row(
+        &mut out,
+        "prefill",
+        &r.engine.prefill_tok_s,
+        &r.oracle.prefill_tok_s,
+        "tok/s",
+        true,
+    );
+    row(
+        &mut out,
+        "decode",
+        &r.engine.decode_tok_s,
+        &r.oracle.decode_tok_s,
+        "tok/s",
+        true,
+    );
+    let mib = |v: &[u64]| {
+        v.iter()
+            .map(|&b| b as f64 / (1 << 20) as f64)
+            .collect::<Vec<_>>()
+    };
+    row(
+        &mut out,
+        "peak RSS",
+        &mib(&r.engine.peak_rss_bytes),
+        &mib(&r.oracle.peak_rss_bytes),
+        "MiB",
+        false,
+    );
     let ceiling = r.decode_ceiling();
     let _ = writeln!(
         out,

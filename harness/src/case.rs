@@ -236,22 +236,33 @@ struct RawMetamorphic {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.chars().count(), |i| before[i + 1..].chars().count()) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.chars().count(), |i| before[i + 1..].chars().count())
+        + 1;
     (line, col)
 }
 
 /// Parses one case file. `root` is the cases folder (for the id).
 pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
     let id = case_id(file, root);
-    let err = |message: String| CaseError { id: id.clone(), file: file.to_path_buf(), message };
-    let text = std::fs::read_to_string(file).map_err(|e| err(format!("{}: cannot read: {e}", file.display())))?;
+    let err = |message: String| CaseError {
+        id: id.clone(),
+        file: file.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| err(format!("{}: cannot read: {e}", file.display())))?;
     let at = |span: std::ops::Range<usize>| {
         let (l, c) = line_col(&text, span.start);
         format!("{}:{l}:{c}", file.display())
     };
     let raw: RawCase = toml::from_str(&text).map_err(|e| {
         let place = e.span().map_or_else(|| file.display().to_string(), &at);
-        err(format!("{place}: {}\nfix: see the schema and commented example in cases/README.md", e.message().trim()))
+        err(format!(
+            "{place}: {}\nfix: see the schema and commented example in cases/README.md",
+            e.message().trim()
+        ))
     })?;
 
     // Model: exactly one of preset / path.
@@ -286,10 +297,20 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
         let text = match (p.text, p.repeat_to) {
             (Some(t), None) => t,
             (Some(t), Some(n)) if !t.is_empty() => t.repeat(n.div_ceil(t.len())),
-            _ => return Err(err(format!("{}: prompt '{}' needs a non-empty `text`", file.display(), p.id))),
+            _ => {
+                return Err(err(format!(
+                    "{}: prompt '{}' needs a non-empty `text`",
+                    file.display(),
+                    p.id
+                )))
+            }
         };
         if prompts.iter().any(|q: &Prompt| q.id == p.id) {
-            return Err(err(format!("{}: two prompts are named '{}'; ids must be unique", file.display(), p.id)));
+            return Err(err(format!(
+                "{}: two prompts are named '{}'; ids must be unique",
+                file.display(),
+                p.id
+            )));
         }
         prompts.push(Prompt {
             id: p.id,
@@ -334,7 +355,10 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
             let span = t.span();
             let t = t.into_inner();
             if let Err(m) = t.validate() {
-                return Err(err(format!("{}: {m}\nfix: see the tolerance table in cases/README.md", at(span))));
+                return Err(err(format!(
+                    "{}: {m}\nfix: see the tolerance table in cases/README.md",
+                    at(span)
+                )));
             }
             t
         }
@@ -347,10 +371,19 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
             let mut inputs = t.inputs;
             if let Some(f) = t.inputs_file {
                 let path = file.parent().unwrap_or(Path::new(".")).join(f.get_ref());
-                let data = std::fs::read_to_string(&path)
-                    .map_err(|e| err(format!("{}: inputs_file {}: {e}", at(f.span()), path.display())))?;
+                let data = std::fs::read_to_string(&path).map_err(|e| {
+                    err(format!(
+                        "{}: inputs_file {}: {e}",
+                        at(f.span()),
+                        path.display()
+                    ))
+                })?;
                 let more: Vec<String> = serde_json::from_str(&data).map_err(|e| {
-                    err(format!("{}: inputs_file {} is not a JSON array of strings: {e}", at(f.span()), path.display()))
+                    err(format!(
+                        "{}: inputs_file {} is not a JSON array of strings: {e}",
+                        at(f.span()),
+                        path.display()
+                    ))
                 })?;
                 inputs.extend(more);
             }
@@ -390,7 +423,11 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
 
     let metamorphic = raw
         .metamorphic
-        .map(|m| Metamorphic { causality: m.causality, prefill_vs_decode: m.prefill_vs_decode, determinism: m.determinism })
+        .map(|m| Metamorphic {
+            causality: m.causality,
+            prefill_vs_decode: m.prefill_vs_decode,
+            determinism: m.determinism,
+        })
         .unwrap_or_default();
 
     Ok(Case {
@@ -464,7 +501,9 @@ pub(crate) fn expand_path(path: &str, case_file: &Path) -> PathBuf {
 /// Every `*.toml` under `root` except README-like files, sorted.
 pub fn discover(root: &Path) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -494,25 +533,49 @@ mod tests {
     fn errors_carry_line_col_and_fix() {
         let dir = std::env::temp_dir().join(format!("bitprobe-case-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let f = write(&dir, "bad.toml", "model = { preset = \"tiny-i2s\" }\n\n[compare]\nstagez = [1]\n");
+        let f = write(
+            &dir,
+            "bad.toml",
+            "model = { preset = \"tiny-i2s\" }\n\n[compare]\nstagez = [1]\n",
+        );
         let e = load(&f, &dir).unwrap_err();
         assert!(e.message.contains("bad.toml:4:1"), "{}", e.message);
         assert!(e.message.contains("stagez"), "{}", e.message);
         assert!(e.message.contains("fix:"), "{}", e.message);
 
-        let f = write(&dir, "stage.toml", "model = { preset = \"tiny-i2s\" }\n[compare]\nstages = [\"attn_qq\"]\n");
+        let f = write(
+            &dir,
+            "stage.toml",
+            "model = { preset = \"tiny-i2s\" }\n[compare]\nstages = [\"attn_qq\"]\n",
+        );
         let e = load(&f, &dir).unwrap_err();
-        assert!(e.message.contains("stage.toml:3:11") && e.message.contains("attn_q,"), "{}", e.message);
+        assert!(
+            e.message.contains("stage.toml:3:11") && e.message.contains("attn_q,"),
+            "{}",
+            e.message
+        );
 
         let f = write(&dir, "preset.toml", "model = { preset = \"tiny-nope\" }\n");
         let e = load(&f, &dir).unwrap_err();
-        assert!(e.message.contains("preset.toml:1:20") && e.message.contains("tiny-i2s"), "{}", e.message);
+        assert!(
+            e.message.contains("preset.toml:1:20") && e.message.contains("tiny-i2s"),
+            "{}",
+            e.message
+        );
 
-        let f = write(&dir, "type.toml", "model = { preset = \"tiny-i2s\" }\nthreads = \"two\"\n");
+        let f = write(
+            &dir,
+            "type.toml",
+            "model = { preset = \"tiny-i2s\" }\nthreads = \"two\"\n",
+        );
         let e = load(&f, &dir).unwrap_err();
         assert!(e.message.contains("type.toml:2:11"), "{}", e.message);
 
-        let f = write(&dir, "absent.toml", "model = { path = \"/nonexistent/m.gguf\" }\n");
+        let f = write(
+            &dir,
+            "absent.toml",
+            "model = { path = \"/nonexistent/m.gguf\" }\n",
+        );
         let c = load(&f, &dir).unwrap();
         assert!(c.unavailable.unwrap().contains("/nonexistent/m.gguf"));
         std::fs::remove_dir_all(&dir).ok();
@@ -521,7 +584,13 @@ mod tests {
     #[test]
     fn path_expansion() {
         std::env::set_var("BITPROBE_TEST_DIR", "/models");
-        assert_eq!(expand_path("$BITPROBE_TEST_DIR/x.gguf", Path::new("/c/a.toml")), PathBuf::from("/models/x.gguf"));
-        assert_eq!(expand_path("rel.gguf", Path::new("/c/a.toml")), PathBuf::from("/c/rel.gguf"));
+        assert_eq!(
+            expand_path("$BITPROBE_TEST_DIR/x.gguf", Path::new("/c/a.toml")),
+            PathBuf::from("/models/x.gguf")
+        );
+        assert_eq!(
+            expand_path("rel.gguf", Path::new("/c/a.toml")),
+            PathBuf::from("/c/rel.gguf")
+        );
     }
 }

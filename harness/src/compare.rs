@@ -26,10 +26,16 @@ pub struct TensorMetrics {
 impl TensorMetrics {
     pub fn non_finite_failure(&self) -> Option<String> {
         if self.nan_engine + self.nan_oracle > 0 {
-            return Some(format!("NaN: engine {}, oracle {}", self.nan_engine, self.nan_oracle));
+            return Some(format!(
+                "NaN: engine {}, oracle {}",
+                self.nan_engine, self.nan_oracle
+            ));
         }
         if self.inf_mismatch > 0 {
-            return Some(format!("{} Inf values without a same-signed Inf opposite", self.inf_mismatch));
+            return Some(format!(
+                "{} Inf values without a same-signed Inf opposite",
+                self.inf_mismatch
+            ));
         }
         None
     }
@@ -116,7 +122,11 @@ pub fn top_k(v: &[f32], k: usize) -> Vec<u32> {
     let mut idx: Vec<u32> = (0..v.len() as u32).collect();
     let key = |i: &u32| {
         let x = v[*i as usize];
-        if x.is_nan() { f32::NEG_INFINITY } else { x }
+        if x.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            x
+        }
     };
     let k = k.min(v.len());
     if k == 0 {
@@ -129,8 +139,16 @@ pub fn top_k(v: &[f32], k: usize) -> Vec<u32> {
 }
 
 fn log_softmax(v: &[f32]) -> Vec<f64> {
-    let max = v.iter().copied().filter(|x| x.is_finite()).fold(f64::NEG_INFINITY, |m, x| m.max(x as f64));
-    let lse = max + v.iter().map(|&x| ((x as f64) - max).exp()).sum::<f64>().ln();
+    let max = v
+        .iter()
+        .copied()
+        .filter(|x| x.is_finite())
+        .fold(f64::NEG_INFINITY, |m, x| m.max(x as f64));
+    let lse = max
+        + v.iter()
+            .map(|&x| ((x as f64) - max).exp())
+            .sum::<f64>()
+            .ln();
     v.iter().map(|&x| x as f64 - lse).collect()
 }
 
@@ -140,7 +158,13 @@ pub fn kl_divergence(oracle: &[f32], engine: &[f32]) -> f64 {
     let lq = log_softmax(engine);
     lp.iter()
         .zip(&lq)
-        .map(|(&p, &q)| if p.exp() > 0.0 { p.exp() * (p - q) } else { 0.0 })
+        .map(|(&p, &q)| {
+            if p.exp() > 0.0 {
+                p.exp() * (p - q)
+            } else {
+                0.0
+            }
+        })
         .sum::<f64>()
         .max(0.0)
 }
@@ -202,10 +226,19 @@ mod tests {
 
     #[test]
     fn non_finite_rules() {
-        assert!(compare(&[f32::NAN], &[1.0]).non_finite_failure().unwrap().contains("NaN"));
-        assert!(compare(&[f32::INFINITY], &[f32::INFINITY]).non_finite_failure().is_none());
-        assert!(compare(&[f32::INFINITY], &[f32::NEG_INFINITY]).non_finite_failure().is_some());
-        assert!(compare(&[f32::INFINITY], &[3.0]).non_finite_failure().is_some());
+        assert!(compare(&[f32::NAN], &[1.0])
+            .non_finite_failure()
+            .unwrap()
+            .contains("NaN"));
+        assert!(compare(&[f32::INFINITY], &[f32::INFINITY])
+            .non_finite_failure()
+            .is_none());
+        assert!(compare(&[f32::INFINITY], &[f32::NEG_INFINITY])
+            .non_finite_failure()
+            .is_some());
+        assert!(compare(&[f32::INFINITY], &[3.0])
+            .non_finite_failure()
+            .is_some());
     }
 
     #[test]

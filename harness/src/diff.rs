@@ -7,7 +7,9 @@
 
 use crate::compare::{compare, compare_logits, LogitsMetrics, TensorMetrics};
 use crate::tolerance::{governing_type, ToleranceOverrides};
-use probe::{Capture, Forward, GenerateRequest, Generation, Probe, Stage, StageId, StageTensor, Token};
+use probe::{
+    Capture, Forward, GenerateRequest, Generation, Probe, Stage, StageId, StageTensor, Token,
+};
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -78,9 +80,18 @@ impl Row {
                 m.cosine,
                 m.max_abs,
                 if m.bit_exact { ", bit-exact" } else { "" },
-                self.note.as_ref().map(|n| format!(" — {n}")).unwrap_or_default()
+                self.note
+                    .as_ref()
+                    .map(|n| format!(" — {n}"))
+                    .unwrap_or_default()
             ),
-            None => format!("{} pos {} {}: {}", self.phase, self.position, self.stage, self.note.as_deref().unwrap_or("")),
+            None => format!(
+                "{} pos {} {}: {}",
+                self.phase,
+                self.position,
+                self.stage,
+                self.note.as_deref().unwrap_or("")
+            ),
         }
     }
 }
@@ -108,7 +119,11 @@ pub struct Divergence {
 
 impl std::fmt::Display for Divergence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} at {}, position {}: {}", self.stage, self.phase, self.position, self.detail)
+        write!(
+            f,
+            "{} at {}, position {}: {}",
+            self.stage, self.phase, self.position, self.detail
+        )
     }
 }
 
@@ -135,7 +150,11 @@ impl DiffReport {
         let mut before: Vec<&Row> = self
             .rows
             .iter()
-            .filter(|r| r.phase == row.phase && r.position == row.position && r.stage.eval_key() < row.stage.eval_key())
+            .filter(|r| {
+                r.phase == row.phase
+                    && r.position == row.position
+                    && r.stage.eval_key() < row.stage.eval_key()
+            })
             .collect();
         before.sort_by_key(|r| r.stage.eval_key());
         before.into_iter().rev().take(2).rev().collect()
@@ -154,19 +173,33 @@ pub fn run_diff(
     tol: &ToleranceOverrides,
 ) -> probe::Result<DiffReport> {
     let (text, add_bos, parse_special) = if req.chat {
-        (engine::tokenizer::llama3_chat(&[("user", req.text.as_str())], true), false, true)
+        (
+            engine::tokenizer::llama3_chat(&[("user", req.text.as_str())], true),
+            false,
+            true,
+        )
     } else {
         (req.text.clone(), req.add_bos, req.parse_special)
     };
     let oracle_tokens = oracle.tokenize(&text, add_bos, parse_special)?;
     let engine_tokens = engine.tokenize(&text, add_bos, parse_special)?;
     if oracle_tokens.is_empty() {
-        return Err(probe::Error::InvalidRequest(format!("prompt {:?} tokenizes to nothing", req.text)));
+        return Err(probe::Error::InvalidRequest(format!(
+            "prompt {:?} tokenizes to nothing",
+            req.text
+        )));
     }
-    let capture = Capture { stages: req.stages.clone(), layers: req.layers.clone(), positions: None };
+    let capture = Capture {
+        stages: req.stages.clone(),
+        layers: req.layers.clone(),
+        positions: None,
+    };
     let weight_type = governing_type(&oracle.info().weight_types);
 
-    let (ef, of) = (engine.forward(&oracle_tokens, &capture)?, oracle.forward(&oracle_tokens, &capture)?);
+    let (ef, of) = (
+        engine.forward(&oracle_tokens, &capture)?,
+        oracle.forward(&oracle_tokens, &capture)?,
+    );
     let mut rows = compare_stages(Phase::Prompt, &ef.stages, &of.stages, tol, &weight_type);
     let mut logits = compare_all_logits(Phase::Prompt, 0, &ef, &of, tol, &weight_type);
 
@@ -180,7 +213,9 @@ pub fn run_diff(
         let eg = engine.generate(&g)?;
         compare_generations(&eg, &og, tol, &weight_type, &mut rows, &mut logits);
         oracle_greedy = og.tokens.clone();
-        engine_greedy = std::iter::once(eg.first).chain(eg.steps.iter().map(|s| s.chosen)).collect();
+        engine_greedy = std::iter::once(eg.first)
+            .chain(eg.steps.iter().map(|s| s.chosen))
+            .collect();
     }
     rows.sort_by_key(|r| r.key());
     let mut report = DiffReport {
@@ -225,7 +260,10 @@ pub fn compare_stages(
         match by_key.get(&key(o)) {
             None => row.note = Some("the engine did not produce this stage".into()),
             Some(e) if e.data.len() != o.data.len() => {
-                row.note = Some(format!("shape differs: engine {:?}, oracle {:?}", e.shape, o.shape))
+                row.note = Some(format!(
+                    "shape differs: engine {:?}, oracle {:?}",
+                    e.shape, o.shape
+                ))
             }
             Some(e) => {
                 let m = compare(&e.data, &o.data);
@@ -256,7 +294,14 @@ pub fn compare_stages(
 
 /// Engine against oracle logits at one position, judged against the logits tolerance (also
 /// used by `trace-diff` on two traces' `result_output` tensors).
-pub fn logits_row(phase: Phase, position: u32, e: &[f32], o: &[f32], tol: &ToleranceOverrides, wt: &str) -> LogitsRow {
+pub fn logits_row(
+    phase: Phase,
+    position: u32,
+    e: &[f32],
+    o: &[f32],
+    tol: &ToleranceOverrides,
+    wt: &str,
+) -> LogitsRow {
     let m = compare_logits(e, o);
     let lt = tol.logits(wt);
     let mut note = None;
@@ -266,7 +311,8 @@ pub fn logits_row(phase: Phase, position: u32, e: &[f32], o: &[f32], tol: &Toler
         // difference (max|Δ|) explains the flip. Passes only while KL and NMSE do; reported.
         let tie = m.margin_oracle <= 2.0 * m.max_abs;
         pass &= tie;
-        note = Some(format!(
+        note =
+            Some(format!(
             "top-1 differs: engine {} (margin {:.2e}), oracle {} (margin {:.2e}, max|Δ| {:.2e}){}",
             m.top1_engine,
             m.margin_engine,
@@ -276,18 +322,44 @@ pub fn logits_row(phase: Phase, position: u32, e: &[f32], o: &[f32], tol: &Toler
             if tie { " — a near-tie" } else { " — not a near-tie" }
         ));
     } else if !pass {
-        note = Some(format!("KL {:.3e} (limit {:.0e}), nmse {:.3e} (limit {:.0e})", m.kl, lt.kl, m.nmse, lt.nmse));
+        note = Some(format!(
+            "KL {:.3e} (limit {:.0e}), nmse {:.3e} (limit {:.0e})",
+            m.kl, lt.kl, m.nmse, lt.nmse
+        ));
     }
     if e.iter().chain(o).any(|x| x.is_nan()) {
         pass = false;
         note = Some("NaN in logits".into());
     }
-    LogitsRow { phase, position, metrics: m, kl_limit: lt.kl, pass, note }
+    LogitsRow {
+        phase,
+        position,
+        metrics: m,
+        kl_limit: lt.kl,
+        pass,
+        note,
+    }
 }
 
-fn compare_all_logits(phase: Phase, pos0: u32, e: &Forward, o: &Forward, tol: &ToleranceOverrides, wt: &str) -> Vec<LogitsRow> {
+fn compare_all_logits(
+    phase: Phase,
+    pos0: u32,
+    e: &Forward,
+    o: &Forward,
+    tol: &ToleranceOverrides,
+    wt: &str,
+) -> Vec<LogitsRow> {
     (0..o.n_tokens().min(e.n_tokens()))
-        .map(|i| logits_row(phase, pos0 + i as u32, e.logits_at(i), o.logits_at(i), tol, wt))
+        .map(|i| {
+            logits_row(
+                phase,
+                pos0 + i as u32,
+                e.logits_at(i),
+                o.logits_at(i),
+                tol,
+                wt,
+            )
+        })
         .collect()
 }
 
@@ -312,7 +384,12 @@ fn compare_generations(
 /// (lowest position first), then that phase's logits.
 pub fn first_divergence(r: &DiffReport) -> Option<Divergence> {
     if r.engine_tokens != r.oracle_tokens {
-        let i = r.engine_tokens.iter().zip(&r.oracle_tokens).take_while(|(a, b)| a == b).count();
+        let i = r
+            .engine_tokens
+            .iter()
+            .zip(&r.oracle_tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
         return Some(Divergence {
             phase: Phase::Prompt,
             position: i as u32,
@@ -324,11 +401,21 @@ pub fn first_divergence(r: &DiffReport) -> Option<Divergence> {
             ),
         });
     }
-    let mut phases: Vec<Phase> = r.rows.iter().map(|x| x.phase).chain(r.logits.iter().map(|x| x.phase)).collect();
+    let mut phases: Vec<Phase> = r
+        .rows
+        .iter()
+        .map(|x| x.phase)
+        .chain(r.logits.iter().map(|x| x.phase))
+        .collect();
     phases.sort();
     phases.dedup();
     for phase in phases {
-        if let Some(row) = r.rows.iter().filter(|x| x.phase == phase && !x.pass).min_by_key(|x| x.key()) {
+        if let Some(row) = r
+            .rows
+            .iter()
+            .filter(|x| x.phase == phase && !x.pass)
+            .min_by_key(|x| x.key())
+        {
             return Some(Divergence {
                 phase,
                 position: row.position,
@@ -336,7 +423,12 @@ pub fn first_divergence(r: &DiffReport) -> Option<Divergence> {
                 detail: row.summary(),
             });
         }
-        if let Some(l) = r.logits.iter().filter(|x| x.phase == phase && !x.pass).min_by_key(|x| x.position) {
+        if let Some(l) = r
+            .logits
+            .iter()
+            .filter(|x| x.phase == phase && !x.pass)
+            .min_by_key(|x| x.position)
+        {
             return Some(Divergence {
                 phase,
                 position: l.position,
@@ -353,13 +445,25 @@ pub fn first_divergence(r: &DiffReport) -> Option<Divergence> {
 pub fn render_rows_and_logits(r: &DiffReport, failures_only: bool) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(s, "{:<14} {:>4}  {:<22} {:>10} {:>10} {:>10}", "phase", "pos", "stage", "nmse", "cosine", "max|Δ|");
+    let _ = writeln!(
+        s,
+        "{:<14} {:>4}  {:<22} {:>10} {:>10} {:>10}",
+        "phase", "pos", "stage", "nmse", "cosine", "max|Δ|"
+    );
     for row in r.rows.iter().filter(|x| !(failures_only && x.pass)) {
         let (nmse, cos, max) = match &row.metrics {
-            Some(m) => (fmt_metric(m.nmse), format!("{:.6}", m.cosine), fmt_metric(m.max_abs)),
+            Some(m) => (
+                fmt_metric(m.nmse),
+                format!("{:.6}", m.cosine),
+                fmt_metric(m.max_abs),
+            ),
             None => ("-".into(), "-".into(), "-".into()),
         };
-        let note = row.note.as_ref().map(|n| format!(": {n}")).unwrap_or_default();
+        let note = row
+            .note
+            .as_ref()
+            .map(|n| format!(": {n}"))
+            .unwrap_or_default();
         let mark = match (&row.metrics, row.pass) {
             (Some(m), true) if m.bit_exact => "ok (bit-exact)".to_string(),
             (_, true) => "ok".to_string(),
@@ -377,9 +481,20 @@ pub fn render_rows_and_logits(r: &DiffReport, failures_only: bool) -> String {
     let _ = writeln!(s);
     let agree = r.logits.iter().filter(|l| l.metrics.top1_agree()).count();
     let worst_kl = r.logits.iter().map(|l| l.metrics.kl).fold(0.0, f64::max);
-    let _ = writeln!(s, "logits    top-1 agree at {agree}/{} positions, worst KL {}", r.logits.len(), fmt_metric(worst_kl));
+    let _ = writeln!(
+        s,
+        "logits    top-1 agree at {agree}/{} positions, worst KL {}",
+        r.logits.len(),
+        fmt_metric(worst_kl)
+    );
     for l in r.logits.iter().filter(|l| !l.pass) {
-        let _ = writeln!(s, "          {} pos {}: {}", l.phase, l.position, l.note.as_deref().unwrap_or("outside tolerance"));
+        let _ = writeln!(
+            s,
+            "          {} pos {}: {}",
+            l.phase,
+            l.position,
+            l.note.as_deref().unwrap_or("outside tolerance")
+        );
     }
     s
 }

@@ -99,8 +99,13 @@ impl ModelArgs {
     fn resolve(&self) -> Result<PathBuf> {
         let spec = match (&self.model, &self.preset) {
             (Some(p), _) => ModelSpec::Path(p.clone()),
-            (None, Some(name)) => ModelSpec::Preset { name: name.clone(), seed: self.preset_seed },
-            (None, None) => bail!("give a model: --model FILE or --preset NAME (see `bitprobe forge --list`)"),
+            (None, Some(name)) => ModelSpec::Preset {
+                name: name.clone(),
+                seed: self.preset_seed,
+            },
+            (None, None) => {
+                bail!("give a model: --model FILE or --preset NAME (see `bitprobe forge --list`)")
+            }
         };
         spec.resolve().with_context(|| format!("model {spec}"))
     }
@@ -403,12 +408,22 @@ fn forge(a: ForgeArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let (name, out) = (a.preset.expect("clap requires it"), a.out.expect("clap requires it"));
+    let (name, out) = (
+        a.preset.expect("clap requires it"),
+        a.out.expect("clap requires it"),
+    );
     let preset = engine::forge::preset(&name)?;
     let t = std::time::Instant::now();
-    engine::forge::forge_to(preset, a.seed, &out).with_context(|| format!("forging {name} into {}", out.display()))?;
+    engine::forge::forge_to(preset, a.seed, &out)
+        .with_context(|| format!("forging {name} into {}", out.display()))?;
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-    eprintln!("forged {name} (seed {}) → {} ({:.1} MB in {:.1?})", a.seed, out.display(), size as f64 / 1e6, t.elapsed());
+    eprintln!(
+        "forged {name} (seed {}) → {} ({:.1} MB in {:.1?})",
+        a.seed,
+        out.display(),
+        size as f64 / 1e6,
+        t.elapsed()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -418,7 +433,11 @@ fn engine_options(tokenizer: &str) -> Vec<(&str, &str)> {
 
 fn run(a: RunArgs) -> Result<ExitCode> {
     let path = a.model.resolve()?;
-    let opts = if a.probe == ProbeKind::Engine { engine_options(&a.tokenizer) } else { vec![] };
+    let opts = if a.probe == ProbeKind::Engine {
+        engine_options(&a.tokenizer)
+    } else {
+        vec![]
+    };
     let mut p = probes::open(a.probe, &path, a.threads, &opts)?;
     let prompt = if a.chat {
         let text = engine::tokenizer::llama3_chat(&[("user", a.prompt.as_str())], true);
@@ -427,10 +446,20 @@ fn run(a: RunArgs) -> Result<ExitCode> {
         p.tokenize(&a.prompt, true, false)?
     };
     let info = p.info().clone();
-    eprintln!("{} · {} · {} threads", info.implementation, path.display(), info.threads);
+    eprintln!(
+        "{} · {} · {} threads",
+        info.implementation,
+        path.display(),
+        info.threads
+    );
     eprintln!("prompt: {} tokens {:?}", prompt.len(), prompt);
     let sampling = if a.temp > 0.0 {
-        Sampling::Seeded { temperature: a.temp, top_k: a.top_k, top_p: a.top_p, seed: a.seed }
+        Sampling::Seeded {
+            temperature: a.temp,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+        }
     } else {
         Sampling::Greedy
     };
@@ -464,7 +493,11 @@ fn run(a: RunArgs) -> Result<ExitCode> {
 
 fn tokenize(a: TokenizeArgs) -> Result<ExitCode> {
     let path = a.model.resolve()?;
-    let opts = if a.probe == ProbeKind::Engine { engine_options(&a.tokenizer) } else { vec![] };
+    let opts = if a.probe == ProbeKind::Engine {
+        engine_options(&a.tokenizer)
+    } else {
+        vec![]
+    };
     if a.compare {
         return tokenize_compare(&a, &path);
     }
@@ -485,13 +518,17 @@ fn tokenize_compare(a: &TokenizeArgs, path: &std::path::Path) -> Result<ExitCode
     let mut e = probes::open(ProbeKind::Engine, path, 1, &engine_options(&a.tokenizer))?;
     let mut o = probes::open(ProbeKind::Oracle, path, 1, &[])?;
     let truth = if e.info().n_vocab == 128_256 {
-        Some(engine::tokenizer::truth::Truth::from_ranks_file(assets_dir().join(LLAMA3_ASSET))?)
+        Some(engine::tokenizer::truth::Truth::from_ranks_file(
+            assets_dir().join(LLAMA3_ASSET),
+        )?)
     } else {
         None
     };
     let texts: Vec<String> = match (&a.inputs, &a.text) {
-        (Some(f), _) => serde_json::from_str(&std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?)
-            .with_context(|| format!("{} is not a JSON array of strings", f.display()))?,
+        (Some(f), _) => serde_json::from_str(
+            &std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        )
+        .with_context(|| format!("{} is not a JSON array of strings", f.display()))?,
         (None, Some(t)) => vec![t.clone()],
         (None, None) => bail!("give --text or --inputs"),
     };
@@ -501,7 +538,10 @@ fn tokenize_compare(a: &TokenizeArgs, path: &std::path::Path) -> Result<ExitCode
     for text in &texts {
         let ei = e.tokenize(text, bos, ps)?;
         let oi = o.tokenize(text, bos, ps)?;
-        let ti = truth.as_ref().map(|t| t.encode(text, bos, ps)).transpose()?;
+        let ti = truth
+            .as_ref()
+            .map(|t| t.encode(text, bos, ps))
+            .transpose()?;
         let ne = |x: &[u32], y: &[u32]| x != y;
         counts[0] += ne(&ei, &oi) as usize;
         if let Some(ti) = &ti {
@@ -525,7 +565,10 @@ fn tokenize_compare(a: &TokenizeArgs, path: &std::path::Path) -> Result<ExitCode
             continue;
         }
         println!("{text:?}");
-        let mut cols: Vec<(&str, Vec<u32>, Vec<Vec<u8>>)> = vec![("engine", ei.clone(), e.pieces(&ei)?), ("oracle", oi.clone(), o.pieces(&oi)?)];
+        let mut cols: Vec<(&str, Vec<u32>, Vec<Vec<u8>>)> = vec![
+            ("engine", ei.clone(), e.pieces(&ei)?),
+            ("oracle", oi.clone(), o.pieces(&oi)?),
+        ];
         if let (Some(t), Some(ti)) = (&truth, &ti) {
             cols.push(("truth", ti.clone(), t.pieces(ti)));
         }
@@ -551,20 +594,49 @@ fn tokenize_compare(a: &TokenizeArgs, path: &std::path::Path) -> Result<ExitCode
         match first_diff {
             None => println!("  all agree"),
             Some(i) => {
-                let who: Vec<String> = cols.iter().skip(1).map(|c| format!("{} {} engine", c.0, if c.1 == cols[0].1 { "=" } else { "≠" })).collect();
+                let who: Vec<String> = cols
+                    .iter()
+                    .skip(1)
+                    .map(|c| {
+                        format!(
+                            "{} {} engine",
+                            c.0,
+                            if c.1 == cols[0].1 { "=" } else { "≠" }
+                        )
+                    })
+                    .collect();
                 println!("  first difference at token {i}: {}", who.join(", "));
             }
         }
     }
     if !single || a.emit_known_deviations {
         let total = texts.len();
-        eprintln!("{total} inputs: engine ≠ oracle on {}{}", counts[0], if truth.is_some() { format!(", oracle ≠ truth on {}, engine ≠ truth on {}", counts[1], counts[2]) } else { String::new() });
+        eprintln!(
+            "{total} inputs: engine ≠ oracle on {}{}",
+            counts[0],
+            if truth.is_some() {
+                format!(
+                    ", oracle ≠ truth on {}, engine ≠ truth on {}",
+                    counts[1], counts[2]
+                )
+            } else {
+                String::new()
+            }
+        );
     }
-    Ok(if counts[0] > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if counts[0] > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn serve_engine() -> Result<ExitCode> {
-    probe::wire::serve(engine::EngineProbe::open, std::io::stdin().lock(), std::io::stdout().lock())?;
+    probe::wire::serve(
+        engine::EngineProbe::open,
+        std::io::stdin().lock(),
+        std::io::stdout().lock(),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -575,7 +647,10 @@ fn diff(a: DiffArgs) -> Result<ExitCode> {
     for n in &a.stages {
         match probe::Stage::from_name(n) {
             Some(s) => stages.push(s),
-            None => bail!("unknown stage '{n}' (valid: {})", probe::Stage::valid_names()),
+            None => bail!(
+                "unknown stage '{n}' (valid: {})",
+                probe::Stage::valid_names()
+            ),
         }
     }
     if stages.is_empty() {
@@ -600,7 +675,11 @@ fn diff(a: DiffArgs) -> Result<ExitCode> {
     let r = run_diff(e.as_mut(), o.as_mut(), &req, &tol)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
-        return Ok(if r.pass() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        return Ok(if r.pass() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
     }
     println!("model     {}", path.display());
     println!("tokens    engine {:?}", r.engine_tokens);
@@ -630,7 +709,8 @@ fn inspect(a: InspectArgs) -> Result<ExitCode> {
         None => a.model.resolve()?,
     };
     let t = std::time::Instant::now();
-    let r = harness::inspect::inspect(&path).with_context(|| format!("inspecting {}", path.display()))?;
+    let r = harness::inspect::inspect(&path)
+        .with_context(|| format!("inspecting {}", path.display()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -643,10 +723,22 @@ fn inspect(a: InspectArgs) -> Result<ExitCode> {
 fn trace(a: TraceArgs) -> Result<ExitCode> {
     use harness::trace::{record, TraceRequest};
     let path = a.model.resolve()?;
-    let opts = if a.probe == ProbeKind::Engine { engine_options(&a.tokenizer) } else { vec![] };
+    let opts = if a.probe == ProbeKind::Engine {
+        engine_options(&a.tokenizer)
+    } else {
+        vec![]
+    };
     let mut p = probes::open(a.probe, &path, a.threads, &opts)?;
-    let req = TraceRequest { text: a.prompt, add_bos: !a.no_bos, parse_special: a.parse_special, chat: a.chat, decode: a.decode, raw: a.raw };
-    let m = record(p.as_mut(), &a.probe.to_string(), &path, &req, &a.out).with_context(|| format!("tracing into {}", a.out.display()))?;
+    let req = TraceRequest {
+        text: a.prompt,
+        add_bos: !a.no_bos,
+        parse_special: a.parse_special,
+        chat: a.chat,
+        decode: a.decode,
+        raw: a.raw,
+    };
+    let m = record(p.as_mut(), &a.probe.to_string(), &path, &req, &a.out)
+        .with_context(|| format!("tracing into {}", a.out.display()))?;
     eprintln!(
         "{}: {} stage tensors ({} prompt tokens, {} decode steps{}) → {}",
         m.implementation,
@@ -669,7 +761,11 @@ fn trace_diff(a: TraceDiffArgs) -> Result<ExitCode> {
     } else {
         print!("{}", render(&d, a.failures));
     }
-    Ok(if d.pass() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if d.pass() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn gallery(a: GalleryArgs) -> Result<ExitCode> {
@@ -689,16 +785,26 @@ fn gallery(a: GalleryArgs) -> Result<ExitCode> {
     let runs = harness::runs::Runs::default();
     let mut results: Vec<(GalleryResult, f64)> = Vec::new();
     for file in files {
-        let case = harness::case::load(&file, &root).map_err(|e| anyhow::anyhow!("{}", e.message))?;
-        let Some(fault) = case.fault.clone() else { bail!("{}: a gallery case needs `fault`", file.display()) };
-        if a.filter.as_ref().is_some_and(|f| !fault.contains(f.as_str())) {
+        let case =
+            harness::case::load(&file, &root).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        let Some(fault) = case.fault.clone() else {
+            bail!("{}: a gallery case needs `fault`", file.display())
+        };
+        if a.filter
+            .as_ref()
+            .is_some_and(|f| !fault.contains(f.as_str()))
+        {
             continue;
         }
         let t = std::time::Instant::now();
         let r = gallery_run(&runs, &case).map_err(|e| anyhow::anyhow!("{}: {e}", case.id))?;
         let secs = t.elapsed().as_secs_f64();
         if !a.json {
-            eprintln!("{:<22} {} ({secs:.1} s)", fault, if r.pass { "ok" } else { "FAIL" });
+            eprintln!(
+                "{:<22} {} ({secs:.1} s)",
+                fault,
+                if r.pass { "ok" } else { "FAIL" }
+            );
         }
         results.push((r, secs));
     }
@@ -714,14 +820,41 @@ fn gallery(a: GalleryArgs) -> Result<ExitCode> {
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(if all_pass { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        return Ok(if all_pass {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
     }
     let nmse = |x: Option<f64>| x.map_or("-".to_string(), harness::diff::fmt_metric);
-    let line = |c: [&str; 8]| format!("{:<22} {:<8} {:<40} {:<9} {:<32} {:<22} {:<9} {}", c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]);
-    println!("{}", line(["fault", "detected", "first divergence reported", "nmse", "expected", "first not bit-exact", "nmse", "result"]));
+    let line = |c: [&str; 8]| {
+        format!(
+            "{:<22} {:<8} {:<40} {:<9} {:<32} {:<22} {:<9} {}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
+        )
+    };
+    println!(
+        "{}",
+        line([
+            "fault",
+            "detected",
+            "first divergence reported",
+            "nmse",
+            "expected",
+            "first not bit-exact",
+            "nmse",
+            "result"
+        ])
+    );
     for (r, _) in &results {
-        let reported = r.reported.as_ref().map_or("-".to_string(), |d| format!("{} @ {} pos {}", d.stage, d.phase, d.position));
-        let expected = format!("{} ({})", r.expected, r.expected_phase.as_deref().unwrap_or("any phase"));
+        let reported = r.reported.as_ref().map_or("-".to_string(), |d| {
+            format!("{} @ {} pos {}", d.stage, d.phase, d.position)
+        });
+        let expected = format!(
+            "{} ({})",
+            r.expected,
+            r.expected_phase.as_deref().unwrap_or("any phase")
+        );
         println!(
             "{}",
             line([
@@ -737,16 +870,28 @@ fn gallery(a: GalleryArgs) -> Result<ExitCode> {
         );
     }
     let n_pass = results.iter().filter(|(r, _)| r.pass).count();
-    println!("\n{n_pass}/{} faults detected and localized as expected", results.len());
-    Ok(if all_pass { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    println!(
+        "\n{n_pass}/{} faults detected and localized as expected",
+        results.len()
+    );
+    Ok(if all_pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
-
 
 fn bench(a: BenchArgs) -> Result<ExitCode> {
     let model = match (&a.model, &a.preset) {
         (Some(p), _) => ModelSpec::Path(p.clone()),
-        (None, Some(name)) => ModelSpec::Preset { name: name.clone(), seed: 1 },
-        (None, None) => ModelSpec::Preset { name: "2b4t-i2s".into(), seed: 1 },
+        (None, Some(name)) => ModelSpec::Preset {
+            name: name.clone(),
+            seed: 1,
+        },
+        (None, None) => ModelSpec::Preset {
+            name: "2b4t-i2s".into(),
+            seed: 1,
+        },
     };
     if a.reps == 0 || a.prompt_tokens == 0 || a.decode_tokens == 0 {
         bail!("--reps, --prompt-tokens and --decode-tokens must be at least 1");
@@ -760,7 +905,8 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
         decode_tokens: a.decode_tokens,
         reps: a.reps,
     };
-    let report = harness::bench::run(&me, &path, &req, |line| eprintln!("bench: {line}")).map_err(anyhow::Error::msg)?;
+    let report = harness::bench::run(&me, &path, &req, |line| eprintln!("bench: {line}"))
+        .map_err(anyhow::Error::msg)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

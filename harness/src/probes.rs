@@ -52,7 +52,9 @@ impl ModelSpec {
 }
 
 /// Which implementation answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeKind {
     /// bitprobe's Rust engine.
@@ -76,7 +78,8 @@ pub fn oracle_binary() -> Result<PathBuf, OpenError> {
     if let Some(p) = std::env::var_os("BITPROBE_ORACLE_BIN") {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe().map_err(|e| OpenError::NoOracle(format!("cannot locate myself: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| OpenError::NoOracle(format!("cannot locate myself: {e}")))?;
     let name = format!("bitprobe-oracle{}", std::env::consts::EXE_SUFFIX);
     let mut tried = Vec::new();
     for dir in exe.ancestors().skip(1).take(2) {
@@ -93,20 +96,35 @@ pub fn oracle_binary() -> Result<PathBuf, OpenError> {
 }
 
 /// Opens a probe on a model file.
-pub fn open(kind: ProbeKind, model: &Path, threads: usize, options: &[(&str, &str)]) -> Result<Box<dyn Probe>, OpenError> {
+pub fn open(
+    kind: ProbeKind,
+    model: &Path,
+    threads: usize,
+    options: &[(&str, &str)],
+) -> Result<Box<dyn Probe>, OpenError> {
     let mut req = OpenRequest::new(model).threads(threads);
     for (k, v) in options {
         req = req.option(k, v);
     }
     Ok(match kind {
         ProbeKind::Engine => Box::new(engine::EngineProbe::open(&req)?),
-        ProbeKind::Oracle => Box::new(RemoteProbe::spawn("bitnet.cpp oracle", oracle_binary()?, &[], req)?),
+        ProbeKind::Oracle => Box::new(RemoteProbe::spawn(
+            "bitnet.cpp oracle",
+            oracle_binary()?,
+            &[],
+            req,
+        )?),
     })
 }
 
 /// Opens a probe in a child process: the oracle server, or the engine through
 /// `<bitprobe> serve-engine` (so both can be measured alike, e.g. their peak RSS).
-pub fn open_remote(kind: ProbeKind, bitprobe: &Path, model: &Path, threads: usize) -> Result<RemoteProbe, OpenError> {
+pub fn open_remote(
+    kind: ProbeKind,
+    bitprobe: &Path,
+    model: &Path,
+    threads: usize,
+) -> Result<RemoteProbe, OpenError> {
     let req = OpenRequest::new(model).threads(threads);
     Ok(match kind {
         ProbeKind::Engine => RemoteProbe::spawn("engine", bitprobe, &["serve-engine"], req)?,

@@ -57,29 +57,54 @@ impl Drop for Lease<'_> {
 }
 
 impl Pool {
-    pub fn lease(&self, kind: ProbeKind, model: &Path, threads: usize, options: &[(&str, &str)]) -> Result<Lease<'_>, String> {
+    pub fn lease(
+        &self,
+        kind: ProbeKind,
+        model: &Path,
+        threads: usize,
+        options: &[(&str, &str)],
+    ) -> Result<Lease<'_>, String> {
         let key = ProbeKey {
             kind,
             model: model.to_path_buf(),
             threads,
-            options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key).and_then(Vec::pop);
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&key)
+            .and_then(Vec::pop);
         let probe = match idle {
             Some(p) => p,
             None => open_send(kind, model, threads, options)?,
         };
-        Ok(Lease { pool: self, key, probe: Some(probe) })
+        Ok(Lease {
+            pool: self,
+            key,
+            probe: Some(probe),
+        })
     }
 }
 
-fn open_send(kind: ProbeKind, model: &Path, threads: usize, options: &[(&str, &str)]) -> Result<SharedProbe, String> {
+fn open_send(
+    kind: ProbeKind,
+    model: &Path,
+    threads: usize,
+    options: &[(&str, &str)],
+) -> Result<SharedProbe, String> {
     let mut req = probe::OpenRequest::new(model).threads(threads);
     for (k, v) in options {
         req = req.option(k, v);
     }
     let r: Result<SharedProbe, String> = match kind {
-        ProbeKind::Engine => engine::EngineProbe::open(&req).map(|p| Box::new(p) as SharedProbe).map_err(|e| e.to_string()),
+        ProbeKind::Engine => engine::EngineProbe::open(&req)
+            .map(|p| Box::new(p) as SharedProbe)
+            .map_err(|e| e.to_string()),
         ProbeKind::Oracle => {
             let bin = probes::oracle_binary().map_err(|e| e.to_string())?;
             probe::wire::RemoteProbe::spawn("bitnet.cpp oracle", bin, &[], req)
@@ -110,7 +135,11 @@ pub struct EngineRun {
 }
 
 fn cell<K: std::hash::Hash + Eq + Clone, T>(map: &Mutex<HashMap<K, Cell<T>>>, key: &K) -> Cell<T> {
-    map.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone()
+    map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key.clone())
+        .or_default()
+        .clone()
 }
 
 impl Runs {
@@ -121,7 +150,10 @@ impl Runs {
             if let Some(why) = &case.unavailable {
                 return Err(why.clone());
             }
-            case.model.resolve().map(Arc::new).map_err(|e| e.to_string())
+            case.model
+                .resolve()
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
         })
         .clone()
     }
@@ -136,7 +168,11 @@ impl Runs {
 
     pub fn lease(&self, case: &Case, kind: ProbeKind) -> Result<Lease<'_>, String> {
         let model = self.model(case)?;
-        let opts = if kind == ProbeKind::Engine { Self::engine_options(case) } else { Vec::new() };
+        let opts = if kind == ProbeKind::Engine {
+            Self::engine_options(case)
+        } else {
+            Vec::new()
+        };
         self.pool.lease(kind, &model, case.threads, &opts)
     }
 
@@ -146,14 +182,27 @@ impl Runs {
         c.get_or_init(|| {
             let mut e = self.lease(case, ProbeKind::Engine)?;
             let tokens = tokenize_prompt(e.as_mut(), prompt).map_err(|e| e.to_string())?;
-            let capture = probe::Capture { stages: case.stages.clone(), layers: case.layers.clone(), positions: None };
+            let capture = probe::Capture {
+                stages: case.stages.clone(),
+                layers: case.layers.clone(),
+                positions: None,
+            };
             let forward = e.forward(&tokens, &capture).map_err(|e| e.to_string())?;
             let greedy = if prompt.decode > 0 {
-                e.generate(&probe::GenerateRequest::greedy(tokens.clone(), prompt.decode + 1)).map_err(|e| e.to_string())?.tokens
+                e.generate(&probe::GenerateRequest::greedy(
+                    tokens.clone(),
+                    prompt.decode + 1,
+                ))
+                .map_err(|e| e.to_string())?
+                .tokens
             } else {
                 Vec::new()
             };
-            Ok(Arc::new(EngineRun { tokens, forward, greedy }))
+            Ok(Arc::new(EngineRun {
+                tokens,
+                forward,
+                greedy,
+            }))
         })
         .clone()
     }
@@ -173,7 +222,9 @@ impl Runs {
                 stages: case.stages.clone(),
                 layers: case.layers.clone(),
             };
-            run_diff(e.as_mut(), o.as_mut(), &req, &case.tolerance).map(Arc::new).map_err(|e| e.to_string())
+            run_diff(e.as_mut(), o.as_mut(), &req, &case.tolerance)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
         })
         .clone()
     }

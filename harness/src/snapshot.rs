@@ -7,7 +7,10 @@ use std::path::PathBuf;
 
 /// The workspace root (`cases/`, `snapshots/` live there).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("harness/ has a parent").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("harness/ has a parent")
+        .to_path_buf()
 }
 
 /// The snapshot file name for a case: `smoke/tiny-i2s` → `smoke__tiny-i2s`.

@@ -52,16 +52,16 @@ impl StageKind {
 const NMSE_LIMITS: &[(StageKind, &str, f64)] = &[
     // Measured 0 in both orders; 1e-10 leaves room for a norm summed in f32 instead of f64.
     (StageKind::Input, "*", 1e-10),
-    (StageKind::Hidden, "I2_S", 2e-2),  // worst 1.87e-3: tiny-i2s blk.1.ffn_down
+    (StageKind::Hidden, "I2_S", 2e-2), // worst 1.87e-3: tiny-i2s blk.1.ffn_down
     (StageKind::Hidden, "TQ1_0", 2e-2), // worst 1.51e-3: tiny-tq1 blk.1.ffn_down
     (StageKind::Hidden, "TQ2_0", 2e-2), // worst 1.51e-3: tiny-tq2 blk.1.ffn_down
-    (StageKind::Hidden, "F16", 5e-5),   // worst 4.48e-6: tiny158-f16 blk.1.ffn_down
-    (StageKind::Hidden, "F32", 6e-6),   // worst 5.44e-7: tiny158-f32 blk.1.ffn_sub_out
-    (StageKind::Logits, "I2_S", 2e-2),  // worst 1.20e-3: small-llama3-i2s, long prompt
+    (StageKind::Hidden, "F16", 5e-5),  // worst 4.48e-6: tiny158-f16 blk.1.ffn_down
+    (StageKind::Hidden, "F32", 6e-6),  // worst 5.44e-7: tiny158-f32 blk.1.ffn_sub_out
+    (StageKind::Logits, "I2_S", 2e-2), // worst 1.20e-3: small-llama3-i2s, long prompt
     (StageKind::Logits, "TQ1_0", 7e-3), // worst 6.16e-4: tiny-tq1
     (StageKind::Logits, "TQ2_0", 7e-3), // worst 6.16e-4: tiny-tq2
-    (StageKind::Logits, "F16", 2e-5),   // worst 1.99e-6: tiny158-f16
-    (StageKind::Logits, "F32", 3e-6),   // worst 2.72e-7: tiny158-f32
+    (StageKind::Logits, "F16", 2e-5),  // worst 1.99e-6: tiny158-f16
+    (StageKind::Logits, "F32", 3e-6),  // worst 2.72e-7: tiny158-f32
 ];
 
 /// Default KL(oracle ‖ engine) limits of the logits softmax, same evidence and headroom.
@@ -80,12 +80,21 @@ pub fn default_nmse(kind: StageKind, weight_type: &str) -> f64 {
         .filter(|(k, t, _)| *k == kind && (*t == "*" || *t == weight_type))
         .map(|e| e.2)
         .next()
-        .unwrap_or_else(|| NMSE_LIMITS.iter().filter(|e| e.0 == kind).map(|e| e.2).fold(0.0, f64::max))
+        .unwrap_or_else(|| {
+            NMSE_LIMITS
+                .iter()
+                .filter(|e| e.0 == kind)
+                .map(|e| e.2)
+                .fold(0.0, f64::max)
+        })
 }
 
 /// Default KL(oracle‖engine) of the logits softmax.
 pub fn default_kl(weight_type: &str) -> f64 {
-    KL_LIMITS.iter().find(|e| e.0 == weight_type).map_or(4e-2, |e| e.1)
+    KL_LIMITS
+        .iter()
+        .find(|e| e.0 == weight_type)
+        .map_or(4e-2, |e| e.1)
 }
 
 /// `[tolerance]` of a case file.
@@ -114,10 +123,17 @@ impl ToleranceOverrides {
     pub fn validate(&self) -> Result<(), String> {
         for name in self.stages.keys() {
             if Stage::from_name(name).is_none() {
-                return Err(format!("[tolerance.stages]: unknown stage '{name}' (valid: {})", Stage::valid_names()));
+                return Err(format!(
+                    "[tolerance.stages]: unknown stage '{name}' (valid: {})",
+                    Stage::valid_names()
+                ));
             }
         }
-        let all = self.nmse.iter().chain(self.kl.iter()).chain(self.stages.values().filter_map(|s| s.nmse.as_ref()));
+        let all = self
+            .nmse
+            .iter()
+            .chain(self.kl.iter())
+            .chain(self.stages.values().filter_map(|s| s.nmse.as_ref()));
         for v in all {
             if !(v.is_finite() && *v >= 0.0) {
                 return Err(format!("tolerance {v} must be a finite number ≥ 0"));
@@ -147,7 +163,10 @@ impl ToleranceOverrides {
 /// The weight type that governs a model's numerics: the type of its ternary projections.
 pub fn governing_type(weight_types: &BTreeMap<String, u32>) -> String {
     // Probes may spell type names in either case (ggml says "i2_s", GGUF tools "I2_S").
-    let upper: BTreeMap<String, u32> = weight_types.iter().map(|(k, v)| (k.to_uppercase(), *v)).collect();
+    let upper: BTreeMap<String, u32> = weight_types
+        .iter()
+        .map(|(k, v)| (k.to_uppercase(), *v))
+        .collect();
     for t in ["I2_S", "TQ1_0", "TQ2_0"] {
         if upper.contains_key(t) {
             return t.to_string();
@@ -167,7 +186,8 @@ mod tests {
 
     #[test]
     fn precedence_stage_then_case_then_default() {
-        let o: ToleranceOverrides = toml::from_str("nmse = 1e-3\n[stages.attn_q]\nnmse = 1e-2\n").unwrap();
+        let o: ToleranceOverrides =
+            toml::from_str("nmse = 1e-3\n[stages.attn_q]\nnmse = 1e-2\n").unwrap();
         assert_eq!(o.resolve(Stage::AttnQ, Some(0), "I2_S").nmse, 1e-2);
         assert_eq!(o.resolve(Stage::FfnUp, Some(0), "I2_S").nmse, 1e-3);
         let d = ToleranceOverrides::default();
@@ -175,7 +195,15 @@ mod tests {
         assert_eq!(d.resolve(Stage::AttnNorm, Some(0), "I2_S").nmse, 1e-10);
         assert_eq!(d.resolve(Stage::AttnNorm, Some(1), "F32").nmse, 6e-6);
         assert_eq!(d.logits("TQ1_0").kl, 3e-2);
-        assert!(toml::from_str::<ToleranceOverrides>("[stages.nope]\nnmse = 1").unwrap().validate().is_err());
-        assert!(toml::from_str::<ToleranceOverrides>("nmse = -1.0").unwrap().validate().is_err());
+        assert!(
+            toml::from_str::<ToleranceOverrides>("[stages.nope]\nnmse = 1")
+                .unwrap()
+                .validate()
+                .is_err()
+        );
+        assert!(toml::from_str::<ToleranceOverrides>("nmse = -1.0")
+            .unwrap()
+            .validate()
+            .is_err());
     }
 }

@@ -935,10 +935,24 @@ pub fn render(d: &TraceDiff, failures_only: bool) -> String {
     match d.mode {
         CompareMode::Values => s.push_str(&crate::diff::render_rows_and_logits(r, failures_only)),
         CompareMode::HashOnly => {
-            let _ = writeln!(s, "{:<14} {:>4}  {:<22} {:>10}", "phase", "pos", "stage", "bit-exact");
+            let _ = writeln!(
+                s,
+                "{:<14} {:>4}  {:<22} {:>10}",
+                "phase", "pos", "stage", "bit-exact"
+            );
             for row in r.rows.iter().filter(|x| !(failures_only && x.pass)) {
-                let mark = if row.pass { "yes".to_string() } else { format!("no   {}", row.note.as_deref().unwrap_or("")) };
-                let _ = writeln!(s, "{:<14} {:>4}  {:<22} {mark:>10}", row.phase.to_string(), row.position, row.stage.to_string());
+                let mark = if row.pass {
+                    "yes".to_string()
+                } else {
+                    format!("no   {}", row.note.as_deref().unwrap_or(""))
+                };
+                let _ = writeln!(
+                    s,
+                    "{:<14} {:>4}  {:<22} {mark:>10}",
+                    row.phase.to_string(),
+                    row.position,
+                    row.stage.to_string()
+                );
             }
             let _ = writeln!(s);
         }

@@ -43,11 +43,25 @@ impl OracleMode {
 #[derive(Clone, Debug)]
 pub enum Kind {
     CaseError(CaseError),
-    Tokenize { input: usize },
-    Stage { prompt: usize, stage: StageId },
-    Logits { prompt: usize, position: u32 },
-    Decode { prompt: usize },
-    Meta { prompt: usize, check: Meta, probe: ProbeKind },
+    Tokenize {
+        input: usize,
+    },
+    Stage {
+        prompt: usize,
+        stage: StageId,
+    },
+    Logits {
+        prompt: usize,
+        position: u32,
+    },
+    Decode {
+        prompt: usize,
+    },
+    Meta {
+        prompt: usize,
+        check: Meta,
+        probe: ProbeKind,
+    },
     Snapshot,
     SnapshotMetrics,
     Gallery,
@@ -91,7 +105,9 @@ pub enum Outcome {
 
 fn needs_oracle(k: &Kind) -> bool {
     match k {
-        Kind::Tokenize { .. } | Kind::Stage { .. } | Kind::Logits { .. } | Kind::Decode { .. } => true,
+        Kind::Tokenize { .. } | Kind::Stage { .. } | Kind::Logits { .. } | Kind::Decode { .. } => {
+            true
+        }
         Kind::SnapshotMetrics | Kind::Gallery => true,
         Kind::Meta { probe, .. } => *probe == ProbeKind::Oracle,
         Kind::CaseError(_) | Kind::Snapshot => false,
@@ -124,9 +140,21 @@ pub fn expand(case: Result<Case, CaseError>, runs: &Runs, oracle: OracleMode) ->
         let ignored = case
             .unavailable
             .clone()
-            .or_else(|| (case.fault.is_some() && !faults_built()).then(|| "needs the faults feature".to_string()))
-            .or_else(|| (oracle == OracleMode::Off && needs_oracle(&kind)).then(|| "BITPROBE_ORACLE=off".to_string()));
-        out.push(TrialSpec { name, case: Some(case.clone()), kind, label, ignored });
+            .or_else(|| {
+                (case.fault.is_some() && !faults_built())
+                    .then(|| "needs the faults feature".to_string())
+            })
+            .or_else(|| {
+                (oracle == OracleMode::Off && needs_oracle(&kind))
+                    .then(|| "BITPROBE_ORACLE=off".to_string())
+            });
+        out.push(TrialSpec {
+            name,
+            case: Some(case.clone()),
+            kind,
+            label,
+            ignored,
+        });
     };
 
     if case.expect.is_some() {
@@ -136,7 +164,11 @@ pub fn expand(case: Result<Case, CaseError>, runs: &Runs, oracle: OracleMode) ->
     if let Some(t) = &case.tokenize {
         for (i, input) in t.inputs.iter().enumerate() {
             let dev = t.known_deviations.iter().any(|d| &d.input == input);
-            push(format!("tokenize::{id}::{i:03}"), Kind::Tokenize { input: i }, dev.then(|| "expected deviation".into()));
+            push(
+                format!("tokenize::{id}::{i:03}"),
+                Kind::Tokenize { input: i },
+                dev.then(|| "expected deviation".into()),
+            );
         }
     }
     // Shapes for the per-stage and per-position trials come from the engine.
@@ -149,7 +181,11 @@ pub fn expand(case: Result<Case, CaseError>, runs: &Runs, oracle: OracleMode) ->
                 out.push(TrialSpec {
                     name: format!("stage::{id}::load"),
                     case: Some(case.clone()),
-                    kind: Kind::CaseError(CaseError { id: id.clone(), file: case.file.clone(), message: e }),
+                    kind: Kind::CaseError(CaseError {
+                        id: id.clone(),
+                        file: case.file.clone(),
+                        message: e,
+                    }),
                     label: None,
                     ignored: reason,
                 });
@@ -161,33 +197,70 @@ pub fn expand(case: Result<Case, CaseError>, runs: &Runs, oracle: OracleMode) ->
         let stages: &[probe::Stage] = if case.compare { &case.stages } else { &[] };
         for stage in stages {
             let layers: Vec<Option<u32>> = if stage.is_per_layer() {
-                (0..n_layer).filter(|l| case.layers.as_ref().is_none_or(|ls| ls.contains(l))).map(Some).collect()
+                (0..n_layer)
+                    .filter(|l| case.layers.as_ref().is_none_or(|ls| ls.contains(l)))
+                    .map(Some)
+                    .collect()
             } else {
                 vec![None]
             };
             for layer in layers {
                 let sid = StageId::new(*stage, layer);
-                push(format!("stage::{id}::{}::{sid}", p.id), Kind::Stage { prompt: pi, stage: sid }, None);
+                push(
+                    format!("stage::{id}::{}::{sid}", p.id),
+                    Kind::Stage {
+                        prompt: pi,
+                        stage: sid,
+                    },
+                    None,
+                );
             }
         }
         for pos in 0..if case.compare { positions[pi] } else { 0 } {
-            push(format!("logits::{id}::{}::pos{pos}", p.id), Kind::Logits { prompt: pi, position: pos as u32 }, None);
+            push(
+                format!("logits::{id}::{}::pos{pos}", p.id),
+                Kind::Logits {
+                    prompt: pi,
+                    position: pos as u32,
+                },
+                None,
+            );
         }
         if p.decode > 0 && case.compare {
-            push(format!("decode::{id}::{}", p.id), Kind::Decode { prompt: pi }, None);
+            push(
+                format!("decode::{id}::{}", p.id),
+                Kind::Decode { prompt: pi },
+                None,
+            );
         }
         let m = &case.metamorphic;
-        for (on, check) in [(m.causality, Meta::Causality), (m.prefill_vs_decode, Meta::PrefillVsDecode), (m.determinism, Meta::Determinism)] {
+        for (on, check) in [
+            (m.causality, Meta::Causality),
+            (m.prefill_vs_decode, Meta::PrefillVsDecode),
+            (m.determinism, Meta::Determinism),
+        ] {
             if on {
                 for probe in [ProbeKind::Engine, ProbeKind::Oracle] {
-                    push(format!("meta::{id}::{}::{}::{probe}", p.id, check.name()), Kind::Meta { prompt: pi, check, probe }, None);
+                    push(
+                        format!("meta::{id}::{}::{}::{probe}", p.id, check.name()),
+                        Kind::Meta {
+                            prompt: pi,
+                            check,
+                            probe,
+                        },
+                        None,
+                    );
                 }
             }
         }
     }
     if case.snapshot && !case.prompts.is_empty() {
         push(format!("snapshot::{id}"), Kind::Snapshot, None);
-        push(format!("snapshot::{id}::metrics"), Kind::SnapshotMetrics, None);
+        push(
+            format!("snapshot::{id}::metrics"),
+            Kind::SnapshotMetrics,
+            None,
+        );
     }
     out
 }
@@ -201,7 +274,11 @@ fn shape_of(case: &Case, runs: &Runs) -> Result<(u32, Vec<usize>), String> {
     let n_layer = e.info().n_layer;
     let mut counts = Vec::new();
     for p in &case.prompts {
-        counts.push(tokenize_prompt(e.as_mut(), p).map_err(|e| format!("prompt '{}': {e}", p.id))?.len());
+        counts.push(
+            tokenize_prompt(e.as_mut(), p)
+                .map_err(|e| format!("prompt '{}': {e}", p.id))?
+                .len(),
+        );
     }
     Ok((n_layer, counts))
 }
@@ -219,12 +296,25 @@ pub fn check(runs: &Runs, t: &TrialSpec) -> Outcome {
     let r = match &t.kind {
         Kind::CaseError(_) => unreachable!(),
         Kind::Tokenize { input } => check_tokenize(runs, case, *input),
-        Kind::Stage { prompt, stage } => with_diff(runs, case, *prompt, |d| check_stage(case, &case.prompts[*prompt], d, *stage)),
-        Kind::Logits { prompt, position } => with_diff(runs, case, *prompt, |d| check_logits(case, &case.prompts[*prompt], d, *position)),
-        Kind::Decode { prompt } => with_diff(runs, case, *prompt, |d| check_decode(case, &case.prompts[*prompt], d)),
-        Kind::Meta { prompt, check, probe } => check_meta(runs, case, &case.prompts[*prompt], *check, *probe),
-        Kind::Snapshot => snapshot_engine(runs, case).and_then(|text| crate::snapshot::assert(case, None, &text)),
-        Kind::SnapshotMetrics => snapshot_metrics(runs, case).and_then(|text| crate::snapshot::assert(case, Some("metrics"), &text)),
+        Kind::Stage { prompt, stage } => with_diff(runs, case, *prompt, |d| {
+            check_stage(case, &case.prompts[*prompt], d, *stage)
+        }),
+        Kind::Logits { prompt, position } => with_diff(runs, case, *prompt, |d| {
+            check_logits(case, &case.prompts[*prompt], d, *position)
+        }),
+        Kind::Decode { prompt } => with_diff(runs, case, *prompt, |d| {
+            check_decode(case, &case.prompts[*prompt], d)
+        }),
+        Kind::Meta {
+            prompt,
+            check,
+            probe,
+        } => check_meta(runs, case, &case.prompts[*prompt], *check, *probe),
+        Kind::Snapshot => {
+            snapshot_engine(runs, case).and_then(|text| crate::snapshot::assert(case, None, &text))
+        }
+        Kind::SnapshotMetrics => snapshot_metrics(runs, case)
+            .and_then(|text| crate::snapshot::assert(case, Some("metrics"), &text)),
         Kind::Gallery => check_gallery(runs, case),
     };
     match r {
@@ -233,7 +323,12 @@ pub fn check(runs: &Runs, t: &TrialSpec) -> Outcome {
     }
 }
 
-fn with_diff(runs: &Runs, case: &Case, prompt: usize, f: impl FnOnce(&DiffReport) -> Result<(), String>) -> Result<(), String> {
+fn with_diff(
+    runs: &Runs,
+    case: &Case,
+    prompt: usize,
+    f: impl FnOnce(&DiffReport) -> Result<(), String>,
+) -> Result<(), String> {
     let d = runs.diff(case, &case.prompts[prompt])?;
     f(&d)
 }
@@ -241,8 +336,12 @@ fn with_diff(runs: &Runs, case: &Case, prompt: usize, f: impl FnOnce(&DiffReport
 /// `bitprobe diff …` that reproduces a prompt's comparison.
 pub fn repro(case: &Case, p: &Prompt) -> String {
     let model = match &case.model {
-        crate::probes::ModelSpec::Preset { name, seed } => format!("--preset {name} --preset-seed {seed}"),
-        crate::probes::ModelSpec::Path(path) => format!("--model {}", shell_quote(&path.display().to_string())),
+        crate::probes::ModelSpec::Preset { name, seed } => {
+            format!("--preset {name} --preset-seed {seed}")
+        }
+        crate::probes::ModelSpec::Path(path) => {
+            format!("--model {}", shell_quote(&path.display().to_string()))
+        }
     };
     let mut cmd = format!("bitprobe diff {model} --prompt {}", shell_quote(&p.text));
     if !p.add_bos {
@@ -264,7 +363,11 @@ pub fn repro(case: &Case, p: &Prompt) -> String {
 }
 
 fn shell_quote(s: &str) -> String {
-    let s = if s.len() > 120 { format!("{}…", &s[..s.floor_char_boundary(120)]) } else { s.to_string() };
+    let s = if s.len() > 120 {
+        format!("{}…", &s[..s.floor_char_boundary(120)])
+    } else {
+        s.to_string()
+    };
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
@@ -274,13 +377,20 @@ fn divergence_message(case: &Case, p: &Prompt, d: &DiffReport, headline: String)
     let mut m = headline;
     if let Some(fd) = &d.first_divergence {
         write!(m, "\nfirst divergence of this prompt: {fd}").ok();
-        if let Some(row) = d.rows.iter().find(|r| r.stage.to_string() == fd.stage && r.position == fd.position && r.phase == fd.phase) {
+        if let Some(row) = d.rows.iter().find(|r| {
+            r.stage.to_string() == fd.stage && r.position == fd.position && r.phase == fd.phase
+        }) {
             for prev in d.preceding(row) {
                 write!(m, "\n  before it: {}", prev.summary()).ok();
             }
         }
     }
-    if let Some(r) = d.rows.iter().filter(|r| r.metrics.is_some_and(|m| !m.bit_exact)).min_by_key(|r| r.key()) {
+    if let Some(r) = d
+        .rows
+        .iter()
+        .filter(|r| r.metrics.is_some_and(|m| !m.bit_exact))
+        .min_by_key(|r| r.key())
+    {
         write!(m, "\nfirst stage that is not bit-exact: {}", r.summary()).ok();
     }
     write!(m, "\nreproduce: {}", repro(case, p)).ok();
@@ -288,13 +398,24 @@ fn divergence_message(case: &Case, p: &Prompt, d: &DiffReport, headline: String)
 }
 
 fn check_stage(case: &Case, p: &Prompt, d: &DiffReport, stage: StageId) -> Result<(), String> {
-    let rows: Vec<&Row> = d.rows.iter().filter(|r| r.phase == Phase::Prompt && r.stage == stage).collect();
+    let rows: Vec<&Row> = d
+        .rows
+        .iter()
+        .filter(|r| r.phase == Phase::Prompt && r.stage == stage)
+        .collect();
     if rows.is_empty() {
-        return Err(format!("no {stage} rows were compared (did a probe skip the stage?)"));
+        return Err(format!(
+            "no {stage} rows were compared (did a probe skip the stage?)"
+        ));
     }
     match rows.iter().filter(|r| !r.pass).min_by_key(|r| r.position) {
         None => Ok(()),
-        Some(bad) => Err(divergence_message(case, p, d, format!("{stage} fails: {}", bad.summary()))),
+        Some(bad) => Err(divergence_message(
+            case,
+            p,
+            d,
+            format!("{stage} fails: {}", bad.summary()),
+        )),
     }
 }
 
@@ -303,7 +424,12 @@ fn check_logits(case: &Case, p: &Prompt, d: &DiffReport, position: u32) -> Resul
         .logits
         .iter()
         .find(|l| l.phase == Phase::Prompt && l.position == position)
-        .ok_or_else(|| format!("no logits at position {position} (the prompt has {} tokens)", d.oracle_tokens.len()))?;
+        .ok_or_else(|| {
+            format!(
+                "no logits at position {position} (the prompt has {} tokens)",
+                d.oracle_tokens.len()
+            )
+        })?;
     if row.pass {
         return Ok(());
     }
@@ -322,23 +448,48 @@ fn check_logits(case: &Case, p: &Prompt, d: &DiffReport, position: u32) -> Resul
 }
 
 fn check_decode(case: &Case, p: &Prompt, d: &DiffReport) -> Result<(), String> {
-    let bad_row = d.rows.iter().filter(|r| matches!(r.phase, Phase::Decode(_)) && !r.pass).min_by_key(|r| r.key());
-    let bad_logits = d.logits.iter().filter(|l| matches!(l.phase, Phase::Decode(_)) && !l.pass).min_by_key(|l| l.phase);
+    let bad_row = d
+        .rows
+        .iter()
+        .filter(|r| matches!(r.phase, Phase::Decode(_)) && !r.pass)
+        .min_by_key(|r| r.key());
+    let bad_logits = d
+        .logits
+        .iter()
+        .filter(|l| matches!(l.phase, Phase::Decode(_)) && !l.pass)
+        .min_by_key(|l| l.phase);
     let steps = d.oracle_greedy.len();
-    let same = d.oracle_greedy.iter().zip(&d.engine_greedy).take_while(|(a, b)| a == b).count();
+    let same = d
+        .oracle_greedy
+        .iter()
+        .zip(&d.engine_greedy)
+        .take_while(|(a, b)| a == b)
+        .count();
     // A greedy token may differ only at a near-tie, which the logits rows already judge.
     if bad_row.is_none() && bad_logits.is_none() {
         return Ok(());
     }
     let mut head = format!("greedy tokens agree for {same} of {steps}");
     if same < steps {
-        write!(head, "; token {same}: engine {} vs oracle {}", d.engine_greedy[same], d.oracle_greedy[same]).ok();
+        write!(
+            head,
+            "; token {same}: engine {} vs oracle {}",
+            d.engine_greedy[same], d.oracle_greedy[same]
+        )
+        .ok();
     }
     if let Some(r) = bad_row {
         write!(head, "\nfirst failing stage: {}", r.summary()).ok();
     }
     if let Some(l) = bad_logits {
-        write!(head, "\nfirst failing logits: {} pos {}: {}", l.phase, l.position, l.note.as_deref().unwrap_or("")).ok();
+        write!(
+            head,
+            "\nfirst failing logits: {} pos {}: {}",
+            l.phase,
+            l.position,
+            l.note.as_deref().unwrap_or("")
+        )
+        .ok();
     }
     Err(divergence_message(case, p, d, head))
 }
@@ -349,10 +500,14 @@ fn check_decode(case: &Case, p: &Prompt, d: &DiffReport) -> Result<(), String> {
 /// The trained Llama-3 tokenizer (tiktoken over the ranks asset), loaded once.
 pub fn truth() -> Result<&'static engine::tokenizer::truth::Truth, String> {
     use engine::forge::vocab::{assets_dir, LLAMA3_ASSET};
-    static T: std::sync::OnceLock<Result<engine::tokenizer::truth::Truth, String>> = std::sync::OnceLock::new();
-    T.get_or_init(|| engine::tokenizer::truth::Truth::from_ranks_file(assets_dir().join(LLAMA3_ASSET)).map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(|e| e.clone())
+    static T: std::sync::OnceLock<Result<engine::tokenizer::truth::Truth, String>> =
+        std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        engine::tokenizer::truth::Truth::from_ranks_file(assets_dir().join(LLAMA3_ASSET))
+            .map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| e.clone())
 }
 
 fn pieces_around(p: &mut dyn probe::Probe, ids: &[Token], at: usize) -> String {
@@ -361,7 +516,12 @@ fn pieces_around(p: &mut dyn probe::Probe, ids: &[Token], at: usize) -> String {
     let pieces = p.pieces(&ids[lo..hi]).unwrap_or_default();
     let shown: Vec<String> = ids[lo..hi]
         .iter()
-        .zip(pieces.iter().map(|b| String::from_utf8_lossy(b).into_owned()).chain(std::iter::repeat(String::new())))
+        .zip(
+            pieces
+                .iter()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .chain(std::iter::repeat(String::new())),
+        )
         .map(|(id, s)| format!("{id}:{s:?}"))
         .collect();
     format!("[{}{}]", if lo > 0 { "…, " } else { "" }, shown.join(", "))
@@ -372,18 +532,35 @@ fn first_diff(a: &[Token], b: &[Token]) -> usize {
 }
 
 fn check_tokenize(runs: &Runs, case: &Case, input: usize) -> Result<(), String> {
-    let spec = case.tokenize.as_ref().expect("tokenize trials come from [tokenize]");
+    let spec = case
+        .tokenize
+        .as_ref()
+        .expect("tokenize trials come from [tokenize]");
     let text = &spec.inputs[input];
     let mut e = runs.lease(case, ProbeKind::Engine)?;
     let mut o = runs.lease(case, ProbeKind::Oracle)?;
     let mut problems = Vec::new();
     for &ps in &spec.parse_special {
-        let ei = e.tokenize(text, spec.add_bos, ps).map_err(|x| format!("engine: {x}"))?;
-        let oi = o.tokenize(text, spec.add_bos, ps).map_err(|x| format!("oracle: {x}"))?;
-        let ti = if spec.truth { Some(truth()?.encode(text, spec.add_bos, ps).map_err(|e| format!("truth: {e}"))?) } else { None };
+        let ei = e
+            .tokenize(text, spec.add_bos, ps)
+            .map_err(|x| format!("engine: {x}"))?;
+        let oi = o
+            .tokenize(text, spec.add_bos, ps)
+            .map_err(|x| format!("oracle: {x}"))?;
+        let ti = if spec.truth {
+            Some(
+                truth()?
+                    .encode(text, spec.add_bos, ps)
+                    .map_err(|e| format!("truth: {e}"))?,
+            )
+        } else {
+            None
+        };
         let mode = format!("parse_special={ps}");
         let dev = |probe: &str| {
-            spec.known_deviations.iter().find(|d| d.probe == probe && &d.input == text && d.parse_special.is_none_or(|x| x == ps))
+            spec.known_deviations.iter().find(|d| {
+                d.probe == probe && &d.input == text && d.parse_special.is_none_or(|x| x == ps)
+            })
         };
         match &ti {
             None => {
@@ -408,7 +585,10 @@ fn check_tokenize(runs: &Runs, case: &Case, input: usize) -> Result<(), String> 
                     let recorded = dev(name);
                     // In GGUF mode the engine follows the file as llama.cpp reads it, so it may
                     // deviate where the oracle's deviation is recorded — exactly as the oracle.
-                    let like_for_like = name == "engine" && case.tokenizer == "gguf" && oracle_dev.is_some() && ei == oi;
+                    let like_for_like = name == "engine"
+                        && case.tokenizer == "gguf"
+                        && oracle_dev.is_some()
+                        && ei == oi;
                     match (ids != ti, recorded) {
                         (true, None) if !like_for_like => {
                             let at = first_diff(ids, ti);
@@ -433,16 +613,31 @@ fn check_tokenize(runs: &Runs, case: &Case, input: usize) -> Result<(), String> 
             }
         }
         for x in spec.expected.iter().filter(|x| &x.input == text) {
-            for (name, ids) in [("engine", Some(&ei)), ("oracle", Some(&oi)), ("truth", ti.as_ref())] {
+            for (name, ids) in [
+                ("engine", Some(&ei)),
+                ("oracle", Some(&oi)),
+                ("truth", ti.as_ref()),
+            ] {
                 let Some(ids) = ids else { continue };
-                let body: &[Token] = if spec.add_bos && ids.first() == e.info().bos.as_ref() { &ids[1..] } else { ids };
+                let body: &[Token] = if spec.add_bos && ids.first() == e.info().bos.as_ref() {
+                    &ids[1..]
+                } else {
+                    ids
+                };
                 if body != x.ids.as_slice() {
-                    problems.push(format!("{mode}: {name} gives {body:?}, the pinned ids are {:?}", x.ids));
+                    problems.push(format!(
+                        "{mode}: {name} gives {body:?}, the pinned ids are {:?}",
+                        x.ids
+                    ));
                 }
             }
         }
         if let Some(ti) = &ti {
-            for d in spec.known_deviations.iter().filter(|d| &d.input == text && d.parse_special.is_none_or(|x| x == ps)) {
+            for d in spec
+                .known_deviations
+                .iter()
+                .filter(|d| &d.input == text && d.parse_special.is_none_or(|x| x == ps))
+            {
                 let got = if d.probe == "engine" { &ei } else { &oi };
                 if let Some(want) = &d.ids {
                     if got != want && got != ti {
@@ -455,8 +650,14 @@ fn check_tokenize(runs: &Runs, case: &Case, input: usize) -> Result<(), String> 
             }
         }
         if spec.round_trip {
-            let body: Vec<Token> = ei.iter().copied().filter(|t| Some(*t) != e.info().bos || !spec.add_bos).collect();
-            let back = e.detokenize(&body).map_err(|x| format!("engine detokenize: {x}"))?;
+            let body: Vec<Token> = ei
+                .iter()
+                .copied()
+                .filter(|t| Some(*t) != e.info().bos || !spec.add_bos)
+                .collect();
+            let back = e
+                .detokenize(&body)
+                .map_err(|x| format!("engine detokenize: {x}"))?;
             if &back != text && !(ps && contains_special_text(text)) {
                 problems.push(format!("{mode}: engine round trip gives {back:?}"));
             }
@@ -488,7 +689,13 @@ fn contains_special_text(s: &str) -> bool {
 /// 1.9e-3 (small-llama3-i2s, "story" prompt); limit = that × 10, rounded up.
 const PREFILL_VS_DECODE_KL: f64 = 2e-2;
 
-fn check_meta(runs: &Runs, case: &Case, p: &Prompt, check: Meta, kind: ProbeKind) -> Result<(), String> {
+fn check_meta(
+    runs: &Runs,
+    case: &Case,
+    p: &Prompt,
+    check: Meta,
+    kind: ProbeKind,
+) -> Result<(), String> {
     let mut pr = runs.lease(case, kind)?;
     let tokens = tokenize_prompt(pr.as_mut(), p).map_err(|e| e.to_string())?;
     let n = tokens.len();
@@ -499,18 +706,27 @@ fn check_meta(runs: &Runs, case: &Case, p: &Prompt, check: Meta, kind: ProbeKind
             let a = pr.forward(&tokens, &cap).map_err(err)?;
             let b = pr.forward(&tokens, &cap).map_err(err)?;
             if probe::blake3_f32(&a.logits) != probe::blake3_f32(&b.logits) {
-                return Err(format!("{kind}: two forward passes over the same tokens gave different logits bits"));
+                return Err(format!(
+                    "{kind}: two forward passes over the same tokens gave different logits bits"
+                ));
             }
             for (x, y) in a.stages.iter().zip(&b.stages) {
                 if x.blake3() != y.blake3() {
-                    return Err(format!("{kind}: {} at position {} differs between two identical runs", x.id(), x.position));
+                    return Err(format!(
+                        "{kind}: {} at position {} differs between two identical runs",
+                        x.id(),
+                        x.position
+                    ));
                 }
             }
             Ok(())
         }
         Meta::Causality => {
             if n < 2 {
-                return Err(format!("prompt '{}' has {n} token(s); causality needs at least 2", p.id));
+                return Err(format!(
+                    "prompt '{}' has {n} token(s); causality needs at least 2",
+                    p.id
+                ));
             }
             let k = n / 2;
             // Same prefix, different continuation: positions < k must not notice.
@@ -594,7 +810,10 @@ impl GalleryResult {
 /// Runs one gallery case (a case with `fault` and `[expect]`): every prompt's diff, the first
 /// divergence of the first prompt that diverges, judged against the expectation.
 pub fn gallery_run(runs: &Runs, case: &Case) -> Result<GalleryResult, String> {
-    let expect = case.expect.as_ref().ok_or_else(|| format!("{}: a gallery case needs [expect]", case.file.display()))?;
+    let expect = case
+        .expect
+        .as_ref()
+        .ok_or_else(|| format!("{}: a gallery case needs [expect]", case.file.display()))?;
     let mut found = None;
     for p in &case.prompts {
         let d = runs.diff(case, p)?;
@@ -603,7 +822,15 @@ pub fn gallery_run(runs: &Runs, case: &Case) -> Result<GalleryResult, String> {
             break;
         }
     }
-    let prompt = found.as_ref().map_or_else(|| case.prompts.first().map(|p| p.id.clone()).unwrap_or_default(), |(p, _)| p.id.clone());
+    let prompt = found.as_ref().map_or_else(
+        || {
+            case.prompts
+                .first()
+                .map(|p| p.id.clone())
+                .unwrap_or_default()
+        },
+        |(p, _)| p.id.clone(),
+    );
     let mut r = GalleryResult {
         case: case.id.clone(),
         fault: case.fault.clone().unwrap_or_default(),
@@ -619,20 +846,46 @@ pub fn gallery_run(runs: &Runs, case: &Case) -> Result<GalleryResult, String> {
         pass: false,
     };
     let Some((_, d)) = found else { return Ok(r) };
-    if let Some(x) = d.rows.iter().filter(|x| x.metrics.as_ref().is_some_and(|m| !m.bit_exact)).min_by_key(|x| x.key()) {
+    if let Some(x) = d
+        .rows
+        .iter()
+        .filter(|x| x.metrics.as_ref().is_some_and(|m| !m.bit_exact))
+        .min_by_key(|x| x.key())
+    {
         r.first_inexact = Some(x.stage.to_string());
-        r.first_inexact_nmse = x.metrics.as_ref().map(|m| if m.non_finite_failure().is_some() { f64::NAN } else { m.nmse });
+        r.first_inexact_nmse = x.metrics.as_ref().map(|m| {
+            if m.non_finite_failure().is_some() {
+                f64::NAN
+            } else {
+                m.nmse
+            }
+        });
     }
     let fd = d.first_divergence.clone().expect("found diverges");
     r.prompt_clean = fd.phase != Phase::Prompt;
     r.nmse = d
         .rows
         .iter()
-        .find(|x| x.phase == fd.phase && x.position == fd.position && x.stage.to_string() == fd.stage)
-        .and_then(|x| x.metrics.as_ref().map(|m| if m.non_finite_failure().is_some() { f64::NAN } else { m.nmse }))
+        .find(|x| {
+            x.phase == fd.phase && x.position == fd.position && x.stage.to_string() == fd.stage
+        })
+        .and_then(|x| {
+            x.metrics.as_ref().map(|m| {
+                if m.non_finite_failure().is_some() {
+                    f64::NAN
+                } else {
+                    m.nmse
+                }
+            })
+        })
         .or_else(|| {
             (fd.stage == "result_output")
-                .then(|| d.logits.iter().find(|l| l.phase == fd.phase && l.position == fd.position).map(|l| l.metrics.nmse))
+                .then(|| {
+                    d.logits
+                        .iter()
+                        .find(|l| l.phase == fd.phase && l.position == fd.position)
+                        .map(|l| l.metrics.nmse)
+                })
                 .flatten()
         });
     let phase_ok = match expect.phase.as_deref() {
@@ -641,7 +894,10 @@ pub fn gallery_run(runs: &Runs, case: &Case) -> Result<GalleryResult, String> {
         Some("decode") => matches!(fd.phase, Phase::Decode(_)),
         Some(s) => s == fd.phase.to_string(),
     };
-    let inexact_ok = expect.first_inexact.as_ref().is_none_or(|want| r.first_inexact.as_ref() == Some(want));
+    let inexact_ok = expect
+        .first_inexact
+        .as_ref()
+        .is_none_or(|want| r.first_inexact.as_ref() == Some(want));
     r.pass = fd.stage == expect.first_divergence && phase_ok && inexact_ok;
     r.reported = Some(fd);
     Ok(r)
@@ -689,9 +945,22 @@ fn snapshot_engine(runs: &Runs, case: &Case) -> Result<String, String> {
         ids.sort_by_key(|i| i.eval_key());
         ids.dedup();
         for id in ids {
-            let data: Vec<f32> = r.forward.stages.iter().filter(|t| t.id() == id).flat_map(|t| t.data.iter().copied()).collect();
+            let data: Vec<f32> = r
+                .forward
+                .stages
+                .iter()
+                .filter(|t| t.id() == id)
+                .flat_map(|t| t.data.iter().copied())
+                .collect();
             let st = probe::Stats::of(&data);
-            writeln!(s, "{:<22} blake3 {}  rms {}", id.to_string(), &probe::blake3_f32(&data)[..12], sig(st.rms, 4)).ok();
+            writeln!(
+                s,
+                "{:<22} blake3 {}  rms {}",
+                id.to_string(),
+                &probe::blake3_f32(&data)[..12],
+                sig(st.rms, 4)
+            )
+            .ok();
         }
         let nv = r.forward.n_vocab as usize;
         for (i, row) in r.forward.logits.chunks_exact(nv).enumerate() {
@@ -704,28 +973,58 @@ fn snapshot_engine(runs: &Runs, case: &Case) -> Result<String, String> {
 fn snapshot_metrics(runs: &Runs, case: &Case) -> Result<String, String> {
     let mut s = String::new();
     writeln!(s, "model: {}", case.model).ok();
-    writeln!(s, "worst NMSE per stage over positions, rounded to the decade").ok();
+    writeln!(
+        s,
+        "worst NMSE per stage over positions, rounded to the decade"
+    )
+    .ok();
     for p in &case.prompts {
         let d = runs.diff(case, p)?;
         writeln!(s, "\n## prompt {}", p.id).ok();
-        writeln!(s, "tokens engine = oracle: {}", d.engine_tokens == d.oracle_tokens).ok();
-        let mut by: std::collections::BTreeMap<(Phase, (u32, usize)), (String, f64, bool)> = Default::default();
+        writeln!(
+            s,
+            "tokens engine = oracle: {}",
+            d.engine_tokens == d.oracle_tokens
+        )
+        .ok();
+        let mut by: std::collections::BTreeMap<(Phase, (u32, usize)), (String, f64, bool)> =
+            Default::default();
         for r in &d.rows {
-            let phase = if r.phase == Phase::Prompt { Phase::Prompt } else { Phase::Decode(0) };
-            let e = by.entry((phase, r.stage.eval_key())).or_insert((r.stage.to_string(), 0.0, true));
+            let phase = if r.phase == Phase::Prompt {
+                Phase::Prompt
+            } else {
+                Phase::Decode(0)
+            };
+            let e =
+                by.entry((phase, r.stage.eval_key()))
+                    .or_insert((r.stage.to_string(), 0.0, true));
             if let Some(m) = &r.metrics {
                 e.1 = e.1.max(m.nmse);
                 e.2 &= m.bit_exact;
             }
         }
         for ((phase, _), (name, worst, exact)) in by {
-            let tag = if phase == Phase::Prompt { "" } else { " (decode)" };
-            let v = if exact { "bit-exact".to_string() } else { decade(worst) };
+            let tag = if phase == Phase::Prompt {
+                ""
+            } else {
+                " (decode)"
+            };
+            let v = if exact {
+                "bit-exact".to_string()
+            } else {
+                decade(worst)
+            };
             writeln!(s, "{:<22} {v}{tag}", name).ok();
         }
         let worst_kl = d.logits.iter().map(|l| l.metrics.kl).fold(0.0, f64::max);
         let agree = d.logits.iter().filter(|l| l.metrics.top1_agree()).count();
-        writeln!(s, "logits: top-1 agree {agree}/{}, worst KL {}", d.logits.len(), decade(worst_kl)).ok();
+        writeln!(
+            s,
+            "logits: top-1 agree {agree}/{}, worst KL {}",
+            d.logits.len(),
+            decade(worst_kl)
+        )
+        .ok();
         if !d.oracle_greedy.is_empty() {
             writeln!(s, "greedy: oracle {:?}", d.oracle_greedy).ok();
         }

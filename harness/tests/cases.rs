@@ -19,7 +19,9 @@ fn main() {
     // without a backtrace, which would bury the diff insta has already printed.
     std::panic::set_hook(Box::new(|info| eprintln!("{info}")));
     let args = Arguments::from_args();
-    let root = std::env::var_os("BITPROBE_CASES").map(Into::into).unwrap_or_else(|| workspace_root().join("cases"));
+    let root = std::env::var_os("BITPROBE_CASES")
+        .map(Into::into)
+        .unwrap_or_else(|| workspace_root().join("cases"));
     let oracle = OracleMode::from_env();
     let mut out = Vec::new();
     for file in case::discover(&root) {

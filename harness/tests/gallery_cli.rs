@@ -10,14 +10,29 @@ use harness::snapshot::workspace_root;
 use std::process::Command;
 
 fn bitprobe(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bitprobe")).args(args).output().expect("bitprobe runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_bitprobe"))
+        .args(args)
+        .output()
+        .expect("bitprobe runs");
     let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), s(&out.stdout), s(&out.stderr))
+    (
+        out.status.code().unwrap_or(-1),
+        s(&out.stdout),
+        s(&out.stderr),
+    )
 }
 
 #[test]
 fn diff_exits_0_on_a_forged_model_without_a_fault() {
-    let (code, out, err) = bitprobe(&["diff", "--preset", "tiny-i2s", "--prompt", "The capital of France is", "--decode", "2"]);
+    let (code, out, err) = bitprobe(&[
+        "diff",
+        "--preset",
+        "tiny-i2s",
+        "--prompt",
+        "The capital of France is",
+        "--decode",
+        "2",
+    ]);
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     assert!(out.contains("verdict   PASS"), "{out}");
 }
@@ -31,27 +46,50 @@ fn diff_with_each_gallery_fault_exits_1_at_the_expected_stage() {
         let c = case::load(&file, &root).unwrap_or_else(|e| panic!("{}", e.message));
         let fault = c.fault.clone().expect("gallery cases inject a fault");
         let expect = c.expect.clone().expect("gallery cases have [expect]");
-        let ModelSpec::Preset { name, seed } = &c.model else { panic!("{}: gallery cases use presets", c.id) };
+        let ModelSpec::Preset { name, seed } = &c.model else {
+            panic!("{}: gallery cases use presets", c.id)
+        };
         let p = &c.prompts[0];
         let (seed, decode) = (seed.to_string(), p.decode.to_string());
         let args = [
-            "diff", "--preset", name, "--preset-seed", &seed, "--prompt", &p.text, "--decode", &decode, "--inject-fault", &fault,
+            "diff",
+            "--preset",
+            name,
+            "--preset-seed",
+            &seed,
+            "--prompt",
+            &p.text,
+            "--decode",
+            &decode,
+            "--inject-fault",
+            &fault,
             "--json",
         ];
         let (code, out, err) = bitprobe(&args);
         assert_eq!(code, 1, "{fault}: exit {code}\nstderr:\n{err}");
-        let report: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{fault}: {e}\n{out}"));
+        let report: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{fault}: {e}\n{out}"));
         let fd = &report["first_divergence"];
-        assert_eq!(fd["stage"], expect.first_divergence.as_str(), "{fault}: {fd}");
+        assert_eq!(
+            fd["stage"],
+            expect.first_divergence.as_str(),
+            "{fault}: {fd}"
+        );
         let phase = match expect.phase.as_deref() {
-            Some(s) => s.strip_prefix("decode step ").map_or(serde_json::json!(s), |n| serde_json::json!({ "decode": n.parse::<u32>().unwrap() })),
+            Some(s) => s.strip_prefix("decode step ").map_or(
+                serde_json::json!(s),
+                |n| serde_json::json!({ "decode": n.parse::<u32>().unwrap() }),
+            ),
             None => fd["phase"].clone(),
         };
         assert_eq!(fd["phase"], phase, "{fault}: {fd}");
         names.push(fault);
     }
     names.sort();
-    let mut all: Vec<String> = engine::faults::Fault::NAMES.iter().map(|s| s.to_string()).collect();
+    let mut all: Vec<String> = engine::faults::Fault::NAMES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     all.sort();
     assert_eq!(names, all, "every fault has exactly one gallery case");
 }
@@ -60,12 +98,26 @@ fn diff_with_each_gallery_fault_exits_1_at_the_expected_stage() {
 fn gallery_command_runs_and_passes() {
     let (code, out, err) = bitprobe(&["gallery", "i2s_"]);
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
-    assert!(out.contains("5/5 faults detected and localized as expected"), "{out}");
+    assert!(
+        out.contains("5/5 faults detected and localized as expected"),
+        "{out}"
+    );
 }
 
 #[test]
 fn an_unknown_fault_is_a_usage_error() {
-    let (code, _, err) = bitprobe(&["diff", "--preset", "tiny-i2s", "--prompt", "Hi", "--inject-fault", "i2s_block_512"]);
+    let (code, _, err) = bitprobe(&[
+        "diff",
+        "--preset",
+        "tiny-i2s",
+        "--prompt",
+        "Hi",
+        "--inject-fault",
+        "i2s_block_512",
+    ]);
     assert_eq!(code, 2);
-    assert!(err.contains("unknown fault 'i2s_block_512'") && err.contains("i2s_block_256"), "{err}");
+    assert!(
+        err.contains("unknown fault 'i2s_block_512'") && err.contains("i2s_block_256"),
+        "{err}"
+    );
 }

@@ -16,7 +16,10 @@ fn spawn(model: &Path) -> probe::Result<RemoteProbe> {
 }
 
 fn scratch_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bitprobe-oracle-process-{}-{test}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "bitprobe-oracle-process-{}-{test}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -32,7 +35,10 @@ fn rewrite(src: &Path, dst: &Path, overrides: &[(&str, GgufValue)]) {
             }
             continue;
         }
-        let v = overrides.iter().find(|(o, _)| *o == k).map_or(v, |(_, o)| o);
+        let v = overrides
+            .iter()
+            .find(|(o, _)| *o == k)
+            .map_or(v, |(_, o)| o);
         w.add_kv(k, v.clone()).unwrap();
     }
     for (k, v) in overrides {
@@ -41,7 +47,8 @@ fn rewrite(src: &Path, dst: &Path, overrides: &[(&str, GgufValue)]) {
         }
     }
     for t in f.tensors() {
-        w.add_tensor(&t.name, &t.dims, t.ty, f.tensor_data(t).unwrap().to_vec()).unwrap();
+        w.add_tensor(&t.name, &t.dims, t.ty, f.tensor_data(t).unwrap().to_vec())
+            .unwrap();
     }
     w.write_file(dst).unwrap();
 }
@@ -53,7 +60,11 @@ fn rewrite(src: &Path, dst: &Path, overrides: &[(&str, GgufValue)]) {
 fn rope_wider_than_heads(dir: &Path) -> PathBuf {
     let good = engine::forge::forged("tiny-i2s", 1).unwrap();
     let bad = dir.join("tiny-i2s-rope34.gguf");
-    rewrite(&good, &bad, &[("bitnet.rope.dimension_count", GgufValue::U32(34))]);
+    rewrite(
+        &good,
+        &bad,
+        &[("bitnet.rope.dimension_count", GgufValue::U32(34))],
+    );
     bad
 }
 
@@ -68,10 +79,21 @@ fn an_abort_is_a_crash_with_the_assert_line_and_the_next_request_passes() {
 
     let err = p.forward(&tokens, &Capture::none()).unwrap_err();
     eprintln!("{err}");
-    let Error::Crashed { probe, status, during, stderr_tail } = &err else { panic!("expected a crash, got {err}") };
+    let Error::Crashed {
+        probe,
+        status,
+        during,
+        stderr_tail,
+    } = &err
+    else {
+        panic!("expected a crash, got {err}")
+    };
     assert_eq!((probe.as_str(), during.as_str()), ("oracle", "forward"));
     assert!(status.contains("SIGABRT"), "{status}");
-    assert!(stderr_tail.contains("GGML_ASSERT(n_dims <= ne0) failed"), "{stderr_tail}");
+    assert!(
+        stderr_tail.contains("GGML_ASSERT(n_dims <= ne0) failed"),
+        "{stderr_tail}"
+    );
 
     // The next request on the same RemoteProbe starts a fresh server and is served.
     assert_eq!(p.tokenize("Hello world", true, false).unwrap(), tokens);
@@ -79,7 +101,10 @@ fn an_abort_is_a_crash_with_the_assert_line_and_the_next_request_passes() {
 
     // That server has the same bad model: a forward aborts again, and is reported again.
     let again = p.forward(&tokens, &Capture::none()).unwrap_err();
-    assert!(matches!(&again, Error::Crashed { stderr_tail, .. } if stderr_tail.contains("GGML_ASSERT")), "{again}");
+    assert!(
+        matches!(&again, Error::Crashed { stderr_tail, .. } if stderr_tail.contains("GGML_ASSERT")),
+        "{again}"
+    );
 
     // Put a good model at that path (a new file renamed over it); the next request starts a
     // fresh server, which opens it, and passes.
@@ -100,12 +125,20 @@ fn remote_results_are_the_in_process_results() {
     assert_eq!(remote.info(), local.info());
     let tokens = local.tokenize("Hello world", true, false).unwrap();
     assert_eq!(remote.tokenize("Hello world", true, false).unwrap(), tokens);
-    let (a, b) = (remote.forward(&tokens, &Capture::all()).unwrap(), local.forward(&tokens, &Capture::all()).unwrap());
-    assert_eq!(a.logits.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b.logits.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    let (a, b) = (
+        remote.forward(&tokens, &Capture::all()).unwrap(),
+        local.forward(&tokens, &Capture::all()).unwrap(),
+    );
+    assert_eq!(
+        a.logits.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        b.logits.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    );
     assert_eq!(a.stages, b.stages);
     let req = probe::GenerateRequest::greedy(tokens.clone(), 8);
     let mut streamed = Vec::new();
-    let g = remote.generate_with(&req, &mut |t| streamed.push(t)).unwrap();
+    let g = remote
+        .generate_with(&req, &mut |t| streamed.push(t))
+        .unwrap();
     assert_eq!(g.tokens, local.generate(&req).unwrap().tokens);
     assert_eq!(streamed, g.tokens);
     // Errors cross the wire as they are.
@@ -117,7 +150,9 @@ fn remote_results_are_the_in_process_results() {
 fn missing_file_is_a_load_error_in_bitnet_cpp_words() {
     let err = spawn(Path::new("/nonexistent/model.gguf")).err().unwrap();
     eprintln!("{err}");
-    let Error::Load { message, .. } = &err else { panic!("expected a load error, got {err}") };
+    let Error::Load { message, .. } = &err else {
+        panic!("expected a load error, got {err}")
+    };
     assert!(message.contains("failed to load model"), "{message}");
     assert!(message.contains("no such file"), "{message}");
 }
@@ -127,10 +162,19 @@ fn unsupported_arch_is_a_load_error_in_bitnet_cpp_words() {
     let dir = scratch_dir("arch");
     let path = dir.join("tiny-llama4.gguf");
     let good = engine::forge::forged("tiny-i2s", 1).unwrap();
-    rewrite(&good, &path, &[("general.architecture", GgufValue::Str("llama4".into()))]);
+    rewrite(
+        &good,
+        &path,
+        &[("general.architecture", GgufValue::Str("llama4".into()))],
+    );
     let err = spawn(&path).err().unwrap();
     eprintln!("{err}");
-    let Error::Load { message, .. } = &err else { panic!("expected a load error, got {err}") };
-    assert!(message.contains("unknown model architecture: 'llama4'"), "{message}");
+    let Error::Load { message, .. } = &err else {
+        panic!("expected a load error, got {err}")
+    };
+    assert!(
+        message.contains("unknown model architecture: 'llama4'"),
+        "{message}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,12 +15,17 @@ fn truth_mode_equals_the_trained_tokenizer_on_every_input() {
     let model = engine::forge::forged("small-llama3-nopre-i2s", 1).unwrap();
     let truth = Truth::from_ranks_file(assets_dir().join(LLAMA3_ASSET)).unwrap();
     let mut gguf = engine::EngineProbe::open(&OpenRequest::new(&model)).unwrap();
-    let mut tm = engine::EngineProbe::open(&OpenRequest::new(&model).option("tokenizer", "truth")).unwrap();
+    let mut tm =
+        engine::EngineProbe::open(&OpenRequest::new(&model).option("tokenizer", "truth")).unwrap();
     let mut deviating = 0;
     for text in inputs() {
         for ps in [false, true] {
             let t = truth.encode(&text, true, ps).unwrap();
-            assert_eq!(tm.tokenize(&text, true, ps).unwrap(), t, "truth mode on {text:?} (parse_special {ps})");
+            assert_eq!(
+                tm.tokenize(&text, true, ps).unwrap(),
+                t,
+                "truth mode on {text:?} (parse_special {ps})"
+            );
             deviating += (gguf.tokenize(&text, true, ps).unwrap() != t) as usize;
         }
     }
@@ -32,6 +37,8 @@ fn truth_mode_equals_the_trained_tokenizer_on_every_input() {
 #[test]
 fn truth_mode_refuses_a_vocab_that_is_not_llama3() {
     let model = engine::forge::forged("tiny-i2s", 1).unwrap();
-    let e = engine::EngineProbe::open(&OpenRequest::new(&model).option("tokenizer", "truth")).err().unwrap();
+    let e = engine::EngineProbe::open(&OpenRequest::new(&model).option("tokenizer", "truth"))
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("128256"), "{e}");
 }

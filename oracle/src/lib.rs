@@ -87,7 +87,10 @@ fn protocol_stdout() -> std::io::Result<std::fs::File> {
     let sink = if std::env::var_os("BITPROBE_ORACLE_LOG").is_some() {
         std::io::stderr().as_fd().try_clone_to_owned()?
     } else {
-        std::fs::OpenOptions::new().write(true).open("/dev/null")?.into()
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")?
+            .into()
     };
     // SAFETY: dup2 on two open descriptors we hold; it atomically re-points fd 1, which Rust's
     // `Stdout` (nothing written or buffered yet) and C's stdout keep using.
@@ -103,7 +106,11 @@ const LOG_TAIL_LINES: usize = 64;
 
 /// Receives llama.cpp's log; keeps a tail for error messages, echoes to stderr when
 /// `BITPROBE_ORACLE_LOG` is set.
-unsafe extern "C" fn log_callback(_level: ffi::ggml_log_level, text: *const c_char, _user: *mut c_void) {
+unsafe extern "C" fn log_callback(
+    _level: ffi::ggml_log_level,
+    text: *const c_char,
+    _user: *mut c_void,
+) {
     if text.is_null() {
         return;
     }
@@ -112,7 +119,9 @@ unsafe extern "C" fn log_callback(_level: ffi::ggml_log_level, text: *const c_ch
     if std::env::var_os("BITPROBE_ORACLE_LOG").is_some() {
         eprint!("{text}");
     }
-    let Ok(mut tail) = LOG_TAIL.lock() else { return };
+    let Ok(mut tail) = LOG_TAIL.lock() else {
+        return;
+    };
     // llama.cpp sometimes logs one line in pieces; glue pieces until a newline.
     let open = tail.back().is_some_and(|l| !l.ends_with('\n'));
     if open {
@@ -137,12 +146,28 @@ fn log_mark() {
 /// The error lines logged since the last `log_mark`, joined with "; " (or all lines when none
 /// look like errors).
 fn log_since_mark() -> String {
-    let Ok(tail) = LOG_TAIL.lock() else { return String::new() };
-    let start = tail.iter().rposition(|l| l == LOG_MARK).map_or(0, |i| i + 1);
-    let lines: Vec<&str> = tail.range(start..).map(|l| l.trim_end()).filter(|l| !l.is_empty()).collect();
-    let errors: Vec<&str> =
-        lines.iter().copied().filter(|l| l.contains("error") || l.contains("failed") || l.contains("unknown")).collect();
-    if errors.is_empty() { lines.join("; ") } else { errors.join("; ") }
+    let Ok(tail) = LOG_TAIL.lock() else {
+        return String::new();
+    };
+    let start = tail
+        .iter()
+        .rposition(|l| l == LOG_MARK)
+        .map_or(0, |i| i + 1);
+    let lines: Vec<&str> = tail
+        .range(start..)
+        .map(|l| l.trim_end())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let errors: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("error") || l.contains("failed") || l.contains("unknown"))
+        .collect();
+    if errors.is_empty() {
+        lines.join("; ")
+    } else {
+        errors.join("; ")
+    }
 }
 
 /// One-time process-wide set-up: llama.cpp's backend and our logger.
@@ -170,7 +195,10 @@ impl Model {
     /// Loads a GGUF model on the CPU (mmap, no GPU layers).
     pub fn load(path: &Path) -> Result<Model> {
         init();
-        let load_err = |message: String| Error::Load { path: path.display().to_string(), message };
+        let load_err = |message: String| Error::Load {
+            path: path.display().to_string(),
+            message,
+        };
         let c_path = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| load_err("path contains a NUL byte".into()))?;
         log_mark();
@@ -203,8 +231,12 @@ impl Model {
     /// `add_special` (BOS, and EOS if the vocab asks for it), `parse_special` lets text like
     /// `<|eot_id|>` become its special token.
     pub fn tokenize(&self, text: &str, add_bos: bool, parse_special: bool) -> Result<Vec<i32>> {
-        let len = i32::try_from(text.len())
-            .map_err(|_| Error::InvalidRequest(format!("text of {} bytes is too long to tokenize", text.len())))?;
+        let len = i32::try_from(text.len()).map_err(|_| {
+            Error::InvalidRequest(format!(
+                "text of {} bytes is too long to tokenize",
+                text.len()
+            ))
+        })?;
         let mut tokens = vec![0i32; text.len() + 2];
         loop {
             // SAFETY: text and tokens are valid for the lengths passed.
@@ -224,7 +256,9 @@ impl Model {
                 return Ok(tokens);
             }
             if n == i32::MIN || (-n) as usize <= tokens.len() {
-                return Err(Error::Backend(format!("llama_tokenize failed ({n}) on {text:?}")));
+                return Err(Error::Backend(format!(
+                    "llama_tokenize failed ({n}) on {text:?}"
+                )));
             }
             tokens.resize((-n) as usize, 0);
         }
@@ -238,7 +272,14 @@ impl Model {
         loop {
             // SAFETY: key is NUL-terminated, buf is valid for buf.len() bytes; llama.cpp writes at
             // most that many (snprintf) and returns the full length.
-            let n = unsafe { ffi::llama_model_meta_val_str(self.as_ptr(), key.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            let n = unsafe {
+                ffi::llama_model_meta_val_str(
+                    self.as_ptr(),
+                    key.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
             let n = usize::try_from(n).ok()?;
             if n < buf.len() {
                 buf.truncate(n);
@@ -259,7 +300,16 @@ impl Model {
         let mut buf = vec![0u8; 32];
         loop {
             // SAFETY: buf is valid for buf.len() bytes; llama.cpp writes no more than that.
-            let n = unsafe { ffi::llama_token_to_piece(self.as_ptr(), id, buf.as_mut_ptr().cast(), buf.len() as i32, 0, true) };
+            let n = unsafe {
+                ffi::llama_token_to_piece(
+                    self.as_ptr(),
+                    id,
+                    buf.as_mut_ptr().cast(),
+                    buf.len() as i32,
+                    0,
+                    true,
+                )
+            };
             if n >= 0 {
                 buf.truncate(n as usize);
                 return Ok(buf);
@@ -267,7 +317,9 @@ impl Model {
             // Negative: the buffer is too small; -n is the length it needs.
             let need = n.unsigned_abs() as usize;
             if need <= buf.len() {
-                return Err(Error::Backend(format!("llama_token_to_piece({id}) failed ({n})")));
+                return Err(Error::Backend(format!(
+                    "llama_token_to_piece({id}) failed ({n})"
+                )));
             }
             buf.resize(need, 0);
         }
@@ -276,8 +328,13 @@ impl Model {
     /// `llama_token_bos` / `llama_token_eos` / `llama_token_eot`; llama.cpp's -1 = none.
     pub fn special_tokens(&self) -> (Option<u32>, Option<u32>, Option<u32>) {
         // SAFETY: self.ptr is a live model.
-        let (bos, eos, eot) =
-            unsafe { (ffi::llama_token_bos(self.as_ptr()), ffi::llama_token_eos(self.as_ptr()), ffi::llama_token_eot(self.as_ptr())) };
+        let (bos, eos, eot) = unsafe {
+            (
+                ffi::llama_token_bos(self.as_ptr()),
+                ffi::llama_token_eos(self.as_ptr()),
+                ffi::llama_token_eot(self.as_ptr()),
+            )
+        };
         let some = |t: i32| u32::try_from(t).ok();
         (some(bos), some(eos), some(eot))
     }
@@ -291,13 +348,21 @@ pub struct GgufHeader {
 
 impl GgufHeader {
     pub fn open(path: &Path) -> Result<GgufHeader> {
-        let load_err = |message: String| Error::Load { path: path.display().to_string(), message };
+        let load_err = |message: String| Error::Load {
+            path: path.display().to_string(),
+            message,
+        };
         let c_path = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| load_err("path contains a NUL byte".into()))?;
-        let params = ffi::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() };
+        let params = ffi::gguf_init_params {
+            no_alloc: true,
+            ctx: std::ptr::null_mut(),
+        };
         // SAFETY: c_path outlives the call; with no_alloc and a null ctx only the header is read.
         let ptr = unsafe { ffi::gguf_init_from_file(c_path.as_ptr(), params) };
-        NonNull::new(ptr).map(|ptr| GgufHeader { ptr }).ok_or_else(|| load_err("gguf_init_from_file failed".into()))
+        NonNull::new(ptr)
+            .map(|ptr| GgufHeader { ptr })
+            .ok_or_else(|| load_err("gguf_init_from_file failed".into()))
     }
 
     /// An f32 value (`None` when absent or of another type).
@@ -323,7 +388,11 @@ impl GgufHeader {
             for i in 0..ffi::gguf_get_n_tensors(self.ptr.as_ptr()) {
                 let ty = ffi::gguf_get_tensor_type(self.ptr.as_ptr(), i);
                 let name = ffi::ggml_type_name(ty);
-                let name = if name.is_null() { format!("type{ty}") } else { CStr::from_ptr(name).to_string_lossy().into_owned() };
+                let name = if name.is_null() {
+                    format!("type{ty}")
+                } else {
+                    CStr::from_ptr(name).to_string_lossy().into_owned()
+                };
                 *types.entry(name).or_insert(0) += 1;
             }
         }

@@ -15,8 +15,8 @@
 use crate::tap::{Dims, Tap};
 use crate::{ffi, log_mark, log_since_mark, GgufHeader, Model};
 use probe::{
-    drive_generation, Capture, Decoder, Error, Forward, GenerateRequest, Generation, Limits, ModelInfo, Step, OpenRequest,
-    Probe, Result, Sampling, StageTensor, Token,
+    drive_generation, Capture, Decoder, Error, Forward, GenerateRequest, Generation, Limits,
+    ModelInfo, OpenRequest, Probe, Result, Sampling, StageTensor, Step, Token,
 };
 use std::ffi::c_void;
 use std::ptr::NonNull;
@@ -54,7 +54,9 @@ impl OracleProbe {
     #[doc(hidden)]
     pub fn open_with(req: &OpenRequest, eval_callback: bool) -> Result<OracleProbe> {
         if let Some(key) = req.options.keys().next() {
-            return Err(Error::InvalidRequest(format!("oracle: unknown option '{key}' (the oracle takes no options)")));
+            return Err(Error::InvalidRequest(format!(
+                "oracle: unknown option '{key}' (the oracle takes no options)"
+            )));
         }
         let model = Model::load(&req.model)?;
         let header = GgufHeader::open(&req.model)?;
@@ -63,15 +65,37 @@ impl OracleProbe {
         // SAFETY: model is live.
         let (n_vocab, n_ctx_train, n_embd, n_layer) = unsafe {
             let m = model.as_ptr();
-            (ffi::llama_n_vocab(m), ffi::llama_n_ctx_train(m), ffi::llama_n_embd(m), ffi::llama_n_layer(m))
+            (
+                ffi::llama_n_vocab(m),
+                ffi::llama_n_ctx_train(m),
+                ffi::llama_n_embd(m),
+                ffi::llama_n_layer(m),
+            )
         };
-        let (n_vocab, n_ctx_train, n_embd, n_layer) = (n_vocab as u32, n_ctx_train as u32, n_embd as u32, n_layer as u32);
+        let (n_vocab, n_ctx_train, n_embd, n_layer) = (
+            n_vocab as u32,
+            n_ctx_train as u32,
+            n_embd as u32,
+            n_layer as u32,
+        );
         let n_head = model.meta_u32(&key("attention.head_count")).unwrap_or(0);
-        let n_head_kv = model.meta_u32(&key("attention.head_count_kv")).unwrap_or(n_head);
+        let n_head_kv = model
+            .meta_u32(&key("attention.head_count_kv"))
+            .unwrap_or(n_head);
         // llama.cpp (llm_load_hparams): head size = n_embd / n_head unless key_length says otherwise.
-        let head_dim = model.meta_u32(&key("attention.key_length")).unwrap_or(n_embd.checked_div(n_head).unwrap_or(0));
-        let threads = if req.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { req.threads };
-        let n_ctx = if req.n_ctx == 0 { (n_ctx_train as usize).min(DEFAULT_N_CTX) } else { req.n_ctx };
+        let head_dim = model
+            .meta_u32(&key("attention.key_length"))
+            .unwrap_or(n_embd.checked_div(n_head).unwrap_or(0));
+        let threads = if req.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            req.threads
+        };
+        let n_ctx = if req.n_ctx == 0 {
+            (n_ctx_train as usize).min(DEFAULT_N_CTX)
+        } else {
+            req.n_ctx
+        };
         let (bos, eos, eot) = model.special_tokens();
         let info = ModelInfo {
             arch: arch.clone(),
@@ -87,24 +111,51 @@ impl OracleProbe {
             n_ff: model.meta_u32(&key("feed_forward_length")).unwrap_or(0),
             // llama.cpp: rope_freq_base defaults to 10000 when absent.
             rope_freq_base: header.f32(&key("rope.freq_base")).unwrap_or(10000.0),
-            rms_eps: header.f32(&key("attention.layer_norm_rms_epsilon")).unwrap_or(0.0),
+            rms_eps: header
+                .f32(&key("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(0.0),
             bos,
             eos,
             weight_types: header.tensor_types(),
-            implementation: format!("bitnet.cpp ({}, patched by oracle/patches)", env!("BITPROBE_BITNET_SOURCE")),
+            implementation: format!(
+                "bitnet.cpp ({}, patched by oracle/patches)",
+                env!("BITPROBE_BITNET_SOURCE")
+            ),
             threads: threads as u32,
         };
-        let dims = Dims { n_head: n_head as usize, n_head_kv: n_head_kv as usize, head_dim: head_dim as usize };
-        let ctx = Context::new(&model, n_ctx, threads, dims, eval_callback)
-            .map_err(|message| Error::Load { path: req.model.display().to_string(), message })?;
-        let eos_set = eos.into_iter().chain(eot.filter(|t| Some(*t) != eos)).collect();
-        Ok(OracleProbe { ctx, model, info, n_ctx, eos_set })
+        let dims = Dims {
+            n_head: n_head as usize,
+            n_head_kv: n_head_kv as usize,
+            head_dim: head_dim as usize,
+        };
+        let ctx = Context::new(&model, n_ctx, threads, dims, eval_callback).map_err(|message| {
+            Error::Load {
+                path: req.model.display().to_string(),
+                message,
+            }
+        })?;
+        let eos_set = eos
+            .into_iter()
+            .chain(eot.filter(|t| Some(*t) != eos))
+            .collect();
+        Ok(OracleProbe {
+            ctx,
+            model,
+            info,
+            n_ctx,
+            eos_set,
+        })
     }
 
     /// Refuses what bitnet.cpp would assert on or misread: ids outside the vocabulary, a
     /// batch running past the context.
     fn check_tokens(&self, tokens: &[Token], start: usize) -> Result<()> {
-        Limits { n_vocab: self.info.n_vocab, n_ctx: self.n_ctx, eos: &[] }.check(tokens, start)
+        Limits {
+            n_vocab: self.info.n_vocab,
+            n_ctx: self.n_ctx,
+            eos: &[],
+        }
+        .check(tokens, start)
     }
 
     /// The logits rows of `rows` (batch indices) of the last decode, concatenated.
@@ -130,28 +181,52 @@ impl Probe for OracleProbe {
     fn pieces(&mut self, ids: &[Token]) -> Result<Vec<Vec<u8>>> {
         let nv = self.info.n_vocab;
         if let Some(bad) = ids.iter().find(|&&t| t >= nv) {
-            return Err(Error::InvalidRequest(format!("token id {bad} is outside the vocabulary (n_vocab {nv})")));
+            return Err(Error::InvalidRequest(format!(
+                "token id {bad} is outside the vocabulary (n_vocab {nv})"
+            )));
         }
         ids.iter().map(|&id| self.model.piece(id as i32)).collect()
     }
 
     fn forward(&mut self, tokens: &[Token], capture: &Capture) -> Result<Forward> {
         if tokens.is_empty() {
-            return Err(Error::InvalidRequest("forward of an empty token list".into()));
+            return Err(Error::InvalidRequest(
+                "forward of an empty token list".into(),
+            ));
         }
         self.check_tokens(tokens, 0)?;
         self.ctx.clear_kv();
         let all: Vec<u32> = (0..tokens.len() as u32).collect();
         let stages = self.ctx.decode(tokens, 0, &all, capture, &all)?;
         let logits = self.logits_rows(0..tokens.len())?;
-        Ok(Forward { n_vocab: self.info.n_vocab, logits, stages })
+        Ok(Forward {
+            n_vocab: self.info.n_vocab,
+            logits,
+            stages,
+        })
     }
 
-    fn generate_with(&mut self, req: &GenerateRequest, on_token: &mut dyn FnMut(Token)) -> Result<Generation> {
+    fn generate_with(
+        &mut self,
+        req: &GenerateRequest,
+        on_token: &mut dyn FnMut(Token),
+    ) -> Result<Generation> {
         let eos = self.eos_set.clone();
-        let limits = Limits { n_vocab: self.info.n_vocab, n_ctx: self.n_ctx, eos: &eos };
+        let limits = Limits {
+            n_vocab: self.info.n_vocab,
+            n_ctx: self.n_ctx,
+            eos: &eos,
+        };
         let sampler = Sampler::new(&req.sampling)?;
-        drive_generation(&mut OracleDecoder { probe: self, sampler }, req, limits, on_token)
+        drive_generation(
+            &mut OracleDecoder {
+                probe: self,
+                sampler,
+            },
+            req,
+            limits,
+            on_token,
+        )
     }
 }
 
@@ -172,18 +247,43 @@ impl Decoder for OracleDecoder<'_> {
         // `result_output` stage at those positions, are returned.
         let n = req.prompt.len();
         let last = n as u32 - 1;
-        let kept: Vec<u32> = if req.keep_logits { (0..n as u32).collect() } else { vec![last] };
-        let outputs: Vec<u32> = if req.keep_logits || !req.capture.is_empty() { (0..n as u32).collect() } else { vec![last] };
-        let stages = p.ctx.decode(&req.prompt, 0, &outputs, &req.capture, &kept)?;
+        let kept: Vec<u32> = if req.keep_logits {
+            (0..n as u32).collect()
+        } else {
+            vec![last]
+        };
+        let outputs: Vec<u32> = if req.keep_logits || !req.capture.is_empty() {
+            (0..n as u32).collect()
+        } else {
+            vec![last]
+        };
+        let stages = p
+            .ctx
+            .decode(&req.prompt, 0, &outputs, &req.capture, &kept)?;
         let logits = p.logits_rows(kept.iter().map(|&x| x as usize))?;
         let nv = p.info.n_vocab as usize;
-        let first = self.sampler.choose(&p.ctx, n - 1, &logits[logits.len() - nv..]);
-        Ok((Forward { n_vocab: nv as u32, logits, stages }, first))
+        let first = self
+            .sampler
+            .choose(&p.ctx, n - 1, &logits[logits.len() - nv..]);
+        Ok((
+            Forward {
+                n_vocab: nv as u32,
+                logits,
+                stages,
+            },
+            first,
+        ))
     }
 
     fn step(&mut self, req: &GenerateRequest, input: Token, position: u32) -> Result<Step> {
         let p = &mut *self.probe;
-        let stages = p.ctx.decode(&[input], position as usize, &[position], &req.capture, &[position])?;
+        let stages = p.ctx.decode(
+            &[input],
+            position as usize,
+            &[position],
+            &req.capture,
+            &[position],
+        )?;
         let logits = p.logits_rows([0])?;
         let chosen = self.sampler.choose(&p.ctx, 0, &logits);
         Ok((chosen, req.keep_logits.then_some(logits), stages))
@@ -203,10 +303,17 @@ struct Context {
 unsafe impl Send for Context {}
 
 impl Context {
-    fn new(model: &Model, n_ctx: usize, threads: usize, dims: Dims, eval_callback: bool) -> Result<Context, String> {
+    fn new(
+        model: &Model,
+        n_ctx: usize,
+        threads: usize,
+        dims: Dims,
+        eval_callback: bool,
+    ) -> Result<Context, String> {
         let tap = Box::new(Mutex::new(Tap::new(dims)));
         let n = u32::try_from(n_ctx).map_err(|_| format!("n_ctx {n_ctx} is too large"))?;
-        let threads = i32::try_from(threads).map_err(|_| format!("{threads} threads is too many"))?;
+        let threads =
+            i32::try_from(threads).map_err(|_| format!("{threads} threads is too many"))?;
         // SAFETY: default params are plain data.
         let mut p = unsafe { ffi::llama_context_default_params() };
         p.n_ctx = n;
@@ -228,7 +335,8 @@ impl Context {
         // SAFETY: model is live and outlives the context (OracleProbe drops ctx first); the
         // user-data pointer stays valid while the context lives (the box is dropped after it).
         let ptr = unsafe { ffi::llama_new_context_with_model(model.as_ptr().cast_mut(), p) };
-        let ptr = NonNull::new(ptr).ok_or_else(|| format!("cannot create a context: {}", log_since_mark()))?;
+        let ptr = NonNull::new(ptr)
+            .ok_or_else(|| format!("cannot create a context: {}", log_since_mark()))?;
         Ok(Context { ptr, tap })
     }
 
@@ -250,7 +358,8 @@ impl Context {
     ) -> Result<Vec<StageTensor>> {
         let n = tokens.len();
         let rows: Vec<u32> = (pos0 as u32..(pos0 + n) as u32).collect();
-        let mut token: Vec<ffi::llama_token> = tokens.iter().map(|&t| t as ffi::llama_token).collect();
+        let mut token: Vec<ffi::llama_token> =
+            tokens.iter().map(|&t| t as ffi::llama_token).collect();
         let mut pos: Vec<ffi::llama_pos> = rows.iter().map(|&p| p as ffi::llama_pos).collect();
         let mut n_seq_id = vec![1i32; n];
         let mut seq0: ffi::llama_seq_id = 0;
@@ -268,7 +377,8 @@ impl Context {
             all_pos_1: 0,
             all_seq_id: 0,
         };
-        self.tap_lock().arm(capture, rows, outputs.to_vec(), keep_output.to_vec());
+        self.tap_lock()
+            .arm(capture, rows, outputs.to_vec(), keep_output.to_vec());
         log_mark();
         // SAFETY: every array the batch points to has n entries and outlives the call; the
         // caller checked ids < n_vocab and pos0 + n <= n_ctx = n_batch, which llama_decode
@@ -276,7 +386,10 @@ impl Context {
         let ret = unsafe { ffi::llama_decode(self.ptr.as_ptr(), batch) };
         let stages = self.tap_lock().finish();
         if ret != 0 {
-            return Err(Error::Backend(format!("llama_decode returned {ret}: {}", log_since_mark())));
+            return Err(Error::Backend(format!(
+                "llama_decode returned {ret}: {}",
+                log_since_mark()
+            )));
         }
         stages.map_err(Error::Backend)
     }
@@ -291,7 +404,10 @@ impl Context {
         // after the decode's log mark) instead of throwing.
         let p = unsafe { ffi::llama_get_logits_ith(self.ptr.as_ptr(), i as i32) };
         if p.is_null() {
-            return Err(Error::Backend(format!("no logits for batch row {i}: {}", log_since_mark())));
+            return Err(Error::Backend(format!(
+                "no logits for batch row {i}: {}",
+                log_since_mark()
+            )));
         }
         // SAFETY: a non-null row holds n_vocab floats inside the context's output buffer,
         // valid until the next decode, which needs &mut self.
@@ -307,7 +423,11 @@ impl Drop for Context {
 }
 
 /// The eval callback (`ggml_backend_sched_eval_callback`): see [`crate::tap`].
-unsafe extern "C" fn eval_callback_fn(t: *mut ffi::ggml_tensor, ask: bool, user: *mut c_void) -> bool {
+unsafe extern "C" fn eval_callback_fn(
+    t: *mut ffi::ggml_tensor,
+    ask: bool,
+    user: *mut c_void,
+) -> bool {
     if t.is_null() || user.is_null() {
         return !ask;
     }
@@ -336,7 +456,13 @@ struct Sampler {
 
 impl Sampler {
     fn new(sampling: &Sampling) -> Result<Sampler> {
-        let Sampling::Seeded { temperature, top_k, top_p, seed } = *sampling else {
+        let Sampling::Seeded {
+            temperature,
+            top_k,
+            top_p,
+            seed,
+        } = *sampling
+        else {
             return Ok(Sampler { chain: None });
         };
         if temperature <= 0.0 {
@@ -344,7 +470,11 @@ impl Sampler {
         }
         // llama.cpp's LLAMA_DEFAULT_SEED (u32::MAX) means "random": never pass it.
         let folded = (seed ^ (seed >> 32)) as u32;
-        let seed32 = if folded == u32::MAX { u32::MAX - 1 } else { folded };
+        let seed32 = if folded == u32::MAX {
+            u32::MAX - 1
+        } else {
+            folded
+        };
         let top_k = i32::try_from(top_k).unwrap_or(i32::MAX);
         // SAFETY: the chain takes ownership of each sampler added to it; freed in Drop.
         let chain = unsafe {
@@ -355,7 +485,8 @@ impl Sampler {
             ffi::llama_sampler_chain_add(chain, ffi::llama_sampler_init_dist(seed32));
             chain
         };
-        let chain = NonNull::new(chain).ok_or_else(|| Error::Backend("llama_sampler_chain_init failed".into()))?;
+        let chain = NonNull::new(chain)
+            .ok_or_else(|| Error::Backend("llama_sampler_chain_init failed".into()))?;
         Ok(Sampler { chain: Some(chain) })
     }
 
@@ -364,7 +495,9 @@ impl Sampler {
         match self.chain {
             None => probe::argmax(logits),
             // SAFETY: live chain and context; `row` requested logits in the last decode.
-            Some(chain) => unsafe { ffi::llama_sampler_sample(chain.as_ptr(), ctx.ptr.as_ptr(), row as i32) as Token },
+            Some(chain) => unsafe {
+                ffi::llama_sampler_sample(chain.as_ptr(), ctx.ptr.as_ptr(), row as i32) as Token
+            },
         }
     }
 }

@@ -67,7 +67,13 @@ impl Tap {
     }
 
     /// Arms the tap for one batch. With an empty `capture` every question is answered "no".
-    pub fn arm(&mut self, capture: &Capture, rows: Vec<u32>, outputs: Vec<u32>, keep_output: Vec<u32>) {
+    pub fn arm(
+        &mut self,
+        capture: &Capture,
+        rows: Vec<u32>,
+        outputs: Vec<u32>,
+        keep_output: Vec<u32>,
+    ) {
         self.capture.clone_from(capture);
         self.rows = rows;
         self.outputs = outputs;
@@ -88,8 +94,11 @@ impl Tap {
         let mut found = std::mem::take(&mut self.found);
         found.sort_by(|a, b| {
             let (x, y) = (&a.tensor, &b.tensor);
-            (x.id().eval_key(), x.position, std::cmp::Reverse(a.priority))
-                .cmp(&(y.id().eval_key(), y.position, std::cmp::Reverse(b.priority)))
+            (x.id().eval_key(), x.position, std::cmp::Reverse(a.priority)).cmp(&(
+                y.id().eval_key(),
+                y.position,
+                std::cmp::Reverse(b.priority),
+            ))
         });
         found.dedup_by(|later, kept| {
             later.tensor.id() == kept.tensor.id() && later.tensor.position == kept.tensor.position
@@ -102,10 +111,14 @@ impl Tap {
         if self.capture.is_empty() || self.error.is_some() {
             return false;
         }
-        let Some((stage, layer, _)) = stage_of(t) else { return false };
+        let Some((stage, layer, _)) = stage_of(t) else {
+            return false;
+        };
         // A node whose rows cannot be placed is taken anyway, so that `take` reports it.
         self.capture.wants_stage(stage, layer)
-            && self.rows_of(t, stage).map_or(true, |rows| rows.iter().any(|&p| self.capture.wants_position(p)))
+            && self.rows_of(t, stage).map_or(true, |rows| {
+                rows.iter().any(|&p| self.capture.wants_position(p))
+            })
     }
 
     /// The `ask = false` call: copies the node's rows at the wanted positions.
@@ -116,11 +129,15 @@ impl Tap {
     }
 
     fn try_take(&mut self, t: &ffi::ggml_tensor) -> Result<(), String> {
-        let Some((stage, layer, priority)) = stage_of(t) else { return Ok(()) };
+        let Some((stage, layer, priority)) = stage_of(t) else {
+            return Ok(());
+        };
         let name = tensor_name(t);
         let positions = self.rows_of(t, stage)?.to_vec();
         let ne = t.ne.map(|n| n as usize);
-        let shape = self.shape_of(stage, &ne).map_err(|e| format!("eval callback: {name} {ne:?}: {e}"))?;
+        let shape = self
+            .shape_of(stage, &ne)
+            .map_err(|e| format!("eval callback: {name} {ne:?}: {e}"))?;
         let width: usize = shape.iter().product();
         let data = read_f32(t).map_err(|e| format!("eval callback: {name}: {e}"))?;
         debug_assert_eq!(data.len(), width * positions.len());
@@ -128,7 +145,13 @@ impl Tap {
             let keep = self.capture.wants_position(position)
                 && (stage != Stage::ResultOutput || self.keep_output.contains(&position));
             if keep {
-                let tensor = StageTensor { stage, layer, position, shape: shape.clone(), data: row.to_vec() };
+                let tensor = StageTensor {
+                    stage,
+                    layer,
+                    position,
+                    shape: shape.clone(),
+                    data: row.to_vec(),
+                };
                 self.found.push(Found { priority, tensor });
             }
         }
@@ -156,7 +179,11 @@ impl Tap {
     /// Shape of one position's slice, as the engine's `tap.take` calls give it; checks the
     /// node's layout against the model's dimensions.
     fn shape_of(&self, stage: Stage, ne: &[usize; 4]) -> Result<Vec<usize>, String> {
-        let Dims { n_head, n_head_kv, head_dim } = self.dims;
+        let Dims {
+            n_head,
+            n_head_kv,
+            head_dim,
+        } = self.dims;
         let tok = token_dim(stage);
         if ne[tok + 1..].iter().any(|&n| n != 1) {
             return Err(format!("expected the tokens in dimension {tok}"));
@@ -164,7 +191,11 @@ impl Tap {
         let shape = match stage {
             // ne = [head_dim, n_head(_kv), n_tokens] → per position [n_head(_kv), head_dim]
             Stage::AttnQ | Stage::AttnK => {
-                let heads = if stage == Stage::AttnQ { n_head } else { n_head_kv };
+                let heads = if stage == Stage::AttnQ {
+                    n_head
+                } else {
+                    n_head_kv
+                };
                 if ne[0] != head_dim || ne[1] != heads {
                     return Err(format!("expected ne = [{head_dim}, {heads}, n_tokens]"));
                 }
@@ -172,7 +203,10 @@ impl Tap {
             }
             // ne = [n_head_kv·head_dim, n_tokens]
             Stage::AttnV if ne[0] != n_head_kv * head_dim => {
-                return Err(format!("expected ne = [{}, n_tokens]", n_head_kv * head_dim));
+                return Err(format!(
+                    "expected ne = [{}, n_tokens]",
+                    n_head_kv * head_dim
+                ));
             }
             // ne = [n_head·head_dim, n_tokens] (`ggml_cont_2d` of the merged heads in llm_build_kqv)
             Stage::KqvOut if ne[0] != n_head * head_dim => {
@@ -211,7 +245,10 @@ fn stage_of(t: &ffi::ggml_tensor) -> Option<(Stage, Option<u32>, u8)> {
 
 /// `inp_embd` → (InpEmbd, None); `ffn_up-3` → (FfnUp, Some(3), 0); `ffn_up_s-3` → priority 1.
 fn parse_name(name: &str) -> Option<(Stage, Option<u32>, u8)> {
-    if let Some(s) = Stage::ALL.into_iter().find(|s| !s.is_per_layer() && s.callback_name() == name) {
+    if let Some(s) = Stage::ALL
+        .into_iter()
+        .find(|s| !s.is_per_layer() && s.callback_name() == name)
+    {
         return Some((s, None, 0));
     }
     let (base, layer) = name.rsplit_once('-')?;
@@ -224,7 +261,9 @@ fn parse_name(name: &str) -> Option<(Stage, Option<u32>, u8)> {
         "ffn_gate_s" => ("ffn_gate", 1),
         other => (other, 0),
     };
-    let stage = Stage::ALL.into_iter().find(|s| s.is_per_layer() && s.callback_name() == base)?;
+    let stage = Stage::ALL
+        .into_iter()
+        .find(|s| s.is_per_layer() && s.callback_name() == base)?;
     Some((stage, Some(layer), priority))
 }
 
@@ -236,7 +275,10 @@ fn read_f32(t: &ffi::ggml_tensor) -> Result<Vec<f32>, String> {
         other => {
             // SAFETY: ggml_type_name returns a static NUL-terminated string for any type id.
             let name = unsafe { CStr::from_ptr(ffi::ggml_type_name(other)) };
-            return Err(format!("type {} (only f32 and f16 stages are read)", name.to_string_lossy()));
+            return Err(format!(
+                "type {} (only f32 and f16 stages are read)",
+                name.to_string_lossy()
+            ));
         }
     };
     if t.buffer.is_null() || t.data.is_null() {
@@ -285,16 +327,38 @@ mod tests {
     #[test]
     fn names_map_to_stages() {
         assert_eq!(parse_name("inp_embd"), Some((Stage::InpEmbd, None, 0)));
-        assert_eq!(parse_name("result_output"), Some((Stage::ResultOutput, None, 0)));
+        assert_eq!(
+            parse_name("result_output"),
+            Some((Stage::ResultOutput, None, 0))
+        );
         assert_eq!(parse_name("Qcur-12"), Some((Stage::AttnQ, Some(12), 0)));
-        assert_eq!(parse_name("attn_o_out-0"), Some((Stage::AttnOutput, Some(0), 0)));
+        assert_eq!(
+            parse_name("attn_o_out-0"),
+            Some((Stage::AttnOutput, Some(0), 0))
+        );
         assert_eq!(parse_name("ffn_up_s-1"), Some((Stage::FfnUp, Some(1), 1)));
-        assert_eq!(parse_name("ffn_gate_s-1"), Some((Stage::FfnGate, Some(1), 1)));
-        for declined in ["Qcur-0 (reshaped)", "norm-0", "ffn_silu-1", "ffn_sqr(relu)-1", "kqv_merged_cont-0", "l_out", "inp_embd-0", "l_out-"] {
+        assert_eq!(
+            parse_name("ffn_gate_s-1"),
+            Some((Stage::FfnGate, Some(1), 1))
+        );
+        for declined in [
+            "Qcur-0 (reshaped)",
+            "norm-0",
+            "ffn_silu-1",
+            "ffn_sqr(relu)-1",
+            "kqv_merged_cont-0",
+            "l_out",
+            "inp_embd-0",
+            "l_out-",
+        ] {
             assert_eq!(parse_name(declined), None, "{declined}");
         }
         for s in Stage::ALL {
-            let name = if s.is_per_layer() { format!("{}-7", s.callback_name()) } else { s.callback_name().to_string() };
+            let name = if s.is_per_layer() {
+                format!("{}-7", s.callback_name())
+            } else {
+                s.callback_name().to_string()
+            };
             assert_eq!(parse_name(&name).map(|p| p.0), Some(s), "{name}");
         }
     }

@@ -18,10 +18,24 @@ const PATCHED: &str = env!("BITPROBE_IDENTITY_DUMP_PATCHED");
 
 /// Runs one tool; returns the dump's bytes and the tensor count it reports.
 fn dump(tool: &str, model: &Path, out: &Path) -> (Vec<u8>, usize) {
-    let o = Command::new(tool).arg(model).arg(out).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
-    assert!(o.status.success(), "{tool} {}: {} {}", model.display(), o.status, String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(tool)
+        .arg(model)
+        .arg(out)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    assert!(
+        o.status.success(),
+        "{tool} {}: {} {}",
+        model.display(),
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
     let stdout = String::from_utf8_lossy(&o.stdout);
-    let tensors = stdout.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{tool}: {stdout}"));
+    let tensors = stdout
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{tool}: {stdout}"));
     (std::fs::read(out).unwrap(), tensors)
 }
 
@@ -34,14 +48,25 @@ fn patch_0002_leaves_bitnet_models_bit_identical() {
         let model = engine::forge::forged(preset, 1).unwrap();
         let (stock, n_stock) = dump(STOCK, &model, &dir.join(format!("{preset}.stock")));
         let (patched, n_patched) = dump(PATCHED, &model, &dir.join(format!("{preset}.patched")));
-        eprintln!("{preset}: {n_stock} tensors, {} bytes; identical: {}", stock.len(), stock == patched);
+        eprintln!(
+            "{preset}: {n_stock} tensors, {} bytes; identical: {}",
+            stock.len(),
+            stock == patched
+        );
         // Non-trivial: a 2-layer model's graph has well over 100 nodes for the two decodes,
         // and the dump holds the logits of every position.
         assert!(n_stock >= 100, "{preset}: only {n_stock} tensors dumped");
-        assert!(stock.len() > 1 << 20, "{preset}: only {} bytes dumped", stock.len());
+        assert!(
+            stock.len() > 1 << 20,
+            "{preset}: only {} bytes dumped",
+            stock.len()
+        );
         assert_eq!(n_stock, n_patched, "{preset}: the graphs differ in size");
         if let Some(i) = stock.iter().zip(&patched).position(|(a, b)| a != b) {
-            panic!("{preset}: dumps differ first at byte {i} of {}", stock.len());
+            panic!(
+                "{preset}: dumps differ first at byte {i} of {}",
+                stock.len()
+            );
         }
         assert_eq!(stock.len(), patched.len(), "{preset}");
         if !dumps.contains(&stock) {
@@ -59,10 +84,24 @@ fn patch_0002_leaves_bitnet_models_bit_identical() {
 #[test]
 fn the_stock_library_is_unpatched() {
     let model = engine::forge::forged("tiny158-i2s", 1).unwrap();
-    let out = std::env::temp_dir().join(format!("bitprobe-patch-identity-158-{}", std::process::id()));
+    let out = std::env::temp_dir().join(format!(
+        "bitprobe-patch-identity-158-{}",
+        std::process::id()
+    ));
     let stock = Command::new(STOCK).arg(&model).arg(&out).output().unwrap();
-    assert!(!stock.status.success(), "the stock library loaded a bitnet-b1.58 model");
-    let patched = Command::new(PATCHED).arg(&model).arg(&out).output().unwrap();
-    assert!(patched.status.success(), "{}", String::from_utf8_lossy(&patched.stderr));
+    assert!(
+        !stock.status.success(),
+        "the stock library loaded a bitnet-b1.58 model"
+    );
+    let patched = Command::new(PATCHED)
+        .arg(&model)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        patched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&patched.stderr)
+    );
     let _ = std::fs::remove_file(&out);
 }

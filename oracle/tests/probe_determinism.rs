@@ -27,11 +27,24 @@ fn thread_count_does_not_change_the_bits() {
         let tokens = prompt(&mut one);
         let a = one.forward(&tokens, &Capture::all()).unwrap();
         let b = two.forward(&tokens, &Capture::all()).unwrap();
-        eprintln!("{preset}: threads 1 vs 2: logits max |Δ| {:e}", max_abs_diff(&a.logits, &b.logits));
-        assert_eq!(bits(&a.logits), bits(&b.logits), "{preset}: logits differ between 1 and 2 threads");
+        eprintln!(
+            "{preset}: threads 1 vs 2: logits max |Δ| {:e}",
+            max_abs_diff(&a.logits, &b.logits)
+        );
+        assert_eq!(
+            bits(&a.logits),
+            bits(&b.logits),
+            "{preset}: logits differ between 1 and 2 threads"
+        );
         for (x, y) in a.stages.iter().zip(&b.stages) {
             assert_eq!((x.id(), x.position), (y.id(), y.position));
-            assert_eq!(bits(&x.data), bits(&y.data), "{preset}: {} at {} differs between 1 and 2 threads", x.id(), x.position);
+            assert_eq!(
+                bits(&x.data),
+                bits(&y.data),
+                "{preset}: {} at {} differs between 1 and 2 threads",
+                x.id(),
+                x.position
+            );
         }
     }
 }
@@ -46,16 +59,34 @@ fn position_i_does_not_see_later_tokens() {
         let n = a_tokens.len();
         let keep = n / 2;
         let mut b_tokens = a_tokens[..keep].to_vec();
-        b_tokens.extend(p.tokenize(" jumps over the lazy dog again and again", false, false).unwrap());
+        b_tokens.extend(
+            p.tokenize(" jumps over the lazy dog again and again", false, false)
+                .unwrap(),
+        );
         assert_ne!(a_tokens[keep..], b_tokens[keep..]);
         let a = p.forward(&a_tokens, &Capture::all()).unwrap();
         let b = p.forward(&b_tokens, &Capture::all()).unwrap();
         for i in 0..keep {
-            assert_eq!(bits(a.logits_at(i)), bits(b.logits_at(i)), "{preset}: logits at {i} depend on later tokens");
+            assert_eq!(
+                bits(a.logits_at(i)),
+                bits(b.logits_at(i)),
+                "{preset}: logits at {i} depend on later tokens"
+            );
         }
-        for (x, y) in a.stages.iter().filter(|t| (t.position as usize) < keep).zip(b.stages.iter().filter(|t| (t.position as usize) < keep)) {
+        for (x, y) in a
+            .stages
+            .iter()
+            .filter(|t| (t.position as usize) < keep)
+            .zip(b.stages.iter().filter(|t| (t.position as usize) < keep))
+        {
             assert_eq!((x.id(), x.position), (y.id(), y.position));
-            assert_eq!(bits(&x.data), bits(&y.data), "{preset}: {} at {} depends on later tokens", x.id(), x.position);
+            assert_eq!(
+                bits(&x.data),
+                bits(&y.data),
+                "{preset}: {} at {} depends on later tokens",
+                x.id(),
+                x.position
+            );
         }
         // …and the suffix did matter from `keep` on.
         assert_ne!(bits(a.logits_at(keep)), bits(b.logits_at(keep)), "{preset}");

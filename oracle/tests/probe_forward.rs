@@ -17,7 +17,9 @@ fn every_stage_at_every_position_with_the_engine_shapes() {
         let tokens = prompt(&mut p);
         let n = tokens.len();
         let t0 = Instant::now();
-        let f = p.forward(&tokens, &Capture::all()).unwrap_or_else(|e| panic!("{preset}: {e}"));
+        let f = p
+            .forward(&tokens, &Capture::all())
+            .unwrap_or_else(|e| panic!("{preset}: {e}"));
         let with_stages = t0.elapsed();
         let t0 = Instant::now();
         let plain = p.forward(&tokens, &Capture::none()).unwrap();
@@ -33,17 +35,34 @@ fn every_stage_at_every_position_with_the_engine_shapes() {
 
         // Logits: n × n_vocab, finite everywhere, the same with and without capture.
         assert_eq!(f.n_tokens(), n, "{preset}");
-        assert!(f.logits.iter().all(|x| x.is_finite()), "{preset}: non-finite logits");
-        assert_eq!(common::bits(&f.logits), common::bits(&plain.logits), "{preset}: capture changed the logits");
+        assert!(
+            f.logits.iter().all(|x| x.is_finite()),
+            "{preset}: non-finite logits"
+        );
+        assert_eq!(
+            common::bits(&f.logits),
+            common::bits(&plain.logits),
+            "{preset}: capture changed the logits"
+        );
         assert!(plain.stages.is_empty());
 
         // Every stage, layer and position exactly once, with the engine's per-position shape.
         let (d, hd) = (info.n_embd as usize, info.head_dim as usize);
-        let (nh, nkv, ff, nv) = (info.n_head as usize, info.n_head_kv as usize, info.n_ff as usize, info.n_vocab as usize);
+        let (nh, nkv, ff, nv) = (
+            info.n_head as usize,
+            info.n_head_kv as usize,
+            info.n_ff as usize,
+            info.n_vocab as usize,
+        );
         let mut expected = Vec::new();
         expected.push(StageId::new(Stage::InpEmbd, None));
         for l in 0..info.n_layer {
-            expected.extend(Stage::ALL.into_iter().filter(|s| s.is_per_layer()).map(|s| StageId::new(s, Some(l))));
+            expected.extend(
+                Stage::ALL
+                    .into_iter()
+                    .filter(|s| s.is_per_layer())
+                    .map(|s| StageId::new(s, Some(l))),
+            );
         }
         expected.push(StageId::new(Stage::ResultNorm, None));
         expected.push(StageId::new(Stage::ResultOutput, None));
@@ -58,31 +77,65 @@ fn every_stage_at_every_position_with_the_engine_shapes() {
                 _ => vec![d],
             };
             for pos in 0..n as u32 {
-                let t = got.next().unwrap_or_else(|| panic!("{preset}: output ends before {id} at {pos}"));
-                assert_eq!((t.id(), t.position), (*id, pos), "{preset}: out of evaluation order");
+                let t = got
+                    .next()
+                    .unwrap_or_else(|| panic!("{preset}: output ends before {id} at {pos}"));
+                assert_eq!(
+                    (t.id(), t.position),
+                    (*id, pos),
+                    "{preset}: out of evaluation order"
+                );
                 assert_eq!(t.shape, shape, "{preset}: {id} shape");
-                assert_eq!(t.data.len(), shape.iter().product::<usize>(), "{preset}: {id} data");
-                assert!(t.data.iter().all(|x| x.is_finite()), "{preset}: {id} at {pos} has non-finite values");
-                assert!(t.data.iter().any(|&x| x != 0.0), "{preset}: {id} at {pos} is all zeros");
+                assert_eq!(
+                    t.data.len(),
+                    shape.iter().product::<usize>(),
+                    "{preset}: {id} data"
+                );
+                assert!(
+                    t.data.iter().all(|x| x.is_finite()),
+                    "{preset}: {id} at {pos} has non-finite values"
+                );
+                assert!(
+                    t.data.iter().any(|&x| x != 0.0),
+                    "{preset}: {id} at {pos} is all zeros"
+                );
             }
         }
-        assert!(got.next().is_none(), "{preset}: more stage tensors than expected");
+        assert!(
+            got.next().is_none(),
+            "{preset}: more stage tensors than expected"
+        );
 
         // result_output is the logits row.
         for t in f.stages.iter().filter(|t| t.stage == Stage::ResultOutput) {
-            assert_eq!(common::bits(&t.data), common::bits(f.logits_at(t.position as usize)), "{preset}");
+            assert_eq!(
+                common::bits(&t.data),
+                common::bits(f.logits_at(t.position as usize)),
+                "{preset}"
+            );
         }
         // ffn_sub_out is act(gate) ⊙ up (SiLU for bitnet, ReLU² for bitnet-b1.58).
         let relu_sqr = info.arch != "bitnet";
         for l in 0..info.n_layer {
             for pos in 0..n as u32 {
                 let get = |s: Stage| {
-                    f.stages.iter().find(|t| t.stage == s && t.layer == Some(l) && t.position == pos).unwrap()
+                    f.stages
+                        .iter()
+                        .find(|t| t.stage == s && t.layer == Some(l) && t.position == pos)
+                        .unwrap()
                 };
-                let (g, u, o) = (get(Stage::FfnGate), get(Stage::FfnUp), get(Stage::FfnSubOut));
+                let (g, u, o) = (
+                    get(Stage::FfnGate),
+                    get(Stage::FfnUp),
+                    get(Stage::FfnSubOut),
+                );
                 for i in 0..ff {
                     let x = g.data[i];
-                    let act = if relu_sqr { x.max(0.0) * x.max(0.0) } else { x / (1.0 + (-x).exp()) };
+                    let act = if relu_sqr {
+                        x.max(0.0) * x.max(0.0)
+                    } else {
+                        x / (1.0 + (-x).exp())
+                    };
                     let want = act * u.data[i];
                     assert!(
                         (o.data[i] - want).abs() <= 1e-3 * want.abs().max(1e-3),
@@ -100,21 +153,45 @@ fn capture_filters_stages_layers_and_positions() {
     let mut p = open("tiny-i2s", 1);
     let tokens = prompt(&mut p);
     let all = p.forward(&tokens, &Capture::all()).unwrap();
-    let c = Capture::stages([Stage::ResultOutput, Stage::AttnK, Stage::LOut, Stage::InpEmbd])
-        .with_layers([1])
-        .with_positions([0, 3]);
+    let c = Capture::stages([
+        Stage::ResultOutput,
+        Stage::AttnK,
+        Stage::LOut,
+        Stage::InpEmbd,
+    ])
+    .with_layers([1])
+    .with_positions([0, 3]);
     let f = p.forward(&tokens, &c).unwrap();
-    let ids: Vec<String> = f.stages.iter().map(|t| format!("{}@{}", t.id(), t.position)).collect();
+    let ids: Vec<String> = f
+        .stages
+        .iter()
+        .map(|t| format!("{}@{}", t.id(), t.position))
+        .collect();
     assert_eq!(
         ids,
         [
-            "inp_embd@0", "inp_embd@3", "blk.1.attn_k@0", "blk.1.attn_k@3", "blk.1.l_out@0", "blk.1.l_out@3",
-            "result_output@0", "result_output@3"
+            "inp_embd@0",
+            "inp_embd@3",
+            "blk.1.attn_k@0",
+            "blk.1.attn_k@3",
+            "blk.1.l_out@0",
+            "blk.1.l_out@3",
+            "result_output@0",
+            "result_output@3"
         ]
     );
     for t in &f.stages {
-        let same = all.stages.iter().find(|a| a.id() == t.id() && a.position == t.position).unwrap();
-        assert_eq!(common::bits(&t.data), common::bits(&same.data), "{}", t.id());
+        let same = all
+            .stages
+            .iter()
+            .find(|a| a.id() == t.id() && a.position == t.position)
+            .unwrap();
+        assert_eq!(
+            common::bits(&t.data),
+            common::bits(&same.data),
+            "{}",
+            t.id()
+        );
     }
 }
 

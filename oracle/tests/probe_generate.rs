@@ -17,22 +17,38 @@ fn greedy_generation_is_the_argmax_chain() {
         let mut p = open(preset, 1);
         let tokens = prompt(&mut p);
         let mut streamed = Vec::new();
-        let req = GenerateRequest { keep_logits: true, ..GenerateRequest::greedy(tokens.clone(), 8) };
+        let req = GenerateRequest {
+            keep_logits: true,
+            ..GenerateRequest::greedy(tokens.clone(), 8)
+        };
         let g = p.generate_with(&req, &mut |t| streamed.push(t)).unwrap();
         assert_eq!(g.tokens.len(), 8, "{preset}");
         assert_eq!(streamed, g.tokens, "{preset}");
         assert_eq!(g.steps.len(), 7);
         assert_eq!(g.prefill.n_tokens(), tokens.len());
-        assert_eq!(g.first, probe::argmax(g.prefill.logits_at(tokens.len() - 1)), "{preset}");
+        assert_eq!(
+            g.first,
+            probe::argmax(g.prefill.logits_at(tokens.len() - 1)),
+            "{preset}"
+        );
         assert_eq!(g.tokens[0], g.first);
         for (i, s) in g.steps.iter().enumerate() {
             assert_eq!(s.position as usize, tokens.len() + i);
-            assert_eq!(s.input, g.tokens[i], "{preset}: step {i} feeds the previous choice");
-            assert_eq!(s.chosen, probe::argmax(s.logits.as_ref().unwrap()), "{preset}: step {i}");
+            assert_eq!(
+                s.input, g.tokens[i],
+                "{preset}: step {i} feeds the previous choice"
+            );
+            assert_eq!(
+                s.chosen,
+                probe::argmax(s.logits.as_ref().unwrap()),
+                "{preset}: step {i}"
+            );
             assert_eq!(s.chosen, g.tokens[i + 1]);
         }
         // Without keep_logits: the same tokens, and only the last prefill row.
-        let plain = p.generate(&GenerateRequest::greedy(tokens.clone(), 8)).unwrap();
+        let plain = p
+            .generate(&GenerateRequest::greedy(tokens.clone(), 8))
+            .unwrap();
         assert_eq!(plain.tokens, g.tokens, "{preset}");
         assert_eq!(plain.prefill.n_tokens(), 1, "{preset}");
         // The chain of full forwards, for the record.
@@ -76,28 +92,52 @@ fn teacher_forced_steps_match_the_batched_forward() {
 
         // Prefill with keep_logits is the forward over the prompt alone: bit-identical.
         let pre = p.forward(&tokens, &Capture::all()).unwrap();
-        assert_eq!(bits(&g.prefill.logits), bits(&pre.logits), "{preset}: prefill vs forward");
-        assert_eq!(g.prefill.stages, pre.stages, "{preset}: prefill stages vs forward");
+        assert_eq!(
+            bits(&g.prefill.logits),
+            bits(&pre.logits),
+            "{preset}: prefill vs forward"
+        );
+        assert_eq!(
+            g.prefill.stages, pre.stages,
+            "{preset}: prefill stages vs forward"
+        );
 
         // Incremental steps are not bit-identical to the batched pass: the attention matmuls
         // take other ggml paths for one row than for many (~1e-4 at kqv_out), and ternary
         // models amplify that where an activation's int8 rounding flips. Assert closeness.
-        let (mut worst, mut worst_nmse, mut identical, mut worst_stage) = (0f32, 0f64, 0usize, (0f32, String::new()));
+        let (mut worst, mut worst_nmse, mut identical, mut worst_stage) =
+            (0f32, 0f64, 0usize, (0f32, String::new()));
         for s in &g.steps {
             let pos = s.position as usize;
             assert_eq!(s.input, full[pos]);
             let (step, batched) = (s.logits.as_ref().unwrap(), f.logits_at(pos));
             let e = nmse(step, batched);
-            assert!(e < 1e-3, "{preset}: step at {pos}: logits NMSE {e:e} vs the batched forward");
+            assert!(
+                e < 1e-3,
+                "{preset}: step at {pos}: logits NMSE {e:e} vs the batched forward"
+            );
             worst = worst.max(max_abs_diff(step, batched));
             worst_nmse = worst_nmse.max(e);
             identical += usize::from(bits(step) == bits(batched));
             // Every stage of the step, at that position only.
-            assert_eq!(s.stages.len(), f.stages.len() / full.len(), "{preset}: stages per step");
+            assert_eq!(
+                s.stages.len(),
+                f.stages.len() / full.len(),
+                "{preset}: stages per step"
+            );
             for t in &s.stages {
                 assert_eq!(t.position, s.position);
-                let b = f.stages.iter().find(|b| b.id() == t.id() && b.position == t.position).unwrap();
-                assert!(nmse(&t.data, &b.data) < 1e-2, "{preset}: {} at {pos}: NMSE {:e}", t.id(), nmse(&t.data, &b.data));
+                let b = f
+                    .stages
+                    .iter()
+                    .find(|b| b.id() == t.id() && b.position == t.position)
+                    .unwrap();
+                assert!(
+                    nmse(&t.data, &b.data) < 1e-2,
+                    "{preset}: {} at {pos}: NMSE {:e}",
+                    t.id(),
+                    nmse(&t.data, &b.data)
+                );
                 let d = max_abs_diff(&t.data, &b.data);
                 if d > worst_stage.0 {
                     worst_stage = (d, t.id().to_string());
@@ -124,14 +164,41 @@ fn nmse(a: &[f32], b: &[f32]) -> f64 {
 fn prefill_without_keep_logits_still_captures_every_prompt_position() {
     let mut p = open("tiny158-i2s", 1);
     let tokens = prompt(&mut p);
-    let req = GenerateRequest { capture: Capture::stages([Stage::LOut, Stage::ResultOutput]), ..GenerateRequest::greedy(tokens.clone(), 2) };
+    let req = GenerateRequest {
+        capture: Capture::stages([Stage::LOut, Stage::ResultOutput]),
+        ..GenerateRequest::greedy(tokens.clone(), 2)
+    };
     let g = p.generate(&req).unwrap();
     let last_layer = p.info().n_layer - 1;
-    let l_out: Vec<u32> = g.prefill.stages.iter().filter(|t| t.stage == Stage::LOut && t.layer == Some(last_layer)).map(|t| t.position).collect();
-    assert_eq!(l_out, (0..tokens.len() as u32).collect::<Vec<_>>(), "last layer rows at every prompt position");
-    let outs: Vec<u32> = g.prefill.stages.iter().filter(|t| t.stage == Stage::ResultOutput).map(|t| t.position).collect();
-    assert_eq!(outs, [tokens.len() as u32 - 1], "result_output only where logits are returned");
-    assert_eq!(g.steps[0].stages.len(), p.info().n_layer as usize + 1, "l_out per layer + result_output");
+    let l_out: Vec<u32> = g
+        .prefill
+        .stages
+        .iter()
+        .filter(|t| t.stage == Stage::LOut && t.layer == Some(last_layer))
+        .map(|t| t.position)
+        .collect();
+    assert_eq!(
+        l_out,
+        (0..tokens.len() as u32).collect::<Vec<_>>(),
+        "last layer rows at every prompt position"
+    );
+    let outs: Vec<u32> = g
+        .prefill
+        .stages
+        .iter()
+        .filter(|t| t.stage == Stage::ResultOutput)
+        .map(|t| t.position)
+        .collect();
+    assert_eq!(
+        outs,
+        [tokens.len() as u32 - 1],
+        "result_output only where logits are returned"
+    );
+    assert_eq!(
+        g.steps[0].stages.len(),
+        p.info().n_layer as usize + 1,
+        "l_out per layer + result_output"
+    );
 }
 
 #[test]
@@ -139,7 +206,12 @@ fn seeded_sampling_is_reproducible() {
     let mut p = open("tiny-i2s", 1);
     let tokens = prompt(&mut p);
     let req = |seed| GenerateRequest {
-        sampling: Sampling::Seeded { temperature: 1.5, top_k: 40, top_p: 0.95, seed },
+        sampling: Sampling::Seeded {
+            temperature: 1.5,
+            top_k: 40,
+            top_p: 0.95,
+            seed,
+        },
         ..GenerateRequest::greedy(tokens.clone(), 12)
     };
     let a = p.generate(&req(7)).unwrap().tokens;
@@ -148,23 +220,43 @@ fn seeded_sampling_is_reproducible() {
     eprintln!("seed 7: {a:?}\nseed 8: {c:?}");
     assert_eq!(a, b);
     assert_ne!(a, c, "different seeds drew the same 12 tokens");
-    let zero_temp = GenerateRequest { sampling: Sampling::Seeded { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 1 }, ..req(1) };
+    let zero_temp = GenerateRequest {
+        sampling: Sampling::Seeded {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 1,
+        },
+        ..req(1)
+    };
     let greedy = GenerateRequest::greedy(tokens.clone(), 12);
-    assert_eq!(p.generate(&zero_temp).unwrap().tokens, p.generate(&greedy).unwrap().tokens);
+    assert_eq!(
+        p.generate(&zero_temp).unwrap().tokens,
+        p.generate(&greedy).unwrap().tokens
+    );
 }
 
 #[test]
 fn max_tokens_and_stop_at_eos() {
     let mut p = open("tiny-i2s", 1);
     let tokens = prompt(&mut p);
-    let g0 = p.generate(&GenerateRequest::greedy(tokens.clone(), 0)).unwrap();
+    let g0 = p
+        .generate(&GenerateRequest::greedy(tokens.clone(), 0))
+        .unwrap();
     assert!(g0.tokens.is_empty() && g0.steps.is_empty());
-    let g1 = p.generate(&GenerateRequest::greedy(tokens.clone(), 1)).unwrap();
+    let g1 = p
+        .generate(&GenerateRequest::greedy(tokens.clone(), 1))
+        .unwrap();
     assert_eq!((g1.tokens.len(), g1.steps.len()), (1, 0));
     // Force the EOS in: generation stops right after choosing it… but forced tokens are inputs,
     // so check stop_at_eos with the greedy chain only when it meets an EOS.
     let eos = p.info().eos.unwrap();
-    let g = p.generate(&GenerateRequest { stop_at_eos: true, ..GenerateRequest::greedy(tokens.clone(), 40) }).unwrap();
+    let g = p
+        .generate(&GenerateRequest {
+            stop_at_eos: true,
+            ..GenerateRequest::greedy(tokens.clone(), 40)
+        })
+        .unwrap();
     if let Some(k) = g.tokens.iter().position(|&t| t == eos) {
         assert_eq!(g.tokens.len(), k + 1, "stops after the EOS");
     } else {
@@ -175,25 +267,52 @@ fn max_tokens_and_stop_at_eos() {
 #[test]
 fn invalid_requests_are_refused_before_bitnet_cpp() {
     let path = engine::forge::forged("tiny-i2s", 1).unwrap();
-    let err = OracleProbe::open(&OpenRequest::new(&path).option("tokenizer", "truth")).err().unwrap();
-    assert!(matches!(&err, Error::InvalidRequest(m) if m.contains("'tokenizer'")), "{err}");
+    let err = OracleProbe::open(&OpenRequest::new(&path).option("tokenizer", "truth"))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, Error::InvalidRequest(m) if m.contains("'tokenizer'")),
+        "{err}"
+    );
 
-    let mut p = OracleProbe::open(&OpenRequest { n_ctx: 16, threads: 1, ..OpenRequest::new(&path) }).unwrap();
+    let mut p = OracleProbe::open(&OpenRequest {
+        n_ctx: 16,
+        threads: 1,
+        ..OpenRequest::new(&path)
+    })
+    .unwrap();
     assert_eq!(p.info().n_ctx, 16);
     let nv = p.info().n_vocab;
     let invalid = |r: probe::Result<_>| matches!(r, Err(Error::InvalidRequest(_)));
     assert!(invalid(p.forward(&[], &Capture::none()).map(|_| ())));
     assert!(invalid(p.forward(&[1, nv], &Capture::none()).map(|_| ())));
     assert!(invalid(p.forward(&[1; 17], &Capture::none()).map(|_| ())));
-    assert!(p.forward(&[1; 16], &Capture::none()).is_ok(), "exactly n_ctx tokens fit");
-    assert!(invalid(p.generate(&GenerateRequest::greedy(vec![], 4)).map(|_| ())));
-    assert!(invalid(p.generate(&GenerateRequest::greedy(vec![1; 14], 4)).map(|_| ())), "14 + 3 steps > 16");
+    assert!(
+        p.forward(&[1; 16], &Capture::none()).is_ok(),
+        "exactly n_ctx tokens fit"
+    );
+    assert!(invalid(
+        p.generate(&GenerateRequest::greedy(vec![], 4)).map(|_| ())
+    ));
+    assert!(
+        invalid(
+            p.generate(&GenerateRequest::greedy(vec![1; 14], 4))
+                .map(|_| ())
+        ),
+        "14 + 3 steps > 16"
+    );
     assert!(p.generate(&GenerateRequest::greedy(vec![1; 13], 4)).is_ok());
-    let forced = GenerateRequest { forced: Some(vec![nv + 5]), ..GenerateRequest::greedy(vec![1, 2], 3) };
+    let forced = GenerateRequest {
+        forced: Some(vec![nv + 5]),
+        ..GenerateRequest::greedy(vec![1, 2], 3)
+    };
     assert!(invalid(p.generate(&forced).map(|_| ())));
     assert!(invalid(p.pieces(&[0, nv]).map(|_| ())));
     // Still usable afterwards.
-    assert_eq!(p.forward(&[1, 2, 3], &Capture::none()).unwrap().n_tokens(), 3);
+    assert_eq!(
+        p.forward(&[1, 2, 3], &Capture::none()).unwrap().n_tokens(),
+        3
+    );
 }
 
 #[test]
@@ -203,7 +322,11 @@ fn tokenize_as_given_and_pieces_round_trip() {
     let plain = p.tokenize("Hello world", false, false).unwrap();
     let with_bos = p.tokenize("Hello world", true, false).unwrap();
     assert_eq!(with_bos[0], bos);
-    assert_eq!(&with_bos[1..], &plain[..], "exactly one BOS, only when asked");
+    assert_eq!(
+        &with_bos[1..],
+        &plain[..],
+        "exactly one BOS, only when asked"
+    );
     assert!(!plain.contains(&bos));
     assert_eq!(p.detokenize(&plain).unwrap(), "Hello world");
     let pieces = p.pieces(&with_bos).unwrap();
@@ -220,18 +343,54 @@ fn info_is_filled_from_bitnet_cpp() {
     let i = p.info().clone();
     eprintln!("{i:#?}");
     assert_eq!(i.arch, "bitnet-b1.58");
-    assert_eq!((i.n_embd, i.n_layer, i.n_head, i.n_head_kv, i.head_dim, i.n_ff), (256, 2, 8, 2, 32, 512));
+    assert_eq!(
+        (
+            i.n_embd,
+            i.n_layer,
+            i.n_head,
+            i.n_head_kv,
+            i.head_dim,
+            i.n_ff
+        ),
+        (256, 2, 8, 2, 32, 512)
+    );
     assert_eq!((i.rope_freq_base, i.rms_eps), (500_000.0, 1e-5));
     assert_eq!(i.n_ctx, i.n_ctx_train.min(4096));
     assert!(i.threads >= 1);
-    assert!(i.implementation.starts_with("bitnet.cpp"), "{}", i.implementation);
+    assert!(
+        i.implementation.starts_with("bitnet.cpp"),
+        "{}",
+        i.implementation
+    );
     assert_eq!(i.weight_types.get("tq2_0"), Some(&14));
-    let engine = engine::engine_probe::EngineProbe::open(&OpenRequest::new(engine::forge::forged("tiny158-tq2", 1).unwrap()));
+    let engine = engine::engine_probe::EngineProbe::open(&OpenRequest::new(
+        engine::forge::forged("tiny158-tq2", 1).unwrap(),
+    ));
     if let Ok(e) = engine {
         let e = e.info();
         assert_eq!(
-            (&e.arch, e.n_vocab, e.n_embd, e.n_head_kv, e.head_dim, e.n_ff, e.bos, e.eos, &e.weight_types),
-            (&i.arch, i.n_vocab, i.n_embd, i.n_head_kv, i.head_dim, i.n_ff, i.bos, i.eos, &i.weight_types),
+            (
+                &e.arch,
+                e.n_vocab,
+                e.n_embd,
+                e.n_head_kv,
+                e.head_dim,
+                e.n_ff,
+                e.bos,
+                e.eos,
+                &e.weight_types
+            ),
+            (
+                &i.arch,
+                i.n_vocab,
+                i.n_embd,
+                i.n_head_kv,
+                i.head_dim,
+                i.n_ff,
+                i.bos,
+                i.eos,
+                &i.weight_types
+            ),
             "engine and oracle read the same file"
         );
     }

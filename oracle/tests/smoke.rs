@@ -8,16 +8,26 @@ fn loads_forged_tiny_i2s_and_tokenizes() {
     let model = Model::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(model.n_vocab() > 256, "n_vocab {}", model.n_vocab());
     let tokens = model.tokenize("Hello world", false, false).unwrap();
-    eprintln!("{}: n_vocab {}, \"Hello world\" -> {tokens:?}", path.display(), model.n_vocab());
+    eprintln!(
+        "{}: n_vocab {}, \"Hello world\" -> {tokens:?}",
+        path.display(),
+        model.n_vocab()
+    );
     assert!(!tokens.is_empty());
     let with_bos = model.tokenize("Hello world", true, false).unwrap();
-    assert_eq!(with_bos.len(), tokens.len() + 1, "{with_bos:?} vs {tokens:?}");
+    assert_eq!(
+        with_bos.len(),
+        tokens.len() + 1,
+        "{with_bos:?} vs {tokens:?}"
+    );
     assert_eq!(&with_bos[1..], &tokens[..]);
 }
 
 #[test]
 fn missing_model_is_a_load_error() {
-    let err = Model::load(std::path::Path::new("/nonexistent/model.gguf")).err().unwrap();
+    let err = Model::load(std::path::Path::new("/nonexistent/model.gguf"))
+        .err()
+        .unwrap();
     assert!(matches!(err, probe::Error::Load { .. }), "{err}");
 }
 
@@ -29,6 +39,8 @@ fn garbage_model_is_a_load_error_with_bitnet_cpp_words() {
     std::fs::write(&path, b"not a gguf file at all").unwrap();
     let err = Model::load(&path).err().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    let probe::Error::Load { message, .. } = &err else { panic!("{err}") };
+    let probe::Error::Load { message, .. } = &err else {
+        panic!("{err}")
+    };
     assert!(!message.is_empty(), "{err}");
 }

@@ -28,11 +28,19 @@ impl Capture {
 
     /// Every stage, every layer, every position.
     pub fn all() -> Self {
-        Capture { stages: Stage::ALL.to_vec(), layers: None, positions: None }
+        Capture {
+            stages: Stage::ALL.to_vec(),
+            layers: None,
+            positions: None,
+        }
     }
 
     pub fn stages(stages: impl IntoIterator<Item = Stage>) -> Self {
-        Capture { stages: stages.into_iter().collect(), layers: None, positions: None }
+        Capture {
+            stages: stages.into_iter().collect(),
+            layers: None,
+            positions: None,
+        }
     }
 
     pub fn with_layers(mut self, layers: impl IntoIterator<Item = u32>) -> Self {
@@ -61,7 +69,9 @@ impl Capture {
     }
 
     pub fn wants_position(&self, position: u32) -> bool {
-        self.positions.as_ref().is_none_or(|ps| ps.contains(&position))
+        self.positions
+            .as_ref()
+            .is_none_or(|ps| ps.contains(&position))
     }
 
     pub fn wants(&self, stage: Stage, layer: Option<u32>, position: u32) -> bool {
@@ -75,11 +85,16 @@ mod tests {
 
     #[test]
     fn selection() {
-        let c = Capture::stages([Stage::AttnQ, Stage::ResultNorm]).with_layers([1]).with_positions([0, 2]);
+        let c = Capture::stages([Stage::AttnQ, Stage::ResultNorm])
+            .with_layers([1])
+            .with_positions([0, 2]);
         assert!(c.wants(Stage::AttnQ, Some(1), 2));
         assert!(!c.wants(Stage::AttnQ, Some(0), 2));
         assert!(!c.wants(Stage::AttnQ, Some(1), 1));
-        assert!(c.wants(Stage::ResultNorm, None, 0), "global stages ignore the layer filter");
+        assert!(
+            c.wants(Stage::ResultNorm, None, 0),
+            "global stages ignore the layer filter"
+        );
         assert!(!c.wants(Stage::FfnUp, Some(1), 0));
         assert!(Capture::none().is_empty());
         assert!(Capture::all().wants(Stage::LOut, Some(29), 4000));

@@ -19,7 +19,12 @@ pub enum Error {
     Backend(String),
     /// The probe's process died. `stderr_tail` holds its last lines (a GGML_ASSERT, say).
     #[error("{probe} exited ({status}) during {during}; its stderr ends with:\n{stderr_tail}")]
-    Crashed { probe: String, status: String, during: String, stderr_tail: String },
+    Crashed {
+        probe: String,
+        status: String,
+        during: String,
+        stderr_tail: String,
+    },
     /// The two sides of the wire protocol misunderstood each other.
     #[error("wire protocol: {0}")]
     Protocol(String),

@@ -50,7 +50,12 @@ pub struct OpenRequest {
 
 impl OpenRequest {
     pub fn new(model: impl Into<PathBuf>) -> Self {
-        OpenRequest { model: model.into(), threads: 0, n_ctx: 0, options: BTreeMap::new() }
+        OpenRequest {
+            model: model.into(),
+            threads: 0,
+            n_ctx: 0,
+            options: BTreeMap::new(),
+        }
     }
 
     pub fn threads(mut self, threads: usize) -> Self {
@@ -122,7 +127,12 @@ pub enum Sampling {
     Greedy,
     /// Temperature → top-k → top-p → draw with a seeded RNG. Reproducible for one probe;
     /// two probes need not draw the same tokens.
-    Seeded { temperature: f32, top_k: u32, top_p: f32, seed: u64 },
+    Seeded {
+        temperature: f32,
+        top_k: u32,
+        top_p: f32,
+        seed: u64,
+    },
 }
 
 /// A generation request: prefill `prompt`, then decode up to `max_tokens` one at a time.
@@ -218,7 +228,11 @@ pub trait Probe {
 
     /// [`Probe::generate`], calling `on_token` with each token as soon as it is chosen (for
     /// streaming output). Implementations override one of the two.
-    fn generate_with(&mut self, request: &GenerateRequest, on_token: &mut dyn FnMut(Token)) -> Result<Generation> {
+    fn generate_with(
+        &mut self,
+        request: &GenerateRequest,
+        on_token: &mut dyn FnMut(Token),
+    ) -> Result<Generation> {
         let g = self.generate(request)?;
         g.tokens.iter().for_each(|&t| on_token(t));
         Ok(g)
@@ -237,7 +251,6 @@ pub fn argmax(values: &[f32]) -> Token {
     }
     best as Token
 }
-
 
 /// One implementation's half of [`Probe::generate_with`]: the prompt pass and one decode step.
 /// [`drive_generation`] does the rest, so every probe means the same thing by "step".
@@ -292,7 +305,9 @@ pub fn drive_generation(
     on_token: &mut dyn FnMut(Token),
 ) -> Result<Generation> {
     if req.prompt.is_empty() {
-        return Err(Error::InvalidRequest("generate with an empty prompt".into()));
+        return Err(Error::InvalidRequest(
+            "generate with an empty prompt".into(),
+        ));
     }
     let steps_wanted = req.max_tokens.saturating_sub(1);
     limits.check(&req.prompt, 0)?;
@@ -333,10 +348,27 @@ pub fn drive_generation(
         chosen = c;
         on_token(chosen);
         tokens.push(chosen);
-        steps.push(DecodeStep { position, input, chosen, logits, stages });
+        steps.push(DecodeStep {
+            position,
+            input,
+            chosen,
+            logits,
+            stages,
+        });
     }
-    let tokens = if req.max_tokens == 0 { Vec::new() } else { tokens };
-    Ok(Generation { prefill, first, steps, tokens, prefill_seconds, decode_seconds: t1.elapsed().as_secs_f64() })
+    let tokens = if req.max_tokens == 0 {
+        Vec::new()
+    } else {
+        tokens
+    };
+    Ok(Generation {
+        prefill,
+        first,
+        steps,
+        tokens,
+        prefill_seconds,
+        decode_seconds: t1.elapsed().as_secs_f64(),
+    })
 }
 
 #[cfg(test)]

@@ -118,17 +118,27 @@ impl Stage {
 
     /// Whether the stage exists once per layer (`blk.N.*`) rather than once per pass.
     pub fn is_per_layer(self) -> bool {
-        !matches!(self, Stage::InpEmbd | Stage::ResultNorm | Stage::ResultOutput)
+        !matches!(
+            self,
+            Stage::InpEmbd | Stage::ResultNorm | Stage::ResultOutput
+        )
     }
 
     /// Position in evaluation order within one layer (or of the global stages).
     pub fn order(self) -> usize {
-        Stage::ALL.iter().position(|s| *s == self).unwrap_or(usize::MAX)
+        Stage::ALL
+            .iter()
+            .position(|s| *s == self)
+            .unwrap_or(usize::MAX)
     }
 
     /// The comma-separated list of valid names, for error messages.
     pub fn valid_names() -> String {
-        Stage::ALL.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+        Stage::ALL
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -183,16 +193,20 @@ impl std::str::FromStr for StageId {
                 .parse()
                 .map_err(|_| format!("'{s}': layer '{layer}' is not a number"))?;
             let stage = Stage::from_name(name).ok_or_else(|| {
-                format!("'{s}': unknown stage '{name}' (valid: {})", Stage::valid_names())
+                format!(
+                    "'{s}': unknown stage '{name}' (valid: {})",
+                    Stage::valid_names()
+                )
             })?;
             if !stage.is_per_layer() {
-                return Err(format!("'{s}': stage '{name}' is not per-layer; write it bare"));
+                return Err(format!(
+                    "'{s}': stage '{name}' is not per-layer; write it bare"
+                ));
             }
             Ok(StageId::new(stage, Some(layer)))
         } else {
-            let stage = Stage::from_name(s).ok_or_else(|| {
-                format!("unknown stage '{s}' (valid: {})", Stage::valid_names())
-            })?;
+            let stage = Stage::from_name(s)
+                .ok_or_else(|| format!("unknown stage '{s}' (valid: {})", Stage::valid_names()))?;
             if stage.is_per_layer() {
                 return Err(format!("'{s}' is per-layer: write blk.N.{s}"));
             }
@@ -221,25 +235,40 @@ mod tests {
         let id = StageId::new(Stage::AttnQ, Some(3));
         assert_eq!(id.to_string(), "blk.3.attn_q");
         assert_eq!("blk.3.attn_q".parse::<StageId>().unwrap(), id);
-        assert_eq!("result_norm".parse::<StageId>().unwrap(), StageId::new(Stage::ResultNorm, None));
+        assert_eq!(
+            "result_norm".parse::<StageId>().unwrap(),
+            StageId::new(Stage::ResultNorm, None)
+        );
         assert!("blk.x.attn_q".parse::<StageId>().is_err());
-        assert!("blk.1.nonsense".parse::<StageId>().unwrap_err().contains("valid:"));
+        assert!("blk.1.nonsense"
+            .parse::<StageId>()
+            .unwrap_err()
+            .contains("valid:"));
         assert!("attn_q".parse::<StageId>().is_err());
     }
 
     #[test]
     fn eval_order_puts_layers_between_embedding_and_head() {
-        let mut ids = [StageId::new(Stage::ResultOutput, None),
+        let mut ids = [
+            StageId::new(Stage::ResultOutput, None),
             StageId::new(Stage::LOut, Some(1)),
             StageId::new(Stage::AttnNorm, Some(1)),
             StageId::new(Stage::FfnDown, Some(0)),
             StageId::new(Stage::InpEmbd, None),
-            StageId::new(Stage::ResultNorm, None)];
+            StageId::new(Stage::ResultNorm, None),
+        ];
         ids.sort_by_key(|i| i.eval_key());
         let names: Vec<_> = ids.iter().map(|i| i.to_string()).collect();
         assert_eq!(
             names,
-            ["inp_embd", "blk.0.ffn_down", "blk.1.attn_norm", "blk.1.l_out", "result_norm", "result_output"]
+            [
+                "inp_embd",
+                "blk.0.ffn_down",
+                "blk.1.attn_norm",
+                "blk.1.l_out",
+                "result_norm",
+                "result_output"
+            ]
         );
     }
 }

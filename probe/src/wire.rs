@@ -22,7 +22,10 @@
 //! number of `tokenize`, `pieces`, `forward`, `generate`, each answered by one reply. End of
 //! input ends the server. See [`Request`] and [`Response`] for the JSON shapes.
 
-use crate::{Capture, Error, Forward, GenerateRequest, Generation, ModelInfo, OpenRequest, Probe, Result, Token};
+use crate::{
+    Capture, Error, Forward, GenerateRequest, Generation, ModelInfo, OpenRequest, Probe, Result,
+    Token,
+};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -36,9 +39,18 @@ use std::sync::{Arc, Mutex};
 #[serde(tag = "op", content = "args", rename_all = "snake_case")]
 pub enum Request {
     Open(OpenRequest),
-    Tokenize { text: String, add_bos: bool, parse_special: bool },
-    Pieces { ids: Vec<Token> },
-    Forward { tokens: Vec<Token>, capture: Capture },
+    Tokenize {
+        text: String,
+        add_bos: bool,
+        parse_special: bool,
+    },
+    Pieces {
+        ids: Vec<Token>,
+    },
+    Forward {
+        tokens: Vec<Token>,
+        capture: Capture,
+    },
     Generate(GenerateRequest),
 }
 
@@ -103,7 +115,9 @@ fn put_blob(v: &[f32]) -> Option<usize> {
 fn take_blob<E: serde::de::Error>(i: usize) -> std::result::Result<Vec<f32>, E> {
     SOURCE.with(|s| {
         let mut s = s.borrow_mut();
-        let blobs = s.as_mut().ok_or_else(|| E::custom("blob reference outside a wire frame"))?;
+        let blobs = s
+            .as_mut()
+            .ok_or_else(|| E::custom("blob reference outside a wire frame"))?;
         blobs
             .get_mut(i)
             .and_then(Option::take)
@@ -136,7 +150,10 @@ pub mod blob_opt {
     use super::*;
     use serde::{Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(v: &Option<Vec<f32>>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        v: &Option<Vec<f32>>,
+        s: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
         match v {
             None => s.serialize_none(),
             Some(v) => match put_blob(v) {
@@ -146,7 +163,9 @@ pub mod blob_opt {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Vec<f32>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<Option<Vec<f32>>, D::Error> {
         match Option::<BlobRepr>::deserialize(d)? {
             None => Ok(None),
             Some(BlobRepr::Blob { blob }) => take_blob(blob).map(Some),
@@ -188,7 +207,9 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Result
     r.read_exact(&mut len[1..])?;
     let json_len = u32::from_le_bytes(len);
     if json_len > MAX_JSON {
-        return Err(invalid(format!("frame JSON length {json_len} exceeds {MAX_JSON}")));
+        return Err(invalid(format!(
+            "frame JSON length {json_len} exceeds {MAX_JSON}"
+        )));
     }
     let mut json = vec![0u8; json_len as usize];
     r.read_exact(&mut json)?;
@@ -200,17 +221,24 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Result
         r.read_exact(&mut n)?;
         let n = u64::from_le_bytes(n);
         if n > MAX_BLOB_FLOATS {
-            return Err(invalid(format!("blob {i} claims {n} floats, limit {MAX_BLOB_FLOATS}")));
+            return Err(invalid(format!(
+                "blob {i} claims {n} floats, limit {MAX_BLOB_FLOATS}"
+            )));
         }
         let mut bytes = vec![0u8; n as usize * 4];
         r.read_exact(&mut bytes)?;
-        let floats = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let floats = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         blobs.push(Some(floats));
     }
     SOURCE.with(|s| *s.borrow_mut() = Some(blobs));
     let parsed = serde_json::from_slice(&json);
     SOURCE.with(|s| *s.borrow_mut() = None);
-    parsed.map(Some).map_err(|e| invalid(format!("bad frame JSON: {e}")))
+    parsed
+        .map(Some)
+        .map_err(|e| invalid(format!("bad frame JSON: {e}")))
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -243,12 +271,22 @@ pub fn serve<P: Probe>(
                     Err(e) => Response::Error(e),
                 }
             }
-            (_, None) => Response::Error(Error::InvalidRequest(format!("'{}' before 'open'", req.op()))),
-            (Request::Tokenize { text, add_bos, parse_special }, Some(p)) => {
-                reply(p.tokenize(text, *add_bos, *parse_special), Response::Tokens)
-            }
+            (_, None) => Response::Error(Error::InvalidRequest(format!(
+                "'{}' before 'open'",
+                req.op()
+            ))),
+            (
+                Request::Tokenize {
+                    text,
+                    add_bos,
+                    parse_special,
+                },
+                Some(p),
+            ) => reply(p.tokenize(text, *add_bos, *parse_special), Response::Tokens),
             (Request::Pieces { ids }, Some(p)) => reply(p.pieces(ids), Response::Pieces),
-            (Request::Forward { tokens, capture }, Some(p)) => reply(p.forward(tokens, capture), Response::Forward),
+            (Request::Forward { tokens, capture }, Some(p)) => {
+                reply(p.forward(tokens, capture), Response::Forward)
+            }
             (Request::Generate(g), Some(p)) => {
                 // Stream each token as a `token` frame; a failed write ends the stream quietly
                 // (the final reply's write reports it).
@@ -299,7 +337,12 @@ pub struct RemoteProbe {
 
 impl RemoteProbe {
     /// Starts `program args…` and opens the model. `label` names the probe in errors.
-    pub fn spawn(label: &str, program: impl Into<PathBuf>, args: &[&str], open: OpenRequest) -> Result<Self> {
+    pub fn spawn(
+        label: &str,
+        program: impl Into<PathBuf>,
+        args: &[&str],
+        open: OpenRequest,
+    ) -> Result<Self> {
         let mut rp = RemoteProbe {
             label: label.to_string(),
             program: program.into(),
@@ -324,7 +367,13 @@ impl RemoteProbe {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| Error::Io(format!("cannot start {} ({}): {e}", self.label, self.program.display())))?;
+            .map_err(|e| {
+                Error::Io(format!(
+                    "cannot start {} ({}): {e}",
+                    self.label,
+                    self.program.display()
+                ))
+            })?;
         let stdin = BufWriter::with_capacity(1 << 20, child.stdin.take().expect("piped stdin"));
         let stdout = BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped stdout"));
         let stderr = child.stderr.take().expect("piped stderr");
@@ -340,7 +389,13 @@ impl RemoteProbe {
                 t.push_back(String::from_utf8_lossy(&line).into_owned());
             }
         });
-        Ok(Server { child, stdin, stdout, stderr_tail, stderr_thread: Some(stderr_thread) })
+        Ok(Server {
+            child,
+            stdin,
+            stdout,
+            stderr_tail,
+            stderr_thread: Some(stderr_thread),
+        })
     }
 
     fn ensure_open(&mut self) -> Result<()> {
@@ -366,7 +421,11 @@ impl RemoteProbe {
     }
 
     /// As `exchange`, passing `token` frames that precede the reply to `on_token`.
-    fn exchange_with(&mut self, req: &Request, on_token: &mut dyn FnMut(Token)) -> Result<Response> {
+    fn exchange_with(
+        &mut self,
+        req: &Request,
+        on_token: &mut dyn FnMut(Token),
+    ) -> Result<Response> {
         let server = self.server.as_mut().expect("server started");
         let io = write_frame(&mut server.stdin, req).and_then(|_| loop {
             match read_frame::<Response>(&mut server.stdout)? {
@@ -380,7 +439,11 @@ impl RemoteProbe {
             Ok(None) => Err(self.crashed(req.op())),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 self.shutdown();
-                Err(Error::Protocol(format!("{} replied to '{}' with an unreadable frame: {e}", self.label, req.op())))
+                Err(Error::Protocol(format!(
+                    "{} replied to '{}' with an unreadable frame: {e}",
+                    self.label,
+                    req.op()
+                )))
             }
             Err(_) => Err(self.crashed(req.op())),
         }
@@ -448,7 +511,10 @@ fn describe_status(s: std::process::ExitStatus) -> String {
 }
 
 fn unexpected(r: Response, wanted: &str) -> Error {
-    let got = serde_json::to_value(&r).ok().and_then(|v| v.get("reply").cloned()).unwrap_or_default();
+    let got = serde_json::to_value(&r)
+        .ok()
+        .and_then(|v| v.get("reply").cloned())
+        .unwrap_or_default();
     Error::Protocol(format!("expected reply '{wanted}', got {got}"))
 }
 
@@ -481,7 +547,11 @@ impl Probe for RemoteProbe {
     }
 
     fn tokenize(&mut self, text: &str, add_bos: bool, parse_special: bool) -> Result<Vec<Token>> {
-        match self.call(Request::Tokenize { text: text.to_string(), add_bos, parse_special })? {
+        match self.call(Request::Tokenize {
+            text: text.to_string(),
+            add_bos,
+            parse_special,
+        })? {
             Response::Tokens(t) => Ok(t),
             other => Err(unexpected(other, "tokens")),
         }
@@ -495,13 +565,20 @@ impl Probe for RemoteProbe {
     }
 
     fn forward(&mut self, tokens: &[Token], capture: &Capture) -> Result<Forward> {
-        match self.call(Request::Forward { tokens: tokens.to_vec(), capture: capture.clone() })? {
+        match self.call(Request::Forward {
+            tokens: tokens.to_vec(),
+            capture: capture.clone(),
+        })? {
             Response::Forward(f) => Ok(f),
             other => Err(unexpected(other, "forward")),
         }
     }
 
-    fn generate_with(&mut self, request: &GenerateRequest, on_token: &mut dyn FnMut(Token)) -> Result<Generation> {
+    fn generate_with(
+        &mut self,
+        request: &GenerateRequest,
+        on_token: &mut dyn FnMut(Token),
+    ) -> Result<Generation> {
         self.ensure_open()?;
         match self.exchange_with(&Request::Generate(request.clone()), on_token)? {
             Response::Generation(g) => Ok(g),
@@ -535,9 +612,15 @@ mod tests {
         let mut buf = Vec::new();
         write_frame(&mut buf, &msg).unwrap();
         let back: Response = read_frame(&mut buf.as_slice()).unwrap().unwrap();
-        let (Response::Forward(a), Response::Forward(b)) = (&msg, &back) else { panic!("wrong variant") };
+        let (Response::Forward(a), Response::Forward(b)) = (&msg, &back) else {
+            panic!("wrong variant")
+        };
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&a.logits), bits(&b.logits), "NaN, -0.0 and Inf survive the wire");
+        assert_eq!(
+            bits(&a.logits),
+            bits(&b.logits),
+            "NaN, -0.0 and Inf survive the wire"
+        );
         assert_eq!(a.stages, b.stages);
         // The JSON part refers to blobs instead of inlining the floats.
         let json_len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
@@ -547,7 +630,11 @@ mod tests {
 
     #[test]
     fn plain_json_inlines_arrays() {
-        let f = Forward { n_vocab: 1, logits: vec![0.5], stages: vec![] };
+        let f = Forward {
+            n_vocab: 1,
+            logits: vec![0.5],
+            stages: vec![],
+        };
         let json = serde_json::to_string(&f).unwrap();
         assert!(json.contains("[0.5]"), "{json}");
         let back: Forward = serde_json::from_str(&json).unwrap();
@@ -559,9 +646,15 @@ mod tests {
         let mut buf = Vec::new();
         write_frame(&mut buf, &Response::Forward(sample_forward())).unwrap();
         for cut in 1..buf.len() {
-            assert!(read_frame::<Response>(&mut &buf[..cut]).is_err(), "prefix of {cut} bytes accepted");
+            assert!(
+                read_frame::<Response>(&mut &buf[..cut]).is_err(),
+                "prefix of {cut} bytes accepted"
+            );
         }
-        assert!(read_frame::<Response>(&mut &[][..]).unwrap().is_none(), "clean EOF");
+        assert!(
+            read_frame::<Response>(&mut &[][..]).unwrap().is_none(),
+            "clean EOF"
+        );
         let mut huge = (MAX_JSON + 1).to_le_bytes().to_vec();
         huge.extend_from_slice(&[0; 16]);
         assert!(read_frame::<Response>(&mut huge.as_slice()).is_err());
@@ -569,9 +662,16 @@ mod tests {
 
     #[test]
     fn requests_have_readable_json() {
-        let r = Request::Tokenize { text: "hi".into(), add_bos: true, parse_special: false };
+        let r = Request::Tokenize {
+            text: "hi".into(),
+            add_bos: true,
+            parse_special: false,
+        };
         let json = serde_json::to_string(&r).unwrap();
-        assert_eq!(json, r#"{"op":"tokenize","args":{"text":"hi","add_bos":true,"parse_special":false}}"#);
+        assert_eq!(
+            json,
+            r#"{"op":"tokenize","args":{"text":"hi","add_bos":true,"parse_special":false}}"#
+        );
     }
 
     struct Mock(ModelInfo);
@@ -580,7 +680,11 @@ mod tests {
             &self.0
         }
         fn tokenize(&mut self, text: &str, add_bos: bool, _: bool) -> Result<Vec<Token>> {
-            Ok(add_bos.then_some(99).into_iter().chain(text.bytes().map(Token::from)).collect())
+            Ok(add_bos
+                .then_some(99)
+                .into_iter()
+                .chain(text.bytes().map(Token::from))
+                .collect())
         }
         fn pieces(&mut self, ids: &[Token]) -> Result<Vec<Vec<u8>>> {
             Ok(ids.iter().map(|&i| vec![i as u8]).collect())
@@ -598,14 +702,33 @@ mod tests {
         let mut input = Vec::new();
         write_frame(&mut input, &Request::Pieces { ids: vec![65] }).unwrap();
         write_frame(&mut input, &Request::Open(OpenRequest::new("m.gguf"))).unwrap();
-        write_frame(&mut input, &Request::Tokenize { text: "AB".into(), add_bos: true, parse_special: false }).unwrap();
-        write_frame(&mut input, &Request::Forward { tokens: vec![1, 2], capture: Capture::none() }).unwrap();
+        write_frame(
+            &mut input,
+            &Request::Tokenize {
+                text: "AB".into(),
+                add_bos: true,
+                parse_special: false,
+            },
+        )
+        .unwrap();
+        write_frame(
+            &mut input,
+            &Request::Forward {
+                tokens: vec![1, 2],
+                capture: Capture::none(),
+            },
+        )
+        .unwrap();
         let mut output = Vec::new();
-        serve(|o| {
-            let mut info = placeholder_info();
-            info.name = o.model.display().to_string();
-            Ok(Mock(info))
-        }, input.as_slice(), &mut output)
+        serve(
+            |o| {
+                let mut info = placeholder_info();
+                info.name = o.model.display().to_string();
+                Ok(Mock(info))
+            },
+            input.as_slice(),
+            &mut output,
+        )
         .unwrap();
         let mut out = output.as_slice();
         let mut replies = Vec::new();
@@ -613,9 +736,14 @@ mod tests {
             replies.push(r);
         }
         assert_eq!(replies.len(), 4);
-        assert!(matches!(&replies[0], Response::Error(Error::InvalidRequest(m)) if m.contains("before 'open'")));
+        assert!(
+            matches!(&replies[0], Response::Error(Error::InvalidRequest(m)) if m.contains("before 'open'"))
+        );
         assert!(matches!(&replies[1], Response::Opened(i) if i.name == "m.gguf"));
         assert_eq!(replies[2], Response::Tokens(vec![99, 65, 66]));
-        assert_eq!(replies[3], Response::Error(Error::InvalidRequest("2 tokens".into())));
+        assert_eq!(
+            replies[3],
+            Response::Error(Error::InvalidRequest("2 tokens".into()))
+        );
     }
 }

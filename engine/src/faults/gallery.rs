@@ -24,7 +24,12 @@ pub(super) fn embed_transposed(m: &Model, tokens: &[u32], x: &mut [f32]) {
     let table = m.bytes(&m.token_embd);
     let at = |i: usize| match m.token_embd.ty {
         GgmlType::F16 => f16::from_le_bytes([table[2 * i], table[2 * i + 1]]).to_f32(),
-        _ => f32::from_le_bytes([table[4 * i], table[4 * i + 1], table[4 * i + 2], table[4 * i + 3]]),
+        _ => f32::from_le_bytes([
+            table[4 * i],
+            table[4 * i + 1],
+            table[4 * i + 2],
+            table[4 * i + 3],
+        ]),
     };
     for (row, &t) in x.chunks_exact_mut(d).zip(tokens) {
         for (j, o) in row.iter_mut().enumerate() {
@@ -105,7 +110,12 @@ pub(super) fn matmul_i2s(fault: Fault, w: &WeightView, x: &[f32], out: &mut [f32
     };
     let mut q = vec![0i8; nt * cols];
     let act: Vec<(f32, i32)> = (0..nt)
-        .map(|t| i2s::quantize_row_i8_s(&x[t * cols..(t + 1) * cols], &mut q[t * cols..(t + 1) * cols]))
+        .map(|t| {
+            i2s::quantize_row_i8_s(
+                &x[t * cols..(t + 1) * cols],
+                &mut q[t * cols..(t + 1) * cols],
+            )
+        })
         .collect();
     let rb = i2s::row_bytes(cols);
     let per_row: Vec<Vec<f32>> = (0..rows)
@@ -152,7 +162,11 @@ pub(super) fn attention(
     out: &mut [f32],
 ) {
     let simd = Simd::current();
-    let AttnShape { n_head, n_head_kv, head_dim } = shape;
+    let AttnShape {
+        n_head,
+        n_head_kv,
+        head_dim,
+    } = shape;
     let (qrow, kvrow) = (n_head * head_dim, n_head_kv * head_dim);
     let nt = q.len() / qrow;
     let group = n_head / n_head_kv;
@@ -160,41 +174,64 @@ pub(super) fn attention(
     let scale = 1.0f32 / (head_dim as f32).sqrt();
     let (kb, vb) = (bytes_of(k_cache), bytes_of(v_cache));
     let kq_sgemm = n_head == 1 && sgemm::accepts(nt, head_dim);
-    let order = if sgemm::accepts(nt, n_kv) { KqvOrder::TinyBlas } else { KqvOrder::VecDotF16 };
-    out.par_chunks_mut(head_dim).enumerate().for_each(|(task, o)| {
-        let (t, h) = (task / n_head, task % n_head);
-        let kvh = if fault == Fault::GqaSequential { h % n_head_kv } else { h / group };
-        let mut visible = n_past + t + 1;
-        if fault == Fault::CausalOffByOne {
-            visible = (visible + 1).min(n_kv).min(slots);
-        }
-        let krow = |j: usize| &kb[2 * (j * kvrow + kvh * head_dim)..2 * (j * kvrow + (kvh + 1) * head_dim)];
-        let qt = &q[t * qrow + h * head_dim..t * qrow + (h + 1) * head_dim];
-        let mut row = vec![0f32; visible];
-        if kq_sgemm {
-            for (j, s) in row.iter_mut().enumerate() {
-                *s = sgemm::dot_f16_with(simd, krow(j), qt);
+    let order = if sgemm::accepts(nt, n_kv) {
+        KqvOrder::TinyBlas
+    } else {
+        KqvOrder::VecDotF16
+    };
+    out.par_chunks_mut(head_dim)
+        .enumerate()
+        .for_each(|(task, o)| {
+            let (t, h) = (task / n_head, task % n_head);
+            let kvh = if fault == Fault::GqaSequential {
+                h % n_head_kv
+            } else {
+                h / group
+            };
+            let mut visible = n_past + t + 1;
+            if fault == Fault::CausalOffByOne {
+                visible = (visible + 1).min(n_kv).min(slots);
             }
-        } else {
-            let mut qh = vec![0f32; head_dim];
-            dot::round_to_f16(qt, &mut qh);
-            for (j, s) in row.iter_mut().enumerate() {
-                *s = dot::vec_dot_f16_with(simd, krow(j), &qh);
+            let krow = |j: usize| {
+                &kb[2 * (j * kvrow + kvh * head_dim)..2 * (j * kvrow + (kvh + 1) * head_dim)]
+            };
+            let qt = &q[t * qrow + h * head_dim..t * qrow + (h + 1) * head_dim];
+            let mut row = vec![0f32; visible];
+            if kq_sgemm {
+                for (j, s) in row.iter_mut().enumerate() {
+                    *s = sgemm::dot_f16_with(simd, krow(j), qt);
+                }
+            } else {
+                let mut qh = vec![0f32; head_dim];
+                dot::round_to_f16(qt, &mut qh);
+                for (j, s) in row.iter_mut().enumerate() {
+                    *s = dot::vec_dot_f16_with(simd, krow(j), &qh);
+                }
             }
-        }
-        if fault == Fault::SoftmaxNoMax {
-            soft_max_no_max_row(&mut row, scale, n_kv);
-        } else {
-            soft_max_ext_row_with(simd, &mut row, None, scale, n_kv);
-        }
-        if order == KqvOrder::VecDotF16 {
-            for p in row.iter_mut() {
-                *p = f16::from_f32(*p).to_f32();
+            if fault == Fault::SoftmaxNoMax {
+                soft_max_no_max_row(&mut row, scale, n_kv);
+            } else {
+                soft_max_ext_row_with(simd, &mut row, None, scale, n_kv);
             }
-        }
-        let mut acc = Vec::new();
-        kqv(simd, order, vb, kvrow, kvh * head_dim, head_dim, &row, n_kv, &mut acc, o);
-    });
+            if order == KqvOrder::VecDotF16 {
+                for p in row.iter_mut() {
+                    *p = f16::from_f32(*p).to_f32();
+                }
+            }
+            let mut acc = Vec::new();
+            kqv(
+                simd,
+                order,
+                vb,
+                kvrow,
+                kvh * head_dim,
+                head_dim,
+                &row,
+                n_kv,
+                &mut acc,
+                o,
+            );
+        });
 }
 
 /// [`soft_max_ext_row_with`] with the max taken as 0: `e = v_expf(w)` in chunks of 16 of

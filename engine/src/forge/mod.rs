@@ -201,7 +201,9 @@ pub fn forged(preset_name: &str, seed: u64) -> Result<PathBuf, ForgeError> {
 /// 2B-shaped ones are 1.2 GB each). Best effort: a file another process still maps stays
 /// readable until it is closed.
 fn prune_older_versions(dir: &Path, prefix: &str, keep: &str) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with(prefix) && name.ends_with(".gguf") && name != keep {

@@ -222,7 +222,9 @@ pub fn llama3() -> Result<Arc<Vocab>, ForgeError> {
 
 fn load_llama3(path: &Path) -> Result<Vocab, ForgeError> {
     if !path.exists() {
-        return Err(ForgeError::MissingAsset { path: path.to_path_buf() });
+        return Err(ForgeError::MissingAsset {
+            path: path.to_path_buf(),
+        });
     }
     // `base64(token bytes) rank` per line: the same reader the truth tokenizer uses.
     let ranked = crate::tokenizer::truth::load_ranks(path).map_err(|e| ForgeError::BadAsset {

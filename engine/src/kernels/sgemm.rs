@@ -46,7 +46,12 @@ pub fn accepts(n: usize, k: usize) -> bool {
 /// Whether the llamafile path is mirrored at all (see [`accepts`]).
 pub fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| !matches!(std::env::var("BITPROBE_LLAMAFILE").as_deref(), Ok("off" | "0" | "no")))
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("BITPROBE_LLAMAFILE").as_deref(),
+            Ok("off" | "0" | "no")
+        )
+    })
 }
 
 /// One tinyBLAS output element: f16 row `a` (raw LE bytes, `2·b.len()` of them) times f32

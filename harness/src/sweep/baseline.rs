@@ -227,8 +227,20 @@ pub fn compare(now: &Receipt, base: &Receipt, base_path: &Path, speed_drop: f64)
         }
         if let (Some(s), Some(bs)) = (&m.speed, &b.speed) {
             let pairs = [
-                ("prefill", s.prefill_ratio, s.prefill_ratio_range, bs.prefill_ratio, bs.prefill_ratio_range),
-                ("decode", s.decode_ratio, s.decode_ratio_range, bs.decode_ratio, bs.decode_ratio_range),
+                (
+                    "prefill",
+                    s.prefill_ratio,
+                    s.prefill_ratio_range,
+                    bs.prefill_ratio,
+                    bs.prefill_ratio_range,
+                ),
+                (
+                    "decode",
+                    s.decode_ratio,
+                    s.decode_ratio_range,
+                    bs.decode_ratio,
+                    bs.decode_ratio_range,
+                ),
             ];
             for (what, r, range, br, brange) in pairs {
                 if speed_dropped(r, range, br, brange, speed_drop) {

@@ -656,8 +656,14 @@ fn measure_speed(runs: &Runs, case: &Case, s: SpeedSettings) -> Result<Speed, St
         prompt_tokens: prompt.len(),
         decode_tokens: s.decode_tokens,
         reps: s.reps,
-        engine: ProbeSpeed { prefill_tok_s: med(&ep), decode_tok_s: med(&ed) },
-        oracle: ProbeSpeed { prefill_tok_s: med(&op), decode_tok_s: med(&od) },
+        engine: ProbeSpeed {
+            prefill_tok_s: med(&ep),
+            decode_tok_s: med(&ed),
+        },
+        oracle: ProbeSpeed {
+            prefill_tok_s: med(&op),
+            decode_tok_s: med(&od),
+        },
         prefill_ratio: pr.median,
         decode_ratio: dr.median,
         prefill_ratio_range: [pr.min, pr.max],

@@ -141,10 +141,17 @@ fn machine_line(r: &Receipt) -> String {
 fn model_facts(m: &ModelResult) -> Vec<String> {
     let mut f = vec![format!("source: {}", m.source)];
     if let Some(file) = &m.file {
-        f.push(format!("file: {file} ({} bytes, sha256 {})", m.bytes.unwrap_or(0), m.sha256.as_deref().unwrap_or("?")));
+        f.push(format!(
+            "file: {file} ({} bytes, sha256 {})",
+            m.bytes.unwrap_or(0),
+            m.sha256.as_deref().unwrap_or("?")
+        ));
     }
     if let (Some(a), Some(w), Some(l)) = (&m.arch, &m.weight_type, m.n_layer) {
-        f.push(format!("arch {a}, weights {w}, {l} layers, {} thread(s), tokenizer {}", m.threads, m.tokenizer));
+        f.push(format!(
+            "arch {a}, weights {w}, {l} layers, {} thread(s), tokenizer {}",
+            m.threads, m.tokenizer
+        ));
     }
     f.push(format!(
         "verdict: {} ({} pass, {} fail, {} ignored) in {:.1} s",
@@ -158,17 +165,29 @@ fn model_facts(m: &ModelResult) -> Vec<String> {
         f.push(format!("error: {e}"));
     }
     if let Some(d) = &m.first_divergence {
-        f.push(format!("first divergence: {} at {}, position {} ({} / {}): {}", d.stage, d.phase, d.position, d.case, d.prompt, d.detail));
+        f.push(format!(
+            "first divergence: {} at {}, position {} ({} / {}): {}",
+            d.stage, d.phase, d.position, d.case, d.prompt, d.detail
+        ));
     }
     if let Some(l) = &m.logits {
-        f.push(format!("logits: top-1 agree {}/{}, worst KL {}, worst NMSE {}", l.top1_agree, l.positions, sci(l.worst_kl), sci(l.worst_nmse)));
+        f.push(format!(
+            "logits: top-1 agree {}/{}, worst KL {}, worst NMSE {}",
+            l.top1_agree,
+            l.positions,
+            sci(l.worst_kl),
+            sci(l.worst_nmse)
+        ));
     }
     if let Some(t) = &m.tokenizer_parity {
         let truth = match (t.engine_eq_truth, t.oracle_eq_truth) {
             (Some(e), Some(x)) => format!(", engine = truth {e}, oracle = truth {x}"),
             _ => String::new(),
         };
-        f.push(format!("tokenizer parity over {} input×mode comparisons: engine = oracle {}{truth}", t.comparisons, t.engine_eq_oracle));
+        f.push(format!(
+            "tokenizer parity over {} input×mode comparisons: engine = oracle {}{truth}",
+            t.comparisons, t.engine_eq_oracle
+        ));
     }
     match (&m.speed, &m.speed_error) {
         (Some(s), _) => f.push(format!(
