@@ -7,7 +7,8 @@
 #      oracle/vendor/bitnet (gitignored) and checked against pinned sha256 sums.
 #   3. The Llama-3 vocabulary: tokenizer.model (and tokenizer.py, for its split regex) from
 #      PyPI llama-models 0.3.0, downloaded with pip (no install) into .cache/assets/.
-#   4. A first `cargo build --workspace --all-targets`, so the first `cargo test` is warm.
+#   4. Every scripts/setup.d/*.sh, in name order: one further pinned piece each.
+#   5. A first `cargo build --workspace --all-targets`, so the first `cargo test` is warm.
 #
 # Quiet when everything is already present; one progress line per step that does work.
 set -euo pipefail
@@ -128,7 +129,18 @@ EOF
     say "stored .cache/assets/llama3-tokenizer.model and llama3-tokenizer.py"
 fi
 
-# --- 4. warm build ------------------------------------------------------------------------
+# --- 4. further pieces ---------------------------------------------------------------------
+# Each scripts/setup.d/NN-*.sh fetches one more third-party piece (a reference, an engine, a
+# wheel) the same way: pinned by version and sha256, from a registry's own client, into a
+# gitignored folder; idempotent and quiet when present. They run in name order, sourced, so
+# they share ROOT, say, die, file_sha256 and tree_sha256.
+for step in "$ROOT"/scripts/setup.d/*.sh; do
+    [[ -e "$step" ]] || continue
+    # shellcheck source=/dev/null
+    source "$step"
+done
+
+# --- 5. warm build ------------------------------------------------------------------------
 # The first build compiles bitnet.cpp (about a minute on two cores); later ones are no-ops.
 if [[ ! -d "$ROOT/target/debug" ]]; then
     say "building the workspace (first build compiles bitnet.cpp, about a minute)"

@@ -89,6 +89,8 @@ impl EngineProbe {
                 crate::kernels::Simd::current().name()
             ),
             threads: threads as u32,
+            protocol: probe::PROTOCOL_VERSION,
+            capabilities: Some(probe::Capabilities::full()),
         };
         let _ = Arch::Bitnet;
         Ok(EngineProbe {

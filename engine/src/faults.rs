@@ -1,11 +1,12 @@
 //! Fault injection points of the forward pass.
 //!
 //! Every step of [`crate::forward`] that a real BitNet engine got wrong goes through a method
-//! of [`Fault`]. Without the `faults` cargo feature `Fault` has one variant, `None`, and each
-//! method is the correct computation, inlined: the engine contains no fault code paths. With
-//! the feature, the known-bug gallery (`bitprobe gallery`) can switch one fault on at a time:
-//! a second `Fault` with the same methods, whose faulty computations live in
-//! [`gallery`] (`faults/gallery.rs`) — the kernels in [`crate::kernels`] never change.
+//! of [`Fault`]. Each method is the correct computation, written once and inlined. Without
+//! the `faults` cargo feature `Fault` has one variant, `None`, and the engine contains no
+//! fault code paths. With the feature, the known-bug gallery (`bitprobe gallery`) can switch
+//! one fault on at a time: each method gains a `#[cfg(feature = "faults")]` branch that hands
+//! the faulty computation to `gallery` (`faults/gallery.rs`) — the kernels in
+//! [`crate::kernels`] never change.
 //!
 //! The faults are the bug classes of BITNET_NOTES §5, shipped by a Rust and a Zig BitNet
 //! engine that produced garbage for months while bitnet.cpp answered "Paris".
@@ -19,144 +20,82 @@ use crate::model::{Arch, Model};
 use half::f16;
 use probe::Stage;
 
-#[cfg(not(feature = "faults"))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Fault {
-    #[default]
-    None,
-}
-
-#[cfg(not(feature = "faults"))]
-impl Fault {
-    /// Names of the faults this build can inject (none without the `faults` feature).
-    pub const NAMES: &'static [&'static str] = &[];
-
-    pub fn from_name(name: &str) -> Result<Fault, String> {
-        match name {
-            "none" => Ok(Fault::None),
-            _ => Err(format!("fault '{name}': this build has no fault injection (rebuild with --features faults)")),
-        }
-    }
-
-    /// Whether BOS is added twice (a tokenizer-level fault).
-    #[inline(always)]
-    pub fn double_bos(self) -> bool {
-        false
-    }
-    #[inline(always)]
-    pub fn rms_eps(self, eps: f32) -> f32 {
-        eps
-    }
-    #[inline(always)]
-    pub fn embed(self, _m: &Model, _tokens: &[u32], _x: &mut [f32]) {}
-    #[inline(always)]
-    pub fn norm(self, x: &[f32], gamma: &[f32], eps: f32, out: &mut [f32], width: usize) {
-        rms_norm_rows(x, gamma, eps, out, width)
-    }
-    #[inline(always)]
-    pub fn sub_norm(
-        self,
-        _stage: Stage,
-        x: &[f32],
-        gamma: &[f32],
-        eps: f32,
-        out: &mut [f32],
-        width: usize,
-    ) {
-        rms_norm_rows(x, gamma, eps, out, width)
-    }
-    #[inline(always)]
-    pub fn matmul(self, w: &WeightView, x: &[f32], out: &mut [f32], mm: &mut Scratch) {
-        // Shapes and block multiples were validated when the model was loaded.
-        matmul(w, x, out, mm).expect("matmul shapes are validated at load")
-    }
-    #[inline(always)]
-    pub fn rope(self, x: &mut [f32], head_dim: usize, pos: u32, n_rot: usize, base: f32) {
-        rope_neox(x, head_dim, pos as i32, n_rot, base)
-    }
-    /// The KV-cache slot of the token at `pos`; `n_prefill` is the size of the session's
-    /// first batch (the prompt), so a fault can tell decode steps apart.
-    #[inline(always)]
-    pub fn kv_position(self, pos: usize, _n_prefill: usize) -> usize {
-        pos
-    }
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    pub fn attention(
-        self,
-        q: &[f32],
-        k: &[f16],
-        v: &[f16],
-        n_past: usize,
-        shape: AttnShape,
-        n_kv: usize,
-        out: &mut [f32],
-    ) {
-        attention(q, k, v, n_past, shape, n_kv, out, None)
-            .expect("attention shapes follow the model")
-    }
-    #[inline(always)]
-    pub fn act(self, arch: Arch, gate: &[f32], out: &mut [f32]) {
-        match arch {
-            Arch::Bitnet => silu(gate, out),
-            Arch::Bitnet158 => relu_sqr(gate, out),
-        }
-    }
-}
-
-#[cfg(feature = "faults")]
-mod gallery;
-
 /// One engine fault of the known-bug gallery, or `None`. "§5" is BITNET_NOTES §5: the bug
 /// classes a Rust and a Zig BitNet engine shipped (the notes do not say which engine shipped
 /// which); "issue 6" marks faults that list adds as plausible neighbours of those.
-#[cfg(feature = "faults")]
+///
+/// Without the `faults` feature only `None` exists and every method below is the correct
+/// computation, written once: the `#[cfg(feature = "faults")]` branches are the only fault
+/// code, and they are compiled out.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Fault {
     #[default]
     None,
     /// I2_S decoded in blocks of 256 values / 64 bytes instead of 128 / 32 (§5: wrong block size).
+    #[cfg(feature = "faults")]
     I2sBlock256,
     /// I2_S values read at shifts 0, 2, 4, 6 instead of 6, 4, 2, 0 (§5: wrong bit order).
+    #[cfg(feature = "faults")]
     I2sBitOrder,
     /// I2_S codes 0..3 mapped to {−2, −1, +1, +2} instead of {−1, 0, +1} (§5: wrong code map).
+    #[cfg(feature = "faults")]
     I2sCodeMap,
     /// The I2_S tensor scale never applied (§5: scale ignored).
+    #[cfg(feature = "faults")]
     I2sScaleIgnored,
     /// The I2_S tensor scale divided by instead of multiplied (issue 6).
+    #[cfg(feature = "faults")]
     I2sScaleInverted,
     /// SiLU where arch `bitnet-b1.58` wants ReLU² (§5).
+    #[cfg(feature = "faults")]
     SiluForRelu2,
     /// ReLU² where arch `bitnet` wants SiLU (§5, the same confusion the other way round).
+    #[cfg(feature = "faults")]
     Relu2ForSilu,
     /// `attn_sub_norm` never applied (§5: sub-norms never applied).
+    #[cfg(feature = "faults")]
     AttnSubNormSkipped,
     /// `ffn_sub_norm` never applied (§5: sub-norms never applied).
+    #[cfg(feature = "faults")]
     FfnSubNormSkipped,
     /// Every RMSNorm replaced by mean-subtracting LayerNorm (§5).
+    #[cfg(feature = "faults")]
     Layernorm,
     /// RMSNorm eps 1e-6 instead of the file's `layer_norm_rms_epsilon` (issue 6).
+    #[cfg(feature = "faults")]
     RmsEps1e6,
     /// RoPE on pairs (2i, 2i+1) instead of NEOX halves (i, i + n_rot/2) (§5: pair layout swapped).
+    #[cfg(feature = "faults")]
     RopeInterleaved,
     /// RoPE base 10000 whatever the file's `rope.freq_base` says (issue 6).
+    #[cfg(feature = "faults")]
     RopeBase10000,
     /// Query head h reads KV head h % n_head_kv instead of h / (n_head / n_head_kv) (§5: GQA heads mapped wrongly).
+    #[cfg(feature = "faults")]
     GqaSequential,
     /// BOS added twice: once by a template, once by the tokenizer (§5).
+    #[cfg(feature = "faults")]
     DoubleBos,
     /// I2_S matmul on f32 activations: no int8 activation quantization (§5: activations never quantized).
+    #[cfg(feature = "faults")]
     NoActQuant,
     /// Attention softmax without subtracting the row max: exp overflows on large scores (issue 6).
+    #[cfg(feature = "faults")]
     SoftmaxNoMax,
     /// Causal mask off by one: each position also sees the next one (§5: the C++ reference
     /// itself was once run with causal attention switched off; this is the subtle cousin).
+    #[cfg(feature = "faults")]
     CausalOffByOne,
     /// From the second decode step on, K/V written one slot early, over the previous token (issue 6).
+    #[cfg(feature = "faults")]
     KvWrongPosition,
     /// `token_embd` read transposed: element (t, j) taken from j·n_vocab + t (issue 6).
+    #[cfg(feature = "faults")]
     EmbdTransposed,
 }
+
+#[cfg(feature = "faults")]
+mod gallery;
 
 #[cfg(feature = "faults")]
 impl Fault {
@@ -207,7 +146,17 @@ impl Fault {
         "kv_wrong_position",
         "embd_transposed",
     ];
+}
 
+#[cfg(not(feature = "faults"))]
+impl Fault {
+    /// Every fault (none without the `faults` feature).
+    pub const ALL: [Fault; 0] = [];
+    /// Names of the faults this build can inject (none without the `faults` feature).
+    pub const NAMES: &'static [&'static str] = &[];
+}
+
+impl Fault {
     /// The snake_case name (`none` for [`Fault::None`]).
     pub fn name(self) -> &'static str {
         match Fault::ALL.iter().position(|&f| f == self) {
@@ -223,6 +172,9 @@ impl Fault {
         }
         match Fault::NAMES.iter().position(|&k| k == n) {
             Some(i) => Ok(Fault::ALL[i]),
+            None if Fault::NAMES.is_empty() => Err(format!(
+                "fault '{name}': this build has no fault injection (rebuild with --features faults)"
+            )),
             None => Err(format!(
                 "unknown fault '{name}' (known: {})",
                 Fault::NAMES.join(", ")
@@ -231,51 +183,66 @@ impl Fault {
     }
 
     /// Whether BOS is added twice (a tokenizer-level fault).
+    #[inline(always)]
     pub fn double_bos(self) -> bool {
-        self == Fault::DoubleBos
+        #[cfg(feature = "faults")]
+        if self == Fault::DoubleBos {
+            return true;
+        }
+        false
     }
 
+    #[inline(always)]
     pub fn rms_eps(self, eps: f32) -> f32 {
+        #[cfg(feature = "faults")]
         if self == Fault::RmsEps1e6 {
-            1e-6
-        } else {
-            eps
+            return 1e-6;
         }
+        eps
     }
 
-    pub fn embed(self, m: &Model, tokens: &[u32], x: &mut [f32]) {
+    /// The embedding rows are gathered by the caller; a fault may overwrite them.
+    #[inline(always)]
+    pub fn embed(self, _m: &Model, _tokens: &[u32], _x: &mut [f32]) {
+        #[cfg(feature = "faults")]
         if self == Fault::EmbdTransposed {
-            gallery::embed_transposed(m, tokens, x)
+            gallery::embed_transposed(_m, _tokens, _x)
         }
     }
 
+    #[inline(always)]
     pub fn norm(self, x: &[f32], gamma: &[f32], eps: f32, out: &mut [f32], width: usize) {
+        #[cfg(feature = "faults")]
         if self == Fault::Layernorm {
-            gallery::layer_norm_rows(x, gamma, eps, out, width)
-        } else {
-            rms_norm_rows(x, gamma, eps, out, width)
+            return gallery::layer_norm_rows(x, gamma, eps, out, width);
         }
+        rms_norm_rows(x, gamma, eps, out, width)
     }
 
+    #[inline(always)]
     pub fn sub_norm(
         self,
-        stage: Stage,
+        _stage: Stage,
         x: &[f32],
         gamma: &[f32],
         eps: f32,
         out: &mut [f32],
         width: usize,
     ) {
-        match (self, stage) {
+        #[cfg(feature = "faults")]
+        match (self, _stage) {
             (Fault::AttnSubNormSkipped, Stage::AttnSubNorm)
-            | (Fault::FfnSubNormSkipped, Stage::FfnSubNorm) => out.copy_from_slice(x),
-            (Fault::Layernorm, _) => gallery::layer_norm_rows(x, gamma, eps, out, width),
-            _ => rms_norm_rows(x, gamma, eps, out, width),
+            | (Fault::FfnSubNormSkipped, Stage::FfnSubNorm) => return out.copy_from_slice(x),
+            (Fault::Layernorm, _) => return gallery::layer_norm_rows(x, gamma, eps, out, width),
+            _ => {}
         }
+        rms_norm_rows(x, gamma, eps, out, width)
     }
 
+    #[inline(always)]
     pub fn matmul(self, w: &WeightView, x: &[f32], out: &mut [f32], mm: &mut Scratch) {
-        let i2s_fault = matches!(
+        #[cfg(feature = "faults")]
+        if matches!(
             self,
             Fault::I2sBlock256
                 | Fault::I2sBitOrder
@@ -283,33 +250,41 @@ impl Fault {
                 | Fault::I2sScaleIgnored
                 | Fault::I2sScaleInverted
                 | Fault::NoActQuant
-        );
-        if i2s_fault && matches!(w, WeightView::I2S { .. }) {
-            gallery::matmul_i2s(self, w, x, out)
-        } else {
-            matmul(w, x, out, mm).expect("matmul shapes are validated at load")
+        ) && matches!(w, WeightView::I2S { .. })
+        {
+            return gallery::matmul_i2s(self, w, x, out);
         }
+        // Shapes and block multiples were validated when the model was loaded.
+        matmul(w, x, out, mm).expect("matmul shapes are validated at load")
     }
 
+    #[inline(always)]
     pub fn rope(self, x: &mut [f32], head_dim: usize, pos: u32, n_rot: usize, base: f32) {
+        #[cfg(feature = "faults")]
         match self {
-            Fault::RopeInterleaved => gallery::rope_interleaved(x, head_dim, pos, n_rot, base),
-            Fault::RopeBase10000 => rope_neox(x, head_dim, pos as i32, n_rot, 10_000.0),
-            _ => rope_neox(x, head_dim, pos as i32, n_rot, base),
+            Fault::RopeInterleaved => {
+                return gallery::rope_interleaved(x, head_dim, pos, n_rot, base)
+            }
+            Fault::RopeBase10000 => return rope_neox(x, head_dim, pos as i32, n_rot, 10_000.0),
+            _ => {}
         }
+        rope_neox(x, head_dim, pos as i32, n_rot, base)
     }
 
-    /// See the fault-free version; `KvWrongPosition` writes decode step k ≥ 2 (position
-    /// `n_prefill + k − 1`) one slot early.
-    pub fn kv_position(self, pos: usize, n_prefill: usize) -> usize {
-        if self == Fault::KvWrongPosition && pos > n_prefill {
-            pos - 1
-        } else {
-            pos
+    /// The KV-cache slot of the token at `pos`; `n_prefill` is the size of the session's
+    /// first batch (the prompt), so a fault can tell decode steps apart (`KvWrongPosition`
+    /// writes decode step k ≥ 2, position `n_prefill + k − 1`, one slot early).
+    #[inline(always)]
+    pub fn kv_position(self, pos: usize, _n_prefill: usize) -> usize {
+        #[cfg(feature = "faults")]
+        if self == Fault::KvWrongPosition && pos > _n_prefill {
+            return pos - 1;
         }
+        pos
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     pub fn attention(
         self,
         q: &[f32],
@@ -320,21 +295,28 @@ impl Fault {
         n_kv: usize,
         out: &mut [f32],
     ) {
-        match self {
-            Fault::GqaSequential | Fault::CausalOffByOne | Fault::SoftmaxNoMax => {
-                gallery::attention(self, q, k, v, n_past, shape, n_kv, out)
-            }
-            _ => attention(q, k, v, n_past, shape, n_kv, out, None)
-                .expect("attention shapes follow the model"),
+        #[cfg(feature = "faults")]
+        if matches!(
+            self,
+            Fault::GqaSequential | Fault::CausalOffByOne | Fault::SoftmaxNoMax
+        ) {
+            return gallery::attention(self, q, k, v, n_past, shape, n_kv, out);
         }
+        attention(q, k, v, n_past, shape, n_kv, out, None)
+            .expect("attention shapes follow the model")
     }
 
+    #[inline(always)]
     pub fn act(self, arch: Arch, gate: &[f32], out: &mut [f32]) {
+        #[cfg(feature = "faults")]
         match (self, arch) {
-            (Fault::SiluForRelu2, Arch::Bitnet158) => silu(gate, out),
-            (Fault::Relu2ForSilu, Arch::Bitnet) => relu_sqr(gate, out),
-            (_, Arch::Bitnet) => silu(gate, out),
-            (_, Arch::Bitnet158) => relu_sqr(gate, out),
+            (Fault::SiluForRelu2, Arch::Bitnet158) => return silu(gate, out),
+            (Fault::Relu2ForSilu, Arch::Bitnet) => return relu_sqr(gate, out),
+            _ => {}
+        }
+        match arch {
+            Arch::Bitnet => silu(gate, out),
+            Arch::Bitnet158 => relu_sqr(gate, out),
         }
     }
 }

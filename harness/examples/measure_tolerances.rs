@@ -11,17 +11,18 @@
 //! ```
 
 use harness::case;
-use harness::diff::{run_diff, DiffRequest, Phase};
+use harness::diff::{run_diff, DiffRequest};
+use harness::judge::{Labels, Phase};
 use harness::probes::{open, ProbeKind};
 use harness::snapshot::workspace_root;
-use harness::tolerance::{governing_type, StageKind};
+use harness::tolerance::{governing_type, StageKind, WeightType};
 use std::collections::BTreeMap;
 
 fn main() {
     let root = workspace_root().join("cases");
     // (kind, weight type) → (worst nmse, where)
-    let mut worst: BTreeMap<(String, String), (f64, String)> = BTreeMap::new();
-    let mut worst_kl: BTreeMap<String, (f64, String)> = BTreeMap::new();
+    let mut worst: BTreeMap<(String, WeightType), (f64, String)> = BTreeMap::new();
+    let mut worst_kl: BTreeMap<WeightType, (f64, String)> = BTreeMap::new();
     let mut top1 = (0usize, 0usize);
     for file in case::discover(&root) {
         let Ok(c) = case::load(&file, &root) else {
@@ -35,35 +36,41 @@ fn main() {
             ProbeKind::Engine,
             &path,
             1,
-            &[("tokenizer", c.tokenizer.as_str())],
+            &[("tokenizer", c.tokenizer.to_string().as_str())],
         )
         .expect("engine");
         let mut o = open(ProbeKind::Oracle, &path, 1, &[]).expect("oracle");
         let wt = governing_type(&o.info().weight_types);
         for p in &c.prompts {
             let req = DiffRequest {
-                text: p.text.clone(),
-                add_bos: p.add_bos,
-                parse_special: p.parse_special,
-                chat: p.chat,
-                decode: p.decode,
+                prompt: p.clone(),
                 stages: c.stages.clone(),
                 layers: c.layers.clone(),
             };
-            let r = run_diff(e.as_mut(), o.as_mut(), &req, &Default::default()).expect("diff");
-            for row in &r.rows {
-                let Some(m) = row.metrics else { continue };
-                let kind = format!("{:?}", StageKind::of(row.stage.stage, row.stage.layer));
-                let at = format!("{} {} {} pos {}", c.id, p.id, row.stage, row.position);
-                let e = worst
-                    .entry((kind, wt.clone()))
-                    .or_insert((0.0, String::new()));
+            let r = run_diff(
+                e.as_mut(),
+                o.as_mut(),
+                Labels::new("engine", "oracle"),
+                &req,
+                &Default::default(),
+            )
+            .expect("diff");
+            for row in r.stages() {
+                let (Some(m), Some(id)) = (row.measure.tensor(), row.site.stage()) else {
+                    continue;
+                };
+                let kind = format!("{:?}", StageKind::of(id.stage, id.layer));
+                let at = format!("{} {} {} pos {}", c.id, p.id, id, row.position);
+                let e = worst.entry((kind, wt)).or_insert((0.0, String::new()));
                 if m.nmse > e.0 {
                     *e = (m.nmse, at);
                 }
             }
-            for l in &r.logits {
-                top1.0 += l.metrics.top1_agree() as usize;
+            for l in r.logits() {
+                let Some(m) = l.measure.logits() else {
+                    continue;
+                };
+                top1.0 += m.top1_agree() as usize;
                 top1.1 += 1;
                 let at = format!(
                     "{} {} {} pos {}",
@@ -76,9 +83,9 @@ fn main() {
                     },
                     l.position
                 );
-                let e = worst_kl.entry(wt.clone()).or_insert((0.0, String::new()));
-                if l.metrics.kl > e.0 {
-                    *e = (l.metrics.kl, at);
+                let e = worst_kl.entry(wt).or_insert((0.0, String::new()));
+                if m.kl > e.0 {
+                    *e = (m.kl, at);
                 }
             }
         }

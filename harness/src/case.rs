@@ -4,9 +4,10 @@
 //! A file that does not parse becomes a [`CaseError`] carrying `file:line:col` and the fix,
 //! which the test binary turns into one failing trial while every other file still runs.
 
+use crate::judge::{Phase, Site};
 use crate::probes::ModelSpec;
 use crate::tolerance::ToleranceOverrides;
-use probe::Stage;
+use probe::{Stage, StageId};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -22,7 +23,7 @@ pub struct Case {
     /// Why this case's model is unavailable (path absent): its trials are ignored with this.
     pub unavailable: Option<String>,
     pub threads: usize,
-    pub tokenizer: String,
+    pub tokenizer: TokenizerChoice,
     pub fault: Option<String>,
     pub prompts: Vec<Prompt>,
     /// Compare engine with oracle (stage, logits, decode trials); off for cases that only
@@ -47,6 +48,66 @@ pub struct Prompt {
     pub chat: bool,
     /// Greedy decode steps compared through the KV cache (0 = none).
     pub decode: usize,
+}
+
+impl Prompt {
+    /// A plain prompt: BOS added, specials not parsed, no chat template, no decode.
+    pub fn text(text: &str) -> Prompt {
+        Prompt {
+            id: "prompt".into(),
+            text: text.into(),
+            add_bos: true,
+            parse_special: false,
+            chat: false,
+            decode: 0,
+        }
+    }
+
+    /// The text a probe tokenizes and how: the one place the chat template is applied (it
+    /// brings its own BOS and special tokens).
+    pub fn tokenizer_input(&self) -> (String, bool, bool) {
+        if self.chat {
+            let text = engine::tokenizer::llama3_chat(&[("user", self.text.as_str())], true);
+            (text, false, true)
+        } else {
+            (self.text.clone(), self.add_bos, self.parse_special)
+        }
+    }
+
+    /// The prompt's tokens as `p` gives them.
+    pub fn tokenize(&self, p: &mut dyn probe::Probe) -> probe::Result<Vec<probe::Token>> {
+        let (text, add_bos, parse_special) = self.tokenizer_input();
+        p.tokenize(&text, add_bos, parse_special)
+    }
+}
+
+/// The engine's tokenizer: the GGUF vocabulary as llama.cpp reads it, the trained Llama-3
+/// tokenizer ("truth"), or a `tokenizer.json` file.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TokenizerChoice {
+    Gguf,
+    Truth,
+    File(PathBuf),
+}
+
+impl TokenizerChoice {
+    pub fn parse(s: &str) -> TokenizerChoice {
+        match s {
+            "gguf" => TokenizerChoice::Gguf,
+            "truth" => TokenizerChoice::Truth,
+            path => TokenizerChoice::File(PathBuf::from(path)),
+        }
+    }
+}
+
+impl std::fmt::Display for TokenizerChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenizerChoice::Gguf => f.write_str("gguf"),
+            TokenizerChoice::Truth => f.write_str("truth"),
+            TokenizerChoice::File(p) => write!(f, "{}", p.display()),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -75,8 +136,8 @@ pub struct ExpectedIds {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KnownDeviation {
-    /// `oracle` or `engine`.
-    pub probe: String,
+    /// `oracle` (the reference) or `engine`.
+    pub probe: DeviationProbe,
     pub input: String,
     #[serde(default)]
     pub parse_special: Option<bool>,
@@ -84,6 +145,24 @@ pub struct KnownDeviation {
     #[serde(default)]
     pub ids: Option<Vec<u32>>,
     pub reason: String,
+}
+
+/// Which side a known tokenizer deviation belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviationProbe {
+    Engine,
+    #[serde(alias = "reference")]
+    Oracle,
+}
+
+impl std::fmt::Display for DeviationProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeviationProbe::Engine => "engine",
+            DeviationProbe::Oracle => "oracle",
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -96,19 +175,76 @@ pub struct Metamorphic {
     pub determinism: bool,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// What a gallery case expects the harness to report.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Expect {
     /// The first divergence the harness must name, e.g. `blk.0.attn_q`, `tokenize`.
-    pub first_divergence: String,
-    /// Prompt position or decode step where it must show (`prompt`, `decode`, or one step:
-    /// `decode step 2`).
-    #[serde(default)]
-    pub phase: Option<String>,
+    pub first_divergence: Site,
+    /// Where it must show; `None` = anywhere.
+    pub phase: Option<ExpectPhase>,
     /// The first stage that must not be bit-exact (for faults that stay under the tolerance
     /// where they start and are only caught downstream, e.g. `blk.0.attn_q`).
+    pub first_inexact: Option<Site>,
+}
+
+/// `prompt`, `decode` (any step) or `decode step N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpectPhase {
+    Prompt,
+    AnyDecode,
+    Step(u32),
+}
+
+impl ExpectPhase {
+    pub fn parse(s: &str) -> Option<ExpectPhase> {
+        match s {
+            "prompt" => Some(ExpectPhase::Prompt),
+            "decode" => Some(ExpectPhase::AnyDecode),
+            _ => s
+                .strip_prefix("decode step ")
+                .and_then(|n| n.parse().ok())
+                .map(ExpectPhase::Step),
+        }
+    }
+
+    pub fn matches(self, p: Phase) -> bool {
+        match (self, p) {
+            (ExpectPhase::Prompt, Phase::Prompt) => true,
+            (ExpectPhase::AnyDecode, Phase::Decode(_)) => true,
+            (ExpectPhase::Step(n), Phase::Decode(m)) => n == m,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for ExpectPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectPhase::Prompt => f.write_str("prompt"),
+            ExpectPhase::AnyDecode => f.write_str("decode"),
+            ExpectPhase::Step(n) => write!(f, "decode step {n}"),
+        }
+    }
+}
+
+/// Parses a site as reports print it: `tokenize`, `decode`, or a stage (`blk.0.attn_q`,
+/// `result_output`).
+pub fn parse_site(s: &str) -> Result<Site, String> {
+    match s {
+        "tokenize" => Ok(Site::Tokenize),
+        "decode" => Ok(Site::Decode),
+        _ => s.parse::<StageId>().map(Site::Stage),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExpect {
+    first_divergence: toml::Spanned<String>,
     #[serde(default)]
-    pub first_inexact: Option<String>,
+    phase: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    first_inexact: Option<toml::Spanned<String>>,
 }
 
 /// A case file that cannot be used, with the place and the fix.
@@ -153,7 +289,7 @@ struct RawCase {
     #[serde(default = "yes")]
     snapshot: bool,
     #[serde(default)]
-    expect: Option<Expect>,
+    expect: Option<RawExpect>,
 }
 
 fn yes() -> bool {
@@ -393,14 +529,6 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
                 }
             }
             for d in &t.known_deviation {
-                if d.probe != "oracle" && d.probe != "engine" {
-                    return Err(err(format!(
-                        "{}: known_deviation for input {:?}: probe must be \"oracle\" or \"engine\", not {:?}",
-                        file.display(),
-                        d.input,
-                        d.probe
-                    )));
-                }
                 if !inputs.contains(&d.input) {
                     return Err(err(format!(
                         "{}: known_deviation names input {:?}, which is not among this case's inputs",
@@ -421,6 +549,35 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
         }
     };
 
+    let expect = match raw.expect {
+        None => None,
+        Some(e) => {
+            let site = |v: &toml::Spanned<String>| {
+                parse_site(v.get_ref()).map_err(|m| {
+                    err(format!(
+                        "{}: [expect]: {m}\nfix: a stage (blk.0.attn_q, result_output), tokenize or decode",
+                        at(v.span())
+                    ))
+                })
+            };
+            let phase = match &e.phase {
+                None => None,
+                Some(p) => Some(ExpectPhase::parse(p.get_ref()).ok_or_else(|| {
+                    err(format!(
+                        "{}: [expect] phase {:?}\nfix: \"prompt\", \"decode\" or \"decode step N\"",
+                        at(p.span()),
+                        p.get_ref()
+                    ))
+                })?),
+            };
+            Some(Expect {
+                first_divergence: site(&e.first_divergence)?,
+                phase,
+                first_inexact: e.first_inexact.as_ref().map(site).transpose()?,
+            })
+        }
+    };
+
     let metamorphic = raw
         .metamorphic
         .map(|m| Metamorphic {
@@ -437,7 +594,10 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
         model,
         unavailable,
         threads: raw.threads.unwrap_or(1),
-        tokenizer: raw.tokenizer.unwrap_or_else(|| "gguf".into()),
+        tokenizer: raw
+            .tokenizer
+            .as_deref()
+            .map_or(TokenizerChoice::Gguf, TokenizerChoice::parse),
         fault: raw.fault,
         prompts,
         compare,
@@ -447,7 +607,7 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
         tokenize,
         metamorphic,
         snapshot: raw.snapshot,
-        expect: raw.expect,
+        expect,
     })
 }
 

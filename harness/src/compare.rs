@@ -109,6 +109,13 @@ pub struct LogitsMetrics {
     /// Logit gap between each side's first and second choice: a small gap is a near-tie.
     pub margin_engine: f64,
     pub margin_oracle: f64,
+    /// NaN counts on each side, and Infs not faced by the same Inf (as in [`TensorMetrics`]).
+    #[serde(default)]
+    pub nan_engine: usize,
+    #[serde(default)]
+    pub nan_oracle: usize,
+    #[serde(default)]
+    pub inf_mismatch: usize,
 }
 
 impl LogitsMetrics {
@@ -186,6 +193,9 @@ pub fn compare_logits(engine: &[f32], oracle: &[f32]) -> LogitsMetrics {
         nmse: t.nmse,
         margin_engine: margin(engine, &te),
         margin_oracle: margin(oracle, &to),
+        nan_engine: t.nan_engine,
+        nan_oracle: t.nan_oracle,
+        inf_mismatch: t.inf_mismatch,
     }
 }
 

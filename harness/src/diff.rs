@@ -1,192 +1,138 @@
-//! Engine against oracle on one prompt: every captured (position, layer, stage) compared, and
-//! the **first divergence** in evaluation order named.
+//! Two probes on one prompt: every captured (position, layer, stage) and every logits row
+//! judged ([`crate::judge`]), and the **first divergence** in evaluation order named.
 //!
-//! Both probes are fed the oracle's tokens, so stage differences isolate the model; a
-//! tokenization difference is reported first, as its own divergence (`tokenize`). Decode
-//! steps are teacher-forced with the oracle's greedy tokens so every step stays comparable.
+//! A is the implementation under test, B the reference. Both are fed B's tokens, so stage
+//! differences isolate the model; a tokenization difference is judged first, on its own
+//! (`tokenize`). Decode steps are teacher-forced with B's greedy tokens so every step stays
+//! comparable.
 
-use crate::compare::{compare, compare_logits, LogitsMetrics, TensorMetrics};
-use crate::tolerance::{governing_type, ToleranceOverrides};
-use probe::{
-    Capture, Forward, GenerateRequest, Generation, Probe, Stage, StageId, StageTensor, Token,
-};
+use crate::case::Prompt;
+use crate::judge::{self, Judged, Labels, Phase, Site};
+use crate::tolerance::{governing_type, ToleranceOverrides, WeightType};
+use probe::{Capture, Forward, GenerateRequest, Generation, Probe, Stage, StageTensor, Token};
 use serde::Serialize;
 use std::collections::HashMap;
 
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct DiffRequest {
-    pub text: String,
-    pub add_bos: bool,
-    pub parse_special: bool,
-    pub chat: bool,
-    /// Decode steps after the prompt (teacher-forced with the oracle's greedy tokens).
-    pub decode: usize,
+    pub prompt: Prompt,
     pub stages: Vec<Stage>,
     pub layers: Option<Vec<u32>>,
 }
 
-/// When a row was computed: in the prompt pass, or at decode step `n` (1-based).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Prompt,
-    Decode(u32),
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Phase::Prompt => f.write_str("prompt"),
-            Phase::Decode(n) => write!(f, "decode step {n}"),
-        }
-    }
-}
-
-/// One compared tensor.
-#[derive(Clone, Debug, Serialize)]
-pub struct Row {
-    pub phase: Phase,
-    pub position: u32,
-    #[serde(serialize_with = "ser_display")]
-    pub stage: StageId,
-    pub shape: Vec<usize>,
-    pub metrics: Option<TensorMetrics>,
-    pub nmse_limit: f64,
-    pub pass: bool,
-    /// Why the row failed (or could not be compared).
-    pub note: Option<String>,
-}
-
-fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
-}
-
-impl Row {
-    /// Sort key: phase, then stage in evaluation order, then position.
-    pub fn key(&self) -> (Phase, (u32, usize), u32) {
-        (self.phase, self.stage.eval_key(), self.position)
-    }
-
-    pub fn summary(&self) -> String {
-        match &self.metrics {
-            Some(m) => format!(
-                "{} pos {} {}: nmse {:.3e} (limit {:.0e}), cos {:.6}, max|Δ| {:.3e}{}{}",
-                self.phase,
-                self.position,
-                self.stage,
-                m.nmse,
-                self.nmse_limit,
-                m.cosine,
-                m.max_abs,
-                if m.bit_exact { ", bit-exact" } else { "" },
-                self.note
-                    .as_ref()
-                    .map(|n| format!(" — {n}"))
-                    .unwrap_or_default()
-            ),
-            None => format!(
-                "{} pos {} {}: {}",
-                self.phase,
-                self.position,
-                self.stage,
-                self.note.as_deref().unwrap_or("")
-            ),
-        }
-    }
-}
-
-/// Logits compared at one position.
-#[derive(Clone, Debug, Serialize)]
-pub struct LogitsRow {
-    pub phase: Phase,
-    pub position: u32,
-    pub metrics: LogitsMetrics,
-    pub kl_limit: f64,
-    pub pass: bool,
-    pub note: Option<String>,
-}
-
-/// Where engine and oracle first part.
-#[derive(Clone, Debug, Serialize)]
-pub struct Divergence {
-    pub phase: Phase,
-    pub position: u32,
-    /// `blk.3.attn_q`, `result_output`, `tokenize`, or `decode` (a greedy token differs).
-    pub stage: String,
-    pub detail: String,
-}
-
-impl std::fmt::Display for Divergence {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} at {}, position {}: {}",
-            self.stage, self.phase, self.position, self.detail
-        )
-    }
-}
-
+/// Everything two probes were judged on for one prompt.
 #[derive(Clone, Debug, Serialize)]
 pub struct DiffReport {
-    pub engine_tokens: Vec<Token>,
-    pub oracle_tokens: Vec<Token>,
-    pub weight_type: String,
-    pub rows: Vec<Row>,
-    pub logits: Vec<LogitsRow>,
-    /// Oracle greedy tokens and the engine's choices at the same (teacher-forced) steps.
-    pub oracle_greedy: Vec<Token>,
-    pub engine_greedy: Vec<Token>,
-    pub first_divergence: Option<Divergence>,
+    pub labels: Labels,
+    /// The prompt as A and as B tokenize it (both are fed B's).
+    pub tokens_a: Vec<Token>,
+    pub tokens_b: Vec<Token>,
+    pub weight_type: WeightType,
+    /// Every judgement, in evaluation order ([`Judged::key`]).
+    pub judged: Vec<Judged>,
+    /// B's greedy tokens, and A's choices at the same (teacher-forced) steps.
+    pub greedy_a: Vec<Token>,
+    pub greedy_b: Vec<Token>,
 }
 
 impl DiffReport {
-    pub fn pass(&self) -> bool {
-        self.first_divergence.is_none()
+    pub fn new(
+        labels: Labels,
+        tokens_a: Vec<Token>,
+        tokens_b: Vec<Token>,
+        weight_type: WeightType,
+        mut judged: Vec<Judged>,
+    ) -> DiffReport {
+        judged.extend(judge::tokens(&tokens_a, &tokens_b));
+        judged.sort_by_key(|j| j.key());
+        DiffReport {
+            labels,
+            tokens_a,
+            tokens_b,
+            weight_type,
+            judged,
+            greedy_a: Vec::new(),
+            greedy_b: Vec::new(),
+        }
     }
 
-    /// The two rows evaluated just before `row` at the same phase and position.
-    pub fn preceding(&self, row: &Row) -> Vec<&Row> {
-        let mut before: Vec<&Row> = self
-            .rows
+    /// The earliest failure, in evaluation order.
+    pub fn first_divergence(&self) -> Option<&Judged> {
+        judge::first_failure(&self.judged)
+    }
+
+    pub fn pass(&self) -> bool {
+        self.first_divergence().is_none()
+    }
+
+    /// The stage judgements.
+    pub fn stages(&self) -> impl Iterator<Item = &Judged> {
+        self.judged
             .iter()
+            .filter(|j| matches!(j.site, Site::Stage(_)))
+    }
+
+    /// The logits judgements.
+    pub fn logits(&self) -> impl Iterator<Item = &Judged> {
+        self.judged.iter().filter(|j| j.site == Site::Logits)
+    }
+
+    /// The two stages evaluated just before `j` at the same phase and position.
+    pub fn preceding(&self, j: &Judged) -> Vec<&Judged> {
+        let mut before: Vec<&Judged> = self
+            .stages()
             .filter(|r| {
-                r.phase == row.phase
-                    && r.position == row.position
-                    && r.stage.eval_key() < row.stage.eval_key()
+                r.phase == j.phase && r.position == j.position && r.site.order() < j.site.order()
             })
             .collect();
-        before.sort_by_key(|r| r.stage.eval_key());
+        before.sort_by_key(|r| r.site.order());
         before.into_iter().rev().take(2).rev().collect()
     }
 
-    pub fn first_failing_row(&self) -> Option<&Row> {
-        self.rows.iter().filter(|r| !r.pass).min_by_key(|r| r.key())
+    /// `blk.0.attn_q at prompt, position 3: …`: a divergence as one line.
+    pub fn describe(&self, j: &Judged) -> String {
+        let detail = match j.site {
+            Site::Stage(_) => j.summary(&self.labels),
+            _ => j.note(&self.labels).unwrap_or_default(),
+        };
+        format!(
+            "{} at {}, position {}: {detail}",
+            j.site, j.phase, j.position
+        )
+    }
+
+    /// The report as JSON, with the first divergence spelled out.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["pass"] = self.pass().into();
+        v["first_divergence"] = match self.first_divergence() {
+            None => serde_json::Value::Null,
+            Some(j) => serde_json::json!({
+                "stage": j.site.to_string(),
+                "phase": j.phase.to_string(),
+                "position": j.position,
+                "detail": self.describe(j),
+            }),
+        };
+        v
     }
 }
 
-/// Runs both probes and compares everything.
+/// Runs both probes and judges everything. `a` is under test, `b` the reference.
 pub fn run_diff(
-    engine: &mut dyn Probe,
-    oracle: &mut dyn Probe,
+    a: &mut dyn Probe,
+    b: &mut dyn Probe,
+    labels: Labels,
     req: &DiffRequest,
     tol: &ToleranceOverrides,
 ) -> probe::Result<DiffReport> {
-    let (text, add_bos, parse_special) = if req.chat {
-        (
-            engine::tokenizer::llama3_chat(&[("user", req.text.as_str())], true),
-            false,
-            true,
-        )
-    } else {
-        (req.text.clone(), req.add_bos, req.parse_special)
-    };
-    let oracle_tokens = oracle.tokenize(&text, add_bos, parse_special)?;
-    let engine_tokens = engine.tokenize(&text, add_bos, parse_special)?;
-    if oracle_tokens.is_empty() {
+    let tokens_b = req.prompt.tokenize(b)?;
+    let tokens_a = req.prompt.tokenize(a)?;
+    if tokens_b.is_empty() {
         return Err(probe::Error::InvalidRequest(format!(
             "prompt {:?} tokenizes to nothing",
-            req.text
+            req.prompt.text
         )));
     }
     let capture = Capture {
@@ -194,255 +140,112 @@ pub fn run_diff(
         layers: req.layers.clone(),
         positions: None,
     };
-    let weight_type = governing_type(&oracle.info().weight_types);
+    let weight_type = governing_type(&b.info().weight_types);
 
-    let (ef, of) = (
-        engine.forward(&oracle_tokens, &capture)?,
-        oracle.forward(&oracle_tokens, &capture)?,
+    let (fa, fb) = (
+        a.forward(&tokens_b, &capture)?,
+        b.forward(&tokens_b, &capture)?,
     );
-    let mut rows = compare_stages(Phase::Prompt, &ef.stages, &of.stages, tol, &weight_type);
-    let mut logits = compare_all_logits(Phase::Prompt, 0, &ef, &of, tol, &weight_type);
+    let mut judged = judge_stages(Phase::Prompt, &fa.stages, &fb.stages, tol, weight_type);
+    judged.extend(judge_all_logits(
+        Phase::Prompt,
+        0,
+        &fa,
+        &fb,
+        tol,
+        weight_type,
+    ));
 
-    let (mut oracle_greedy, mut engine_greedy) = (Vec::new(), Vec::new());
-    if req.decode > 0 {
-        let mut g = GenerateRequest::greedy(oracle_tokens.clone(), req.decode + 1);
+    let (mut greedy_a, mut greedy_b) = (Vec::new(), Vec::new());
+    if req.prompt.decode > 0 {
+        let mut g = GenerateRequest::greedy(tokens_b.clone(), req.prompt.decode + 1);
         g.capture = capture.clone();
         g.keep_logits = true;
-        let og = oracle.generate(&g)?;
-        g.forced = Some(og.steps.iter().map(|s| s.input).collect());
-        let eg = engine.generate(&g)?;
-        compare_generations(&eg, &og, tol, &weight_type, &mut rows, &mut logits);
-        oracle_greedy = og.tokens.clone();
-        engine_greedy = std::iter::once(eg.first)
-            .chain(eg.steps.iter().map(|s| s.chosen))
+        let gb = b.generate(&g)?;
+        g.forced = Some(gb.steps.iter().map(|s| s.input).collect());
+        let ga = a.generate(&g)?;
+        judged.extend(judge_generations(&ga, &gb, tol, weight_type));
+        greedy_b = gb.tokens.clone();
+        greedy_a = std::iter::once(ga.first)
+            .chain(ga.steps.iter().map(|s| s.chosen))
             .collect();
     }
-    rows.sort_by_key(|r| r.key());
-    let mut report = DiffReport {
-        engine_tokens,
-        oracle_tokens,
-        weight_type,
-        rows,
-        logits,
-        oracle_greedy,
-        engine_greedy,
-        first_divergence: None,
-    };
-    report.first_divergence = first_divergence(&report);
+    let mut report = DiffReport::new(labels, tokens_a, tokens_b, weight_type, judged);
+    report.greedy_a = greedy_a;
+    report.greedy_b = greedy_b;
     Ok(report)
 }
 
-/// Compares two captures of the same stages; rows missing on either side fail.
-pub fn compare_stages(
+/// Judges two captures of the same stages; a tensor on one side only fails.
+pub fn judge_stages(
     phase: Phase,
-    engine: &[StageTensor],
-    oracle: &[StageTensor],
+    a: &[StageTensor],
+    b: &[StageTensor],
     tol: &ToleranceOverrides,
-    weight_type: &str,
-) -> Vec<Row> {
+    weight_type: WeightType,
+) -> Vec<Judged> {
     let key = |t: &StageTensor| (t.stage, t.layer, t.position);
-    let by_key: HashMap<_, &StageTensor> = engine.iter().map(|t| (key(t), t)).collect();
-    let mut rows = Vec::with_capacity(oracle.len());
+    let by_key: HashMap<_, &StageTensor> = a.iter().map(|t| (key(t), t)).collect();
     let mut seen = std::collections::HashSet::new();
-    for o in oracle {
-        seen.insert(key(o));
-        let limit = tol.resolve(o.stage, o.layer, weight_type).nmse;
-        let mut row = Row {
+    let limit = |t: &StageTensor| tol.resolve(t.stage, t.layer, weight_type).nmse;
+    let mut out = Vec::with_capacity(b.len());
+    for tb in b {
+        seen.insert(key(tb));
+        out.push(judge::tensor(
             phase,
-            position: o.position,
-            stage: o.id(),
-            shape: o.shape.clone(),
-            metrics: None,
-            nmse_limit: limit,
-            pass: false,
-            note: None,
-        };
-        match by_key.get(&key(o)) {
-            None => row.note = Some("the engine did not produce this stage".into()),
-            Some(e) if e.data.len() != o.data.len() => {
-                row.note = Some(format!(
-                    "shape differs: engine {:?}, oracle {:?}",
-                    e.shape, o.shape
-                ))
-            }
-            Some(e) => {
-                let m = compare(&e.data, &o.data);
-                if let Some(bad) = m.non_finite_failure() {
-                    row.note = Some(bad);
-                } else {
-                    row.pass = m.nmse <= limit;
-                }
-                row.metrics = Some(m);
-            }
-        }
-        rows.push(row);
-    }
-    for e in engine.iter().filter(|e| !seen.contains(&key(e))) {
-        rows.push(Row {
-            phase,
-            position: e.position,
-            stage: e.id(),
-            shape: e.shape.clone(),
-            metrics: None,
-            nmse_limit: 0.0,
-            pass: false,
-            note: Some("the oracle did not produce this stage".into()),
-        });
-    }
-    rows
-}
-
-/// Engine against oracle logits at one position, judged against the logits tolerance (also
-/// used by `trace-diff` on two traces' `result_output` tensors).
-pub fn logits_row(
-    phase: Phase,
-    position: u32,
-    e: &[f32],
-    o: &[f32],
-    tol: &ToleranceOverrides,
-    wt: &str,
-) -> LogitsRow {
-    let m = compare_logits(e, o);
-    let lt = tol.logits(wt);
-    let mut note = None;
-    let mut pass = m.kl <= lt.kl && m.nmse <= lt.nmse;
-    if !m.top1_agree() {
-        // A near-tie: the oracle's top-2 margin is small enough that the measured logit
-        // difference (max|Δ|) explains the flip. Passes only while KL and NMSE do; reported.
-        let tie = m.margin_oracle <= 2.0 * m.max_abs;
-        pass &= tie;
-        note =
-            Some(format!(
-            "top-1 differs: engine {} (margin {:.2e}), oracle {} (margin {:.2e}, max|Δ| {:.2e}){}",
-            m.top1_engine,
-            m.margin_engine,
-            m.top1_oracle,
-            m.margin_oracle,
-            m.max_abs,
-            if tie { " — a near-tie" } else { " — not a near-tie" }
-        ));
-    } else if !pass {
-        note = Some(format!(
-            "KL {:.3e} (limit {:.0e}), nmse {:.3e} (limit {:.0e})",
-            m.kl, lt.kl, m.nmse, lt.nmse
+            by_key.get(&key(tb)).copied(),
+            Some(tb),
+            limit(tb),
         ));
     }
-    if e.iter().chain(o).any(|x| x.is_nan()) {
-        pass = false;
-        note = Some("NaN in logits".into());
+    for ta in a.iter().filter(|t| !seen.contains(&key(t))) {
+        out.push(judge::tensor(phase, Some(ta), None, limit(ta)));
     }
-    LogitsRow {
-        phase,
-        position,
-        metrics: m,
-        kl_limit: lt.kl,
-        pass,
-        note,
-    }
+    out
 }
 
-fn compare_all_logits(
+fn judge_all_logits(
     phase: Phase,
     pos0: u32,
-    e: &Forward,
-    o: &Forward,
+    a: &Forward,
+    b: &Forward,
     tol: &ToleranceOverrides,
-    wt: &str,
-) -> Vec<LogitsRow> {
-    (0..o.n_tokens().min(e.n_tokens()))
+    wt: WeightType,
+) -> Vec<Judged> {
+    (0..b.n_tokens().min(a.n_tokens()))
         .map(|i| {
-            logits_row(
+            judge::logits(
                 phase,
                 pos0 + i as u32,
-                e.logits_at(i),
-                o.logits_at(i),
-                tol,
-                wt,
+                a.logits_at(i),
+                b.logits_at(i),
+                tol.logits(wt),
             )
         })
         .collect()
 }
 
-fn compare_generations(
-    eg: &Generation,
-    og: &Generation,
+fn judge_generations(
+    ga: &Generation,
+    gb: &Generation,
     tol: &ToleranceOverrides,
-    wt: &str,
-    rows: &mut Vec<Row>,
-    logits: &mut Vec<LogitsRow>,
-) {
-    for (i, (es, os)) in eg.steps.iter().zip(&og.steps).enumerate() {
+    wt: WeightType,
+) -> Vec<Judged> {
+    let mut out = Vec::new();
+    for (i, (sa, sb)) in ga.steps.iter().zip(&gb.steps).enumerate() {
         let phase = Phase::Decode(i as u32 + 1);
-        rows.extend(compare_stages(phase, &es.stages, &os.stages, tol, wt));
-        if let (Some(el), Some(ol)) = (&es.logits, &os.logits) {
-            logits.push(logits_row(phase, os.position, el, ol, tol, wt));
+        out.extend(judge_stages(phase, &sa.stages, &sb.stages, tol, wt));
+        if let (Some(la), Some(lb)) = (&sa.logits, &sb.logits) {
+            out.push(judge::logits(phase, sb.position, la, lb, tol.logits(wt)));
         }
     }
-}
-
-/// The earliest failure: tokens, then each phase in order — stages in evaluation order
-/// (lowest position first), then that phase's logits.
-pub fn first_divergence(r: &DiffReport) -> Option<Divergence> {
-    if r.engine_tokens != r.oracle_tokens {
-        let i = r
-            .engine_tokens
-            .iter()
-            .zip(&r.oracle_tokens)
-            .take_while(|(a, b)| a == b)
-            .count();
-        return Some(Divergence {
-            phase: Phase::Prompt,
-            position: i as u32,
-            stage: "tokenize".into(),
-            detail: format!(
-                "engine tokens {:?} vs oracle {:?} (from index {i})",
-                &r.engine_tokens[i..r.engine_tokens.len().min(i + 4)],
-                &r.oracle_tokens[i..r.oracle_tokens.len().min(i + 4)]
-            ),
-        });
-    }
-    let mut phases: Vec<Phase> = r
-        .rows
-        .iter()
-        .map(|x| x.phase)
-        .chain(r.logits.iter().map(|x| x.phase))
-        .collect();
-    phases.sort();
-    phases.dedup();
-    for phase in phases {
-        if let Some(row) = r
-            .rows
-            .iter()
-            .filter(|x| x.phase == phase && !x.pass)
-            .min_by_key(|x| x.key())
-        {
-            return Some(Divergence {
-                phase,
-                position: row.position,
-                stage: row.stage.to_string(),
-                detail: row.summary(),
-            });
-        }
-        if let Some(l) = r
-            .logits
-            .iter()
-            .filter(|x| x.phase == phase && !x.pass)
-            .min_by_key(|x| x.position)
-        {
-            return Some(Divergence {
-                phase,
-                position: l.position,
-                stage: "result_output".into(),
-                detail: l.note.clone().unwrap_or_default(),
-            });
-        }
-    }
-    None
+    out
 }
 
 /// The row table (one line per compared tensor, in evaluation order) and the logits
 /// summary, as `bitprobe diff` and `bitprobe trace-diff` print them.
 pub fn render_rows_and_logits(r: &DiffReport, failures_only: bool) -> String {
+    use crate::judge::{Measure, Outcome};
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(
@@ -450,8 +253,8 @@ pub fn render_rows_and_logits(r: &DiffReport, failures_only: bool) -> String {
         "{:<14} {:>4}  {:<22} {:>10} {:>10} {:>10}",
         "phase", "pos", "stage", "nmse", "cosine", "max|Δ|"
     );
-    for row in r.rows.iter().filter(|x| !(failures_only && x.pass)) {
-        let (nmse, cos, max) = match &row.metrics {
+    for row in r.stages().filter(|x| !(failures_only && x.pass())) {
+        let (nmse, cos, max) = match row.measure.tensor() {
             Some(m) => (
                 fmt_metric(m.nmse),
                 format!("{:.6}", m.cosine),
@@ -460,40 +263,43 @@ pub fn render_rows_and_logits(r: &DiffReport, failures_only: bool) -> String {
             None => ("-".into(), "-".into(), "-".into()),
         };
         let note = row
-            .note
-            .as_ref()
+            .note(&r.labels)
             .map(|n| format!(": {n}"))
             .unwrap_or_default();
-        let mark = match (&row.metrics, row.pass) {
-            (Some(m), true) if m.bit_exact => "ok (bit-exact)".to_string(),
-            (_, true) => "ok".to_string(),
-            (Some(_), false) => format!("FAIL (limit {:.0e}){note}", row.nmse_limit),
-            (None, false) => format!("FAIL{note}"),
+        let mark = match (&row.measure, &row.outcome) {
+            (Measure::Tensor(m), Outcome::Pass) if m.bit_exact => "ok (bit-exact)".to_string(),
+            (_, Outcome::Pass | Outcome::NearTie) => "ok".to_string(),
+            (Measure::Tensor(_), Outcome::Fail(_)) => format!(
+                "FAIL (limit {:.0e}){note}",
+                row.limit.nmse.unwrap_or(f64::NAN)
+            ),
+            (_, Outcome::Fail(_)) => format!("FAIL{note}"),
         };
         let _ = writeln!(
             s,
             "{:<14} {:>4}  {:<22} {nmse:>10} {cos:>10} {max:>10}  {mark}",
             row.phase.to_string(),
             row.position,
-            row.stage.to_string()
+            row.site.to_string()
         );
     }
     let _ = writeln!(s);
-    let agree = r.logits.iter().filter(|l| l.metrics.top1_agree()).count();
-    let worst_kl = r.logits.iter().map(|l| l.metrics.kl).fold(0.0, f64::max);
+    let sum = judge::logits_summary(r.logits());
     let _ = writeln!(
         s,
-        "logits    top-1 agree at {agree}/{} positions, worst KL {}",
-        r.logits.len(),
-        fmt_metric(worst_kl)
+        "logits    top-1 agree at {}/{} positions, worst KL {}",
+        sum.top1_agree,
+        sum.positions,
+        fmt_metric(sum.worst_kl)
     );
-    for l in r.logits.iter().filter(|l| !l.pass) {
+    for l in r.logits().filter(|l| l.outcome != Outcome::Pass) {
         let _ = writeln!(
             s,
             "          {} pos {}: {}",
             l.phase,
             l.position,
-            l.note.as_deref().unwrap_or("outside tolerance")
+            l.note(&r.labels)
+                .unwrap_or_else(|| "outside tolerance".into())
         );
     }
     s

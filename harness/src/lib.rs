@@ -6,6 +6,7 @@ pub mod case;
 pub mod compare;
 pub mod diff;
 pub mod inspect;
+pub mod judge;
 pub mod probes;
 pub mod runs;
 pub mod snapshot;

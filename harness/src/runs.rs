@@ -7,6 +7,7 @@
 
 use crate::case::{Case, Prompt};
 use crate::diff::{run_diff, DiffReport, DiffRequest};
+use crate::judge::Labels;
 use crate::probes::{self, ProbeKind};
 use probe::Probe;
 use std::collections::HashMap;
@@ -158,10 +159,10 @@ impl Runs {
         .clone()
     }
 
-    pub fn engine_options(case: &Case) -> Vec<(&str, &str)> {
-        let mut o = vec![("tokenizer", case.tokenizer.as_str())];
+    pub fn engine_options(case: &Case) -> Vec<(String, String)> {
+        let mut o = vec![("tokenizer".to_string(), case.tokenizer.to_string())];
         if let Some(f) = &case.fault {
-            o.push(("fault", f.as_str()));
+            o.push(("fault".to_string(), f.clone()));
         }
         o
     }
@@ -173,6 +174,7 @@ impl Runs {
         } else {
             Vec::new()
         };
+        let opts: Vec<(&str, &str)> = opts.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         self.pool.lease(kind, &model, case.threads, &opts)
     }
 
@@ -181,7 +183,7 @@ impl Runs {
         let c = cell(&self.engine_runs, &(case.id.clone(), prompt.id.clone()));
         c.get_or_init(|| {
             let mut e = self.lease(case, ProbeKind::Engine)?;
-            let tokens = tokenize_prompt(e.as_mut(), prompt).map_err(|e| e.to_string())?;
+            let tokens = prompt.tokenize(e.as_mut()).map_err(|e| e.to_string())?;
             let capture = probe::Capture {
                 stages: case.stages.clone(),
                 layers: case.layers.clone(),
@@ -214,28 +216,20 @@ impl Runs {
             let mut e = self.lease(case, ProbeKind::Engine)?;
             let mut o = self.lease(case, ProbeKind::Oracle)?;
             let req = DiffRequest {
-                text: prompt.text.clone(),
-                add_bos: prompt.add_bos,
-                parse_special: prompt.parse_special,
-                chat: prompt.chat,
-                decode: prompt.decode,
+                prompt: prompt.clone(),
                 stages: case.stages.clone(),
                 layers: case.layers.clone(),
             };
-            run_diff(e.as_mut(), o.as_mut(), &req, &case.tolerance)
-                .map(Arc::new)
-                .map_err(|e| e.to_string())
+            run_diff(
+                e.as_mut(),
+                o.as_mut(),
+                Labels::new("engine", "oracle"),
+                &req,
+                &case.tolerance,
+            )
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
         })
         .clone()
-    }
-}
-
-/// A prompt's tokens as a probe gives them (the chat template adds its own BOS).
-pub fn tokenize_prompt(p: &mut dyn Probe, prompt: &Prompt) -> probe::Result<Vec<probe::Token>> {
-    if prompt.chat {
-        let text = engine::tokenizer::llama3_chat(&[("user", prompt.text.as_str())], true);
-        p.tokenize(&text, false, true)
-    } else {
-        p.tokenize(&prompt.text, prompt.add_bos, prompt.parse_special)
     }
 }

@@ -2,10 +2,12 @@
 //! traces of one probe are bit-exact, and `trace-diff` between an engine trace and an oracle
 //! trace names the same first divergence as `bitprobe diff` (`run_diff`) on the live probes.
 
-use harness::diff::{run_diff, DiffReport, DiffRequest, Phase};
+use harness::case::Prompt;
+use harness::diff::{run_diff, DiffReport, DiffRequest};
+use harness::judge::{Labels, Phase};
 use harness::probes::{self, ProbeKind};
 use harness::tolerance::ToleranceOverrides;
-use harness::trace::{self, read, record, trace_diff, CompareMode, TraceRequest};
+use harness::trace::{self, read, record, trace_diff, CompareMode, TraceDiffOptions, TraceRequest};
 use probe::{
     Capture, Forward, GenerateRequest, Generation, ModelInfo, Probe, Stage, StageTensor, Token,
 };
@@ -32,11 +34,10 @@ fn open(kind: ProbeKind, model: &Path) -> Box<dyn Probe> {
 
 fn request(decode: usize, raw: bool) -> TraceRequest {
     TraceRequest {
-        text: PROMPT.into(),
-        add_bos: true,
-        parse_special: false,
-        chat: false,
-        decode,
+        prompt: Prompt {
+            decode,
+            ..Prompt::text(PROMPT)
+        },
         raw,
     }
 }
@@ -98,34 +99,39 @@ impl Probe for Perturbed {
 /// verdicts and the same first divergence.
 fn assert_same_report(live: &DiffReport, traced: &DiffReport) {
     let rows = |r: &DiffReport| -> Vec<(Phase, u32, String, bool, Option<f64>)> {
-        r.rows
-            .iter()
+        r.stages()
             .map(|x| {
                 (
                     x.phase,
                     x.position,
-                    x.stage.to_string(),
-                    x.pass,
-                    x.metrics.map(|m| m.nmse),
+                    x.site.to_string(),
+                    x.pass(),
+                    x.measure.nmse(),
                 )
             })
             .collect()
     };
     assert_eq!(rows(live), rows(traced));
-    let logits = |r: &DiffReport| -> Vec<(Phase, u32, bool, f64)> {
-        r.logits
-            .iter()
-            .map(|l| (l.phase, l.position, l.pass, l.metrics.kl))
+    let logits = |r: &DiffReport| -> Vec<(Phase, u32, bool, Option<f64>)> {
+        r.logits()
+            .map(|l| {
+                (
+                    l.phase,
+                    l.position,
+                    l.pass(),
+                    l.measure.logits().map(|m| m.kl),
+                )
+            })
             .collect()
     };
     assert_eq!(logits(live), logits(traced));
+    // The same place and numbers; the labels differ (engine/oracle vs A/B).
     let first = |r: &DiffReport| {
-        r.first_divergence
-            .as_ref()
-            .map(|d| (d.phase, d.position, d.stage.clone(), d.detail.clone()))
+        r.first_divergence()
+            .map(|d| (d.phase, d.position, d.site, d.measure.clone()))
     };
     assert_eq!(first(live), first(traced));
-    assert_eq!(live.oracle_greedy, traced.oracle_greedy);
+    assert_eq!(live.greedy_b, traced.greedy_b);
 }
 
 #[test]
@@ -142,7 +148,7 @@ fn a_trace_holds_every_stage_with_its_manifest() {
     assert_eq!(m.decode.len(), 2);
     assert_eq!(m.decode[0].position as usize, n_tokens);
     assert_eq!(m.generated.len(), 3);
-    assert_eq!(m.weight_type.as_deref(), Some("I2_S"));
+    assert_eq!(m.weight_type, Some(harness::tolerance::WeightType::I2S));
     let model_ref = m.model.as_ref().unwrap();
     assert_eq!(
         model_ref.blake3,
@@ -205,27 +211,26 @@ fn two_traces_of_one_probe_are_bit_exact() {
     let mut e2 = open(ProbeKind::Engine, &model);
     record(e2.as_mut(), "engine", &model, &request(2, true), &db).unwrap();
     record(e2.as_mut(), "engine", &model, &request(2, false), &dh).unwrap();
-    let tol = ToleranceOverrides::default();
+    let tol = TraceDiffOptions::default();
 
     let d = trace_diff(&read(&da).unwrap(), &read(&db).unwrap(), &tol);
     assert_eq!(d.mode, CompareMode::Values);
     assert!(
         d.pass() && d.warnings.is_empty(),
         "{:?} {:?}",
-        d.report.first_divergence,
+        d.report.first_divergence(),
         d.warnings
     );
     assert!(d
         .report
-        .rows
-        .iter()
-        .all(|r| r.metrics.is_some_and(|m| m.bit_exact)));
+        .stages()
+        .all(|r| r.measure.bit_exact() == Some(true)));
 
     let d = trace_diff(&read(&dh).unwrap(), &read(&da).unwrap(), &tol);
     assert_eq!(d.mode, CompareMode::HashOnly);
     assert!(d.pass());
     assert_eq!(
-        d.report.rows.len(),
+        d.report.stages().count(),
         33 * (read(&da).unwrap().manifest.tokens.len() + 2)
     );
     assert!(harness::trace::render(&d, false).contains("PASS (hash-only)"));
@@ -238,7 +243,7 @@ fn trace_diff_names_what_changed() {
     let mut e = open(ProbeKind::Engine, &model);
     record(e.as_mut(), "engine", &model, &request(2, true), &da).unwrap();
     record(e.as_mut(), "engine", &model, &request(2, true), &db).unwrap();
-    let tol = ToleranceOverrides::default();
+    let tol = TraceDiffOptions::default();
 
     // Values changed (and rehashed, as a third-party writer would): that row, nothing earlier.
     let (npy, json) = (
@@ -253,12 +258,12 @@ fn trace_diff_names_what_changed() {
     j["blake3"] = probe::blake3_f32(&data).into();
     std::fs::write(&json, j.to_string()).unwrap();
     let d = trace_diff(&read(&da).unwrap(), &read(&db).unwrap(), &tol);
-    let first = d.report.first_divergence.as_ref().unwrap();
+    let first = d.report.first_divergence().unwrap();
     assert_eq!(
-        (first.phase, first.position, first.stage.as_str()),
-        (Phase::Prompt, 2, "blk.0.attn_v")
+        (first.phase, first.position, first.site.to_string()),
+        (Phase::Prompt, 2, "blk.0.attn_v".to_string())
     );
-    assert_eq!(d.report.rows.iter().filter(|r| !r.pass).count(), 1);
+    assert_eq!(d.report.judged.iter().filter(|r| !r.pass()).count(), 1);
 
     // A hash that does not match the values is a broken trace, not a divergence.
     j["blake3"] = "00".into();
@@ -276,25 +281,25 @@ fn trace_diff_names_what_changed() {
     }
     std::fs::write(dc.join("trace.json"), m.to_string()).unwrap();
     let d = trace_diff(&read(&dc).unwrap(), &read(&da).unwrap(), &tol);
-    let first = d.report.first_divergence.as_ref().unwrap();
+    let first = d.report.first_divergence().unwrap();
     assert_eq!(
-        (first.phase, first.stage.as_str()),
-        (Phase::Decode(2), "decode")
+        (first.phase, first.site.to_string()),
+        (Phase::Decode(2), "decode".to_string())
     );
     assert!(
-        d.report.rows.iter().all(|r| r.phase < Phase::Decode(2)),
+        d.report.stages().all(|r| r.phase < Phase::Decode(2)),
         "later steps are not compared"
     );
 
     // Different prompt tokens: tokenization is the first divergence, as in `diff`.
     let dn = scratch("changed-nobos");
-    let mut req = request(0, true);
-    req.add_bos = false;
+    let mut req = request(2, true);
+    req.prompt.add_bos = false;
     record(e.as_mut(), "engine", &model, &req, &dn).unwrap();
     let d = trace_diff(&read(&dn).unwrap(), &read(&da).unwrap(), &tol);
     assert_eq!(
-        d.report.first_divergence.as_ref().unwrap().stage,
-        "tokenize"
+        d.report.first_divergence().unwrap().site,
+        harness::judge::Site::Tokenize
     );
 }
 
@@ -329,15 +334,14 @@ fn a_third_party_trace_needs_only_the_required_fields() {
     }
     let t = read(&minimal).unwrap();
     assert!(t.has_data());
-    let d = trace_diff(&t, &read(&full).unwrap(), &ToleranceOverrides::default());
+    let d = trace_diff(&t, &read(&full).unwrap(), &TraceDiffOptions::default());
     assert_eq!(d.mode, CompareMode::Values);
-    assert!(d.pass(), "{:?}", d.report.first_divergence);
+    assert!(d.pass(), "{:?}", d.report.first_divergence());
     assert!(d
         .report
-        .rows
-        .iter()
-        .all(|r| r.metrics.is_some_and(|m| m.bit_exact)));
-    assert_eq!(d.report.rows.len(), m.files.as_ref().unwrap().len());
+        .stages()
+        .all(|r| r.measure.bit_exact() == Some(true)));
+    assert_eq!(d.report.stages().count(), m.files.as_ref().unwrap().len());
 }
 
 #[test]
@@ -348,12 +352,13 @@ fn trace_diff_engine_vs_oracle_names_the_same_divergence_as_diff() {
     }
     let model = engine::forge::forged("tiny-i2s", 1).unwrap();
     let tol = ToleranceOverrides::default();
+    let topts = TraceDiffOptions::default();
+    let labels = || Labels::new("engine", "oracle");
     let req = DiffRequest {
-        text: PROMPT.into(),
-        add_bos: true,
-        parse_special: false,
-        chat: false,
-        decode: 2,
+        prompt: Prompt {
+            decode: 2,
+            ..Prompt::text(PROMPT)
+        },
         stages: Stage::ALL.to_vec(),
         layers: None,
     };
@@ -364,18 +369,17 @@ fn trace_diff_engine_vs_oracle_names_the_same_divergence_as_diff() {
 
     // As built the engine is bit-exact with the oracle; both reports say so row for row.
     let mut e = open(ProbeKind::Engine, &model);
-    let live = run_diff(e.as_mut(), o.as_mut(), &req, &tol).unwrap();
+    let live = run_diff(e.as_mut(), o.as_mut(), labels(), &req, &tol).unwrap();
     let ed = scratch("vs-oracle-e");
     record(e.as_mut(), "engine", &model, &request(2, true), &ed).unwrap();
-    let traced = trace_diff(&read(&ed).unwrap(), &oracle_trace, &tol);
+    let traced = trace_diff(&read(&ed).unwrap(), &oracle_trace, &topts);
     assert_same_report(&live, &traced.report);
     assert!(
         traced.pass()
             && traced
                 .report
-                .rows
-                .iter()
-                .all(|r| r.metrics.is_some_and(|m| m.bit_exact))
+                .stages()
+                .all(|r| r.measure.bit_exact() == Some(true))
     );
 
     // Every value 1e-6 off: within tolerance, NMSE > 0 in every row, the same NMSE in both.
@@ -384,17 +388,16 @@ fn trace_diff_engine_vs_oracle_names_the_same_divergence_as_diff() {
         target: None,
         factor: 1.0 + 1e-6,
     };
-    let live = run_diff(&mut close, o.as_mut(), &req, &tol).unwrap();
+    let live = run_diff(&mut close, o.as_mut(), labels(), &req, &tol).unwrap();
     let cd = scratch("vs-oracle-close");
     record(&mut close, "engine", &model, &request(2, true), &cd).unwrap();
-    let traced = trace_diff(&read(&cd).unwrap(), &oracle_trace, &tol);
+    let traced = trace_diff(&read(&cd).unwrap(), &oracle_trace, &topts);
     assert_same_report(&live, &traced.report);
-    assert!(traced.pass(), "{:?}", traced.report.first_divergence);
-    assert!(traced
-        .report
-        .rows
-        .iter()
-        .all(|r| r.metrics.is_some_and(|m| m.nmse > 0.0 || m.len == 0)));
+    assert!(traced.pass(), "{:?}", traced.report.first_divergence());
+    assert!(traced.report.stages().all(|r| r
+        .measure
+        .tensor()
+        .is_some_and(|m| m.nmse > 0.0 || m.len == 0)));
 
     // With one stage 50% off at layer 1, position 1: both name it.
     let mut bad = Perturbed {
@@ -402,18 +405,17 @@ fn trace_diff_engine_vs_oracle_names_the_same_divergence_as_diff() {
         target: Some((Stage::FfnUp, Some(1), 1)),
         factor: 1.5,
     };
-    let live = run_diff(&mut bad, o.as_mut(), &req, &tol).unwrap();
+    let live = run_diff(&mut bad, o.as_mut(), labels(), &req, &tol).unwrap();
     let first = live
-        .first_divergence
-        .as_ref()
+        .first_divergence()
         .expect("a 50% error is a divergence");
     assert_eq!(
-        (first.phase, first.position, first.stage.as_str()),
-        (Phase::Prompt, 1, "blk.1.ffn_up")
+        (first.phase, first.position, first.site.to_string()),
+        (Phase::Prompt, 1, "blk.1.ffn_up".to_string())
     );
     let bd = scratch("vs-oracle-bad");
     record(&mut bad, "engine", &model, &request(2, true), &bd).unwrap();
-    let traced = trace_diff(&read(&bd).unwrap(), &oracle_trace, &tol);
+    let traced = trace_diff(&read(&bd).unwrap(), &oracle_trace, &topts);
     assert_same_report(&live, &traced.report);
 }
 

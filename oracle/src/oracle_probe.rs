@@ -122,6 +122,8 @@ impl OracleProbe {
                 env!("BITPROBE_BITNET_SOURCE")
             ),
             threads: threads as u32,
+            protocol: probe::PROTOCOL_VERSION,
+            capabilities: Some(probe::Capabilities::full()),
         };
         let dims = Dims {
             n_head: n_head as usize,

@@ -32,6 +32,14 @@ use std::path::PathBuf;
 /// A token id. bitnet.cpp's `llama_token` is i32; ids are never negative in a valid vocab.
 pub type Token = u32;
 
+/// The wire protocol version this crate speaks (sent in `open`, answered in `opened`).
+/// A server that does not say is taken to speak version 1.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+fn protocol_v1() -> u32 {
+    1
+}
+
 /// How a probe is opened: the model file, threads, context size and probe-specific options.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OpenRequest {
@@ -46,6 +54,9 @@ pub struct OpenRequest {
     /// `fault = <name>`). A probe rejects keys it does not know.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// The protocol version the client speaks ([`PROTOCOL_VERSION`]); absent means 1.
+    #[serde(default = "protocol_v1")]
+    pub protocol: u32,
 }
 
 impl OpenRequest {
@@ -55,6 +66,7 @@ impl OpenRequest {
             threads: 0,
             n_ctx: 0,
             options: BTreeMap::new(),
+            protocol: PROTOCOL_VERSION,
         }
     }
 
@@ -85,7 +97,9 @@ pub struct ModelInfo {
     pub n_head_kv: u32,
     pub head_dim: u32,
     pub n_ff: u32,
+    #[serde(deserialize_with = "wire::float_or_nan")]
     pub rope_freq_base: f32,
+    #[serde(deserialize_with = "wire::float_or_nan")]
     pub rms_eps: f32,
     pub bos: Option<Token>,
     pub eos: Option<Token>,
@@ -94,6 +108,65 @@ pub struct ModelInfo {
     /// Who computed this: `engine 0.1.0`, `bitnet.cpp (bitnet-cpp-sys 0.0.5)`, ….
     pub implementation: String,
     pub threads: u32,
+    /// The protocol version the probe speaks; absent means 1.
+    #[serde(default = "protocol_v1")]
+    pub protocol: u32,
+    /// What the probe can give. `None` (a server that declares nothing) means everything:
+    /// [`Capabilities::full`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+}
+
+impl ModelInfo {
+    /// The declared capabilities, or [`Capabilities::full`] when none were declared.
+    pub fn caps(&self) -> Capabilities {
+        self.capabilities.clone().unwrap_or_else(Capabilities::full)
+    }
+}
+
+/// What a probe can give, declared in its `opened` reply. Fields a probe leaves out are
+/// false (or empty): declaring anything means declaring everything you have.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Capabilities {
+    /// `tokenize` and `pieces`.
+    pub tokenize: bool,
+    /// `forward`: one batched pass over a prompt with logits at every position.
+    pub forward: bool,
+    /// Stages `forward` can capture (and `generate`, at prompt positions).
+    pub stages: Vec<Stage>,
+    /// `generate`: prefill, then one token at a time through a KV cache.
+    pub generate: bool,
+    /// `generate` honours `forced` (teacher forcing: step i feeds `forced[i]`).
+    pub teacher_forced: bool,
+    /// `generate` returns each step's logits (and every prompt row) when `keep_logits`.
+    pub decode_logits: bool,
+    /// `generate` captures `stages` at decode steps too.
+    pub decode_stages: bool,
+}
+
+impl Capabilities {
+    /// Everything protocol 1 offers: what bitprobe's engine and the oracle give, and what a
+    /// server that declares nothing is assumed to give.
+    pub fn full() -> Capabilities {
+        Capabilities {
+            tokenize: true,
+            forward: true,
+            stages: Stage::ALL.to_vec(),
+            generate: true,
+            teacher_forced: true,
+            decode_logits: true,
+            decode_stages: true,
+        }
+    }
+
+    /// Greedy generation only (token ids in, token ids out).
+    pub fn generate_only() -> Capabilities {
+        Capabilities {
+            generate: true,
+            ..Capabilities::default()
+        }
+    }
 }
 
 /// Result of one batched forward pass over a prompt.
@@ -128,8 +201,10 @@ pub enum Sampling {
     /// Temperature → top-k → top-p → draw with a seeded RNG. Reproducible for one probe;
     /// two probes need not draw the same tokens.
     Seeded {
+        #[serde(deserialize_with = "wire::float_or_nan")]
         temperature: f32,
         top_k: u32,
+        #[serde(deserialize_with = "wire::float_or_nan")]
         top_p: f32,
         seed: u64,
     },
@@ -195,7 +270,9 @@ pub struct Generation {
     pub steps: Vec<DecodeStep>,
     /// All generated tokens in order (`first`, then each step's `chosen`).
     pub tokens: Vec<Token>,
+    #[serde(deserialize_with = "wire::float_or_nan")]
     pub prefill_seconds: f64,
+    #[serde(deserialize_with = "wire::float_or_nan")]
     pub decode_seconds: f64,
 }
 

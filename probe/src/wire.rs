@@ -174,6 +174,17 @@ pub mod blob_opt {
     }
 }
 
+/// `deserialize_with` for float fields: JSON has no NaN or ±Inf, and serde_json writes them
+/// as `null`; read `null` back as NaN so a non-finite value is a value the receiver can
+/// reject with a reason, not a frame it cannot read.
+pub fn float_or_nan<'de, D, F>(d: D) -> std::result::Result<F, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    F: Deserialize<'de> + From<f32>,
+{
+    Ok(Option::<F>::deserialize(d)?.unwrap_or_else(|| F::from(f32::NAN)))
+}
+
 /// Largest JSON part accepted in a frame (token lists and metadata are small; data is in blobs).
 const MAX_JSON: u32 = 256 << 20;
 /// Largest blob accepted: 4 G floats (16 GiB) — far above any real logits matrix.
@@ -194,6 +205,37 @@ pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> 
 
 /// Reads one frame; `Ok(None)` at a clean end of input (EOF before the first byte).
 pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Result<Option<T>> {
+    match read_raw_frame(r)? {
+        None => Ok(None),
+        Some(raw) => raw.parse().map(Some).map_err(invalid),
+    }
+}
+
+/// One frame read off the wire whose JSON has not been interpreted yet: a reader can tell
+/// a broken stream (an `io::Error` from [`read_raw_frame`]) from a well-framed message it does
+/// not understand (an `Err` from [`RawFrame::parse`]), and answer the latter.
+pub struct RawFrame {
+    json: Vec<u8>,
+    blobs: Vec<Option<Vec<f32>>>,
+}
+
+impl RawFrame {
+    /// Interprets the JSON, resolving `{"blob": i}` references against this frame's blobs.
+    pub fn parse<T: for<'de> Deserialize<'de>>(self) -> std::result::Result<T, String> {
+        SOURCE.with(|s| *s.borrow_mut() = Some(self.blobs));
+        let parsed = serde_json::from_slice(&self.json);
+        SOURCE.with(|s| *s.borrow_mut() = None);
+        parsed.map_err(|e| format!("bad frame JSON: {e}"))
+    }
+
+    /// The JSON text, for error messages.
+    pub fn json_text(&self) -> String {
+        String::from_utf8_lossy(&self.json).into_owned()
+    }
+}
+
+/// Reads one frame's bytes; `Ok(None)` at a clean end of input.
+pub fn read_raw_frame(r: &mut impl Read) -> io::Result<Option<RawFrame>> {
     let mut len = [0u8; 4];
     // EOF before the first byte ends the conversation; EOF inside a frame is an error.
     loop {
@@ -233,12 +275,7 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Result
             .collect();
         blobs.push(Some(floats));
     }
-    SOURCE.with(|s| *s.borrow_mut() = Some(blobs));
-    let parsed = serde_json::from_slice(&json);
-    SOURCE.with(|s| *s.borrow_mut() = None);
-    parsed
-        .map(Some)
-        .map_err(|e| invalid(format!("bad frame JSON: {e}")))
+    Ok(Some(RawFrame { json, blobs }))
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -258,8 +295,23 @@ pub fn serve<P: Probe>(
     let mut input = BufReader::with_capacity(1 << 20, input);
     let mut output = BufWriter::with_capacity(1 << 20, output);
     let mut probe: Option<P> = None;
-    while let Some(req) = read_frame::<Request>(&mut input)? {
+    while let Some(raw) = read_raw_frame(&mut input)? {
+        // A well-framed request this server cannot read is answered, not fatal.
+        let req: Request = match raw.parse() {
+            Ok(r) => r,
+            Err(e) => {
+                write_frame(&mut output, &Response::Error(Error::Protocol(e)))?;
+                continue;
+            }
+        };
         let reply = match (&req, probe.as_mut()) {
+            (Request::Open(o), _) if o.protocol > crate::PROTOCOL_VERSION => {
+                Response::Error(Error::Protocol(format!(
+                    "the client speaks protocol {}, this server speaks {}",
+                    o.protocol,
+                    crate::PROTOCOL_VERSION
+                )))
+            }
             (Request::Open(o), _) => {
                 probe = None; // free the old model before loading the next
                 match open(o) {
@@ -404,6 +456,15 @@ impl RemoteProbe {
         }
         self.server = Some(self.start()?);
         match self.exchange(&Request::Open(self.open.clone()))? {
+            Response::Opened(info) if info.protocol != crate::PROTOCOL_VERSION => {
+                self.shutdown();
+                Err(Error::Protocol(format!(
+                    "{} speaks protocol {}, bitprobe speaks {}: update one of them (docs/wire-protocol.md)",
+                    self.label,
+                    info.protocol,
+                    crate::PROTOCOL_VERSION
+                )))
+            }
             Response::Opened(info) => {
                 self.info = info;
                 Ok(())
@@ -538,6 +599,8 @@ fn placeholder_info() -> ModelInfo {
         weight_types: Default::default(),
         implementation: String::new(),
         threads: 0,
+        protocol: crate::PROTOCOL_VERSION,
+        capabilities: None,
     }
 }
 

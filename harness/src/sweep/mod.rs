@@ -13,7 +13,8 @@ pub mod receipt;
 pub mod report;
 
 use crate::case::{self, Case};
-use crate::diff::{DiffReport, Phase};
+use crate::diff::DiffReport;
+use crate::judge::{self, Judged, Phase, Site, Worst};
 use crate::probes::{ModelSpec, ProbeKind};
 use crate::runs::Runs;
 use crate::trials::{self, Kind, OracleMode, Outcome, TrialSpec};
@@ -241,7 +242,8 @@ fn run_model(
                     if kind == ProbeKind::Engine {
                         let info = p.info();
                         r.arch = Some(info.arch.clone());
-                        r.weight_type = Some(crate::tolerance::governing_type(&info.weight_types));
+                        r.weight_type =
+                            Some(crate::tolerance::governing_type(&info.weight_types).to_string());
                         r.n_layer = Some(info.n_layer);
                     }
                 }
@@ -352,17 +354,24 @@ fn run_model(
         }
     }
     r.first_divergence = diffs.iter().find_map(|(c, p, d)| {
-        d.first_divergence.as_ref().map(|fd| FirstDivergence {
+        d.first_divergence().map(|fd| FirstDivergence {
             case: c.id.clone(),
             prompt: p.id.clone(),
-            stage: fd.stage.clone(),
+            stage: fd.site.to_string(),
             phase: fd.phase.to_string(),
             position: fd.position,
-            detail: fd.detail.clone(),
+            detail: d.describe(fd),
         })
     });
-    r.stages = stage_worst(diffs.iter().map(|(_, _, d)| d.as_ref()));
-    r.logits = logits_summary(diffs.iter().map(|(_, _, d)| d.as_ref()));
+    let all = || diffs.iter().flat_map(|(_, _, d)| d.judged.iter());
+    r.stages = stage_worst(all());
+    let l = judge::logits_summary(all());
+    r.logits = (l.positions > 0).then(|| LogitsSummary {
+        positions: l.positions,
+        top1_agree: l.top1_agree,
+        worst_kl: finite(l.worst_kl),
+        worst_nmse: finite(l.worst_nmse),
+    });
     r.tokenizer_parity = tokenizer_parity(&runs, &cases_ok);
     r.status = if r.counts.fail == 0 {
         Status::Pass
@@ -387,7 +396,7 @@ fn retarget(mut c: Case, entry: &ModelEntry, path: &Path, fault: Option<&str>) -
     c.model = ModelSpec::Path(path.to_path_buf());
     c.unavailable = None;
     c.threads = entry.threads;
-    c.tokenizer = entry.tokenizer.clone();
+    c.tokenizer = crate::case::TokenizerChoice::parse(&entry.tokenizer);
     if let Some(f) = fault {
         c.fault = Some(f.to_string());
     }
@@ -409,7 +418,8 @@ fn clip(s: &str, n: usize) -> String {
     }
 }
 
-/// The worst NMSE / KL a trial judged, from the shared diff (no recomputation).
+/// The worst NMSE / KL a trial judged, from the shared diff (no recomputation), with the
+/// one NaN policy of [`judge::Worst`]: a non-finite value reports no number.
 fn trial_metrics(runs: &Runs, t: &TrialSpec) -> (Option<f64>, Option<f64>, Option<bool>) {
     let Some(c) = &t.case else {
         return (None, None, None);
@@ -423,147 +433,74 @@ fn trial_metrics(runs: &Runs, t: &TrialSpec) -> (Option<f64>, Option<f64>, Optio
     let Ok(d) = runs.diff(c, &c.prompts[prompt]) else {
         return (None, None, None);
     };
-    let worst = |it: &mut dyn Iterator<Item = (f64, bool)>| -> (Option<f64>, Option<bool>) {
-        let mut any = false;
-        let (mut w, mut exact) = (0f64, true);
-        for (x, e) in it {
-            any = true;
-            w = if x.is_nan() || w.is_nan() {
-                f64::NAN
-            } else {
-                w.max(x)
-            };
-            exact &= e;
-        }
-        if any {
-            (finite(w), Some(exact))
-        } else {
-            (None, None)
-        }
-    };
-    let tensor = |m: &crate::compare::TensorMetrics| {
-        (
-            if m.non_finite_failure().is_some() {
-                f64::NAN
-            } else {
-                m.nmse
-            },
-            m.bit_exact,
-        )
+    let stage_worst = |f: &dyn Fn(&Judged) -> bool| {
+        let rows: Vec<&Judged> = d.stages().filter(|j| f(j)).collect();
+        let s = judge::worst_by_stage(rows.iter().copied());
+        let worst = s
+            .iter()
+            .flat_map(|x| x.prompt.into_iter().chain(x.decode))
+            .map(Worst::value)
+            .fold(None, |acc: Option<f64>, x| {
+                Some(acc.map_or(x, |a| a.max(x)))
+            });
+        let exact =
+            (!rows.is_empty()).then(|| rows.iter().all(|j| j.measure.bit_exact() == Some(true)));
+        (worst.and_then(finite), exact)
     };
     match &t.kind {
         Kind::Stage { stage, .. } => {
-            let (n, e) = worst(
-                &mut d
-                    .rows
-                    .iter()
-                    .filter(|r| r.phase == Phase::Prompt && r.stage == *stage)
-                    .filter_map(|r| r.metrics.as_ref().map(tensor)),
-            );
+            let (n, e) =
+                stage_worst(&|j| j.phase == Phase::Prompt && j.site == Site::Stage(*stage));
             (n, None, e)
         }
-        Kind::Logits { position, .. } => match d
-            .logits
-            .iter()
-            .find(|l| l.phase == Phase::Prompt && l.position == *position)
-        {
-            Some(l) => (finite(l.metrics.nmse), finite(l.metrics.kl), None),
-            None => (None, None, None),
-        },
-        Kind::Decode { .. } => {
-            let (n, e) = worst(
-                &mut d
-                    .rows
-                    .iter()
-                    .filter(|r| r.phase != Phase::Prompt)
-                    .filter_map(|r| r.metrics.as_ref().map(tensor)),
+        Kind::Logits { position, .. } => {
+            let l = judge::logits_summary(
+                d.logits()
+                    .filter(|l| l.phase == Phase::Prompt && l.position == *position),
             );
-            let kl = d
-                .logits
-                .iter()
-                .filter(|l| l.phase != Phase::Prompt)
-                .map(|l| l.metrics.kl)
-                .fold(None, |a: Option<f64>, x| {
-                    Some(a.map_or(x, |a| if x.is_nan() { f64::NAN } else { a.max(x) }))
-                });
-            (n, kl.and_then(finite), e)
+            if l.positions == 0 {
+                (None, None, None)
+            } else {
+                (finite(l.worst_nmse), finite(l.worst_kl), None)
+            }
+        }
+        Kind::Decode { .. } => {
+            let (n, e) = stage_worst(&|j| j.phase != Phase::Prompt);
+            let l = judge::logits_summary(d.logits().filter(|l| l.phase != Phase::Prompt));
+            (
+                n,
+                (l.positions > 0).then_some(l.worst_kl).and_then(finite),
+                e,
+            )
         }
         _ => (None, None, None),
     }
 }
 
-fn stage_worst<'a>(diffs: impl Iterator<Item = &'a DiffReport>) -> Vec<StageWorst> {
-    struct Acc {
-        stage: probe::StageId,
-        prompt: Option<f64>,
-        decode: Option<f64>,
-        exact: bool,
-        limit: f64,
-        non_finite: bool,
-    }
-    let mut by: BTreeMap<(u32, usize), Acc> = BTreeMap::new();
-    for d in diffs {
-        for row in &d.rows {
-            let a = by.entry(row.stage.eval_key()).or_insert(Acc {
-                stage: row.stage,
-                prompt: None,
-                decode: None,
-                exact: true,
-                limit: row.nmse_limit,
-                non_finite: false,
-            });
-            a.limit = a.limit.min(row.nmse_limit);
-            let Some(m) = &row.metrics else { continue };
-            a.exact &= m.bit_exact;
-            let bad = m.non_finite_failure().is_some() || !m.nmse.is_finite();
-            a.non_finite |= bad;
-            let slot = if row.phase == Phase::Prompt {
-                &mut a.prompt
-            } else {
-                &mut a.decode
-            };
-            *slot = Some(
-                slot.unwrap_or(0.0)
-                    .max(if bad { f64::INFINITY } else { m.nmse }),
-            );
-        }
-    }
-    by.into_values()
-        .map(|a| StageWorst {
-            stage: a.stage.to_string(),
-            worst_nmse_prompt: a.prompt.and_then(finite),
-            worst_nmse_decode: a.decode.and_then(finite),
-            bit_exact: a.exact,
-            nmse_limit: a.limit,
-            non_finite: a.non_finite,
+/// Per stage over every compared prompt: the worst NMSE in the prompt and in decode steps.
+fn stage_worst<'a>(judged: impl Iterator<Item = &'a Judged>) -> Vec<StageWorst> {
+    let judged: Vec<&Judged> = judged.collect();
+    let exact: BTreeMap<(u32, usize), bool> = judged
+        .iter()
+        .filter_map(|j| j.site.stage().map(|id| (id.eval_key(), *j)))
+        .fold(BTreeMap::new(), |mut m, (k, j)| {
+            *m.entry(k).or_insert(true) &= j.measure.bit_exact() == Some(true);
+            m
+        });
+    judge::worst_by_stage(judged.iter().copied())
+        .into_iter()
+        .map(|s| {
+            let non_finite = [s.prompt, s.decode].contains(&Some(Worst::NonFinite));
+            StageWorst {
+                stage: s.stage.to_string(),
+                worst_nmse_prompt: s.prompt.map(Worst::value).and_then(finite),
+                worst_nmse_decode: s.decode.map(Worst::value).and_then(finite),
+                bit_exact: exact.get(&s.stage.eval_key()).copied().unwrap_or(false),
+                nmse_limit: s.nmse_limit.unwrap_or(0.0),
+                non_finite,
+            }
         })
         .collect()
-}
-
-fn logits_summary<'a>(diffs: impl Iterator<Item = &'a DiffReport>) -> Option<LogitsSummary> {
-    let (mut n, mut agree, mut kl, mut nmse) = (0, 0, 0f64, 0f64);
-    for d in diffs {
-        for l in &d.logits {
-            n += 1;
-            agree += l.metrics.top1_agree() as usize;
-            kl = if l.metrics.kl.is_nan() {
-                f64::NAN
-            } else {
-                kl.max(l.metrics.kl)
-            };
-            nmse = if l.metrics.nmse.is_nan() {
-                f64::NAN
-            } else {
-                nmse.max(l.metrics.nmse)
-            };
-        }
-    }
-    (n > 0).then(|| LogitsSummary {
-        positions: n,
-        top1_agree: agree,
-        worst_kl: finite(kl),
-        worst_nmse: finite(nmse),
-    })
 }
 
 /// Engine vs oracle vs truth ids over every tokenizer input of the model's cases.
@@ -587,18 +524,15 @@ fn tokenizer_parity(runs: &Runs, cases: &[Arc<Case>]) -> Option<TokenizerParity>
         any_truth |= truth.is_some();
         for text in &spec.inputs {
             for &ps in &spec.parse_special {
-                let (Ok(ei), Ok(oi)) = (
-                    e.tokenize(text, spec.add_bos, ps),
-                    o.tokenize(text, spec.add_bos, ps),
-                ) else {
+                let Ok(t) =
+                    trials::Tokenized::of(e.as_mut(), o.as_mut(), truth, text, spec.add_bos, ps)
+                else {
                     continue;
                 };
                 p.comparisons += 1;
-                p.engine_eq_oracle += (ei == oi) as usize;
-                if let Some(Ok(ti)) = truth.map(|t| t.encode(text, spec.add_bos, ps)) {
-                    et += (ei == ti) as usize;
-                    ot += (oi == ti) as usize;
-                }
+                p.engine_eq_oracle += t.engine_eq_oracle() as usize;
+                et += (t.engine_eq_truth() == Some(true)) as usize;
+                ot += (t.oracle_eq_truth() == Some(true)) as usize;
             }
         }
     }

@@ -28,7 +28,7 @@ fn listed(changes: &[Change]) -> Vec<Change> {
 fn sci(x: Option<f64>) -> String {
     match x {
         None => "–".into(),
-        Some(v) if v == 0.0 => "0".into(),
+        Some(0.0) => "0".into(),
         Some(v) => format!("{v:.2e}"),
     }
 }
@@ -714,19 +714,20 @@ fn chart(m: &ModelResult) -> String {
         "<path d=\"{path}\" fill=\"none\" stroke=\"#9aa3ad\" stroke-dasharray=\"5,4\"/>"
     );
     // Series: prompt and decode.
-    for (name, color, pick) in [
+    for (name, is_prompt, color, pick) in [
         (
             "prompt",
+            true,
             "#2a5db0",
             (|s: &StageWorst| s.worst_nmse_prompt) as fn(&StageWorst) -> Option<f64>,
         ),
-        ("decode", "#e07b00", |s: &StageWorst| s.worst_nmse_decode),
+        ("decode", false, "#e07b00", |s: &StageWorst| s.worst_nmse_decode),
     ] {
         let mut line = String::new();
         let mut dots = String::new();
         for (i, st) in m.stages.iter().enumerate() {
             let v = pick(st);
-            let compared = v.is_some() || (st.non_finite && name == "prompt");
+            let compared = v.is_some() || (st.non_finite && is_prompt);
             if !compared {
                 continue;
             }

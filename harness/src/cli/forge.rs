@@ -1,0 +1,29 @@
+//! `bitprobe forge`: write a synthetic model.
+
+use crate::*;
+
+pub(crate) fn forge(a: ForgeArgs) -> Result<ExitCode> {
+    if a.list {
+        for p in engine::forge::presets() {
+            println!("{:<24} {}", p.name, p.description);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (name, out) = (
+        a.preset.expect("clap requires it"),
+        a.out.expect("clap requires it"),
+    );
+    let preset = engine::forge::preset(&name)?;
+    let t = std::time::Instant::now();
+    engine::forge::forge_to(preset, a.seed, &out)
+        .with_context(|| format!("forging {name} into {}", out.display()))?;
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "forged {name} (seed {}) → {} ({:.1} MB in {:.1?})",
+        a.seed,
+        out.display(),
+        size as f64 / 1e6,
+        t.elapsed()
+    );
+    Ok(ExitCode::SUCCESS)
+}

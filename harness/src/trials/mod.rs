@@ -1,0 +1,496 @@
+//! Case files → named trials, and the one [`check`] every trial goes through. Trials read
+//! the judgements of [`crate::judge`] (through the shared diffs in [`Runs`]); none of them
+//! decides a verdict of its own.
+//!
+//! Trial names are stable strings, so `cargo test -- blk.3`, `--exact` and nextest filters
+//! select them:
+//!
+//! | trial | what it checks |
+//! |---|---|
+//! | `case::<file>` | the case file parses (only present when it does not) |
+//! | `tokenize::<file>::<NNN>` | one input: engine, oracle (and truth) ids agree, round trip |
+//! | `stage::<file>::<prompt>::<blk.N.stage>` | that stage at every prompt position |
+//! | `logits::<file>::<prompt>::pos<N>` | logits at position N: top-1, KL, NMSE |
+//! | `decode::<file>::<prompt>` | each greedy step through the KV cache: stages and logits |
+//! | `meta::<file>::<prompt>::<check>::<probe>` | causality, prefill-vs-decode, determinism |
+//! | `snapshot::<file>` | the engine's tokens, stage hashes/RMS, top-5 and greedy tokens |
+//! | `snapshot::<file>::metrics` | engine-vs-oracle metrics, rounded to the decade |
+//! | `gallery::<file>` | with an injected fault, the harness fails first at the expected stage |
+
+mod gallery;
+mod meta;
+pub mod tokenize;
+
+pub use gallery::{gallery_run, render as render_gallery, GalleryResult};
+pub use tokenize::{truth, Tokenized};
+
+use crate::case::{Case, CaseError, Prompt};
+use crate::diff::DiffReport;
+use crate::judge::{Judged, Phase, Site};
+use crate::probes::ProbeKind;
+use crate::runs::Runs;
+use probe::StageId;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// What the user asked of the oracle (`BITPROBE_ORACLE=off` skips its trials).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OracleMode {
+    On,
+    Off,
+}
+
+impl OracleMode {
+    pub fn from_env() -> OracleMode {
+        match std::env::var("BITPROBE_ORACLE").as_deref() {
+            Ok("off" | "0" | "no" | "false") => OracleMode::Off,
+            _ => OracleMode::On,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Kind {
+    CaseError(CaseError),
+    Tokenize {
+        input: usize,
+    },
+    Stage {
+        prompt: usize,
+        stage: StageId,
+    },
+    Logits {
+        prompt: usize,
+        position: u32,
+    },
+    Decode {
+        prompt: usize,
+    },
+    Meta {
+        prompt: usize,
+        check: Meta,
+        probe: ProbeKind,
+    },
+    Snapshot,
+    SnapshotMetrics,
+    Gallery,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Meta {
+    Causality,
+    PrefillVsDecode,
+    Determinism,
+}
+
+impl Meta {
+    fn name(self) -> &'static str {
+        match self {
+            Meta::Causality => "causality",
+            Meta::PrefillVsDecode => "prefill_vs_decode",
+            Meta::Determinism => "determinism",
+        }
+    }
+}
+
+/// One trial: a name, what to check, and whether it is ignored (with the reason).
+#[derive(Clone, Debug)]
+pub struct TrialSpec {
+    pub name: String,
+    pub case: Option<Arc<Case>>,
+    pub kind: Kind,
+    /// Shown next to the name (`[expected deviation]`).
+    pub label: Option<String>,
+    pub ignored: Option<String>,
+}
+
+/// A trial's verdict.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Pass,
+    Fail(String),
+    Ignored(String),
+}
+
+fn needs_oracle(k: &Kind) -> bool {
+    match k {
+        Kind::Tokenize { .. } | Kind::Stage { .. } | Kind::Logits { .. } | Kind::Decode { .. } => {
+            true
+        }
+        Kind::SnapshotMetrics | Kind::Gallery => true,
+        Kind::Meta { probe, .. } => *probe == ProbeKind::Oracle,
+        Kind::CaseError(_) | Kind::Snapshot => false,
+    }
+}
+
+/// Whether the engine was built with fault injection (the `faults` feature; tests always are).
+pub fn faults_built() -> bool {
+    !engine::faults::Fault::NAMES.is_empty()
+}
+
+/// Expands a loaded case (or its error) into trials. Needs the model's layer count and each
+/// prompt's token count, which it gets from the engine (cheap; cached).
+pub fn expand(case: Result<Case, CaseError>, runs: &Runs, oracle: OracleMode) -> Vec<TrialSpec> {
+    let case = match case {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            return vec![TrialSpec {
+                name: format!("case::{}", e.id),
+                case: None,
+                kind: Kind::CaseError(e),
+                label: None,
+                ignored: None,
+            }]
+        }
+    };
+    let id = case.id.clone();
+    let mut out = Vec::new();
+    let mut push = |name: String, kind: Kind, label: Option<String>| {
+        let ignored = case
+            .unavailable
+            .clone()
+            .or_else(|| {
+                (case.fault.is_some() && !faults_built())
+                    .then(|| "needs the faults feature".to_string())
+            })
+            .or_else(|| {
+                (oracle == OracleMode::Off && needs_oracle(&kind))
+                    .then(|| "BITPROBE_ORACLE=off".to_string())
+            });
+        out.push(TrialSpec {
+            name,
+            case: Some(case.clone()),
+            kind,
+            label,
+            ignored,
+        });
+    };
+
+    if case.expect.is_some() {
+        push(format!("gallery::{id}"), Kind::Gallery, None);
+        return out;
+    }
+    if let Some(t) = &case.tokenize {
+        for (i, input) in t.inputs.iter().enumerate() {
+            let dev = t.known_deviations.iter().any(|d| &d.input == input);
+            push(
+                format!("tokenize::{id}::{i:03}"),
+                Kind::Tokenize { input: i },
+                dev.then(|| "expected deviation".into()),
+            );
+        }
+    }
+    // Shapes for the per-stage and per-position trials come from the engine.
+    let (n_layer, positions) = match shape_of(&case, runs) {
+        Ok(s) => s,
+        Err(e) => {
+            // Without shapes we cannot name per-stage trials; one trial reports why.
+            if !case.prompts.is_empty() {
+                let reason = case.unavailable.clone();
+                out.push(TrialSpec {
+                    name: format!("stage::{id}::load"),
+                    case: Some(case.clone()),
+                    kind: Kind::CaseError(CaseError {
+                        id: id.clone(),
+                        file: case.file.clone(),
+                        message: e,
+                    }),
+                    label: None,
+                    ignored: reason,
+                });
+            }
+            return out;
+        }
+    };
+    for (pi, p) in case.prompts.iter().enumerate() {
+        let stages: &[probe::Stage] = if case.compare { &case.stages } else { &[] };
+        for stage in stages {
+            let layers: Vec<Option<u32>> = if stage.is_per_layer() {
+                (0..n_layer)
+                    .filter(|l| case.layers.as_ref().is_none_or(|ls| ls.contains(l)))
+                    .map(Some)
+                    .collect()
+            } else {
+                vec![None]
+            };
+            for layer in layers {
+                let sid = StageId::new(*stage, layer);
+                push(
+                    format!("stage::{id}::{}::{sid}", p.id),
+                    Kind::Stage {
+                        prompt: pi,
+                        stage: sid,
+                    },
+                    None,
+                );
+            }
+        }
+        for pos in 0..if case.compare { positions[pi] } else { 0 } {
+            push(
+                format!("logits::{id}::{}::pos{pos}", p.id),
+                Kind::Logits {
+                    prompt: pi,
+                    position: pos as u32,
+                },
+                None,
+            );
+        }
+        if p.decode > 0 && case.compare {
+            push(
+                format!("decode::{id}::{}", p.id),
+                Kind::Decode { prompt: pi },
+                None,
+            );
+        }
+        let m = &case.metamorphic;
+        for (on, check) in [
+            (m.causality, Meta::Causality),
+            (m.prefill_vs_decode, Meta::PrefillVsDecode),
+            (m.determinism, Meta::Determinism),
+        ] {
+            if on {
+                for probe in [ProbeKind::Engine, ProbeKind::Oracle] {
+                    push(
+                        format!("meta::{id}::{}::{}::{probe}", p.id, check.name()),
+                        Kind::Meta {
+                            prompt: pi,
+                            check,
+                            probe,
+                        },
+                        None,
+                    );
+                }
+            }
+        }
+    }
+    if case.snapshot && !case.prompts.is_empty() {
+        push(format!("snapshot::{id}"), Kind::Snapshot, None);
+        push(
+            format!("snapshot::{id}::metrics"),
+            Kind::SnapshotMetrics,
+            None,
+        );
+    }
+    out
+}
+
+/// Layer count and each prompt's token count, from the engine.
+fn shape_of(case: &Case, runs: &Runs) -> Result<(u32, Vec<usize>), String> {
+    if let Some(why) = &case.unavailable {
+        return Err(why.clone());
+    }
+    let mut e = runs.lease(case, ProbeKind::Engine)?;
+    let n_layer = e.info().n_layer;
+    let mut counts = Vec::new();
+    for p in &case.prompts {
+        counts.push(
+            p.tokenize(e.as_mut())
+                .map_err(|e| format!("prompt '{}': {e}", p.id))?
+                .len(),
+        );
+    }
+    Ok((n_layer, counts))
+}
+
+/// The one check every trial goes through.
+pub fn check(runs: &Runs, t: &TrialSpec) -> Outcome {
+    if let Some(why) = &t.ignored {
+        return Outcome::Ignored(why.clone());
+    }
+    let case = match (&t.kind, &t.case) {
+        (Kind::CaseError(e), _) => return Outcome::Fail(e.message.clone()),
+        (_, Some(c)) => c,
+        (_, None) => return Outcome::Fail("internal: trial without a case".into()),
+    };
+    let r = match &t.kind {
+        Kind::CaseError(_) => unreachable!(),
+        Kind::Tokenize { input } => tokenize::check_tokenize(runs, case, *input),
+        Kind::Stage { prompt, stage } => with_diff(runs, case, *prompt, |d| {
+            check_stage(case, &case.prompts[*prompt], d, *stage)
+        }),
+        Kind::Logits { prompt, position } => with_diff(runs, case, *prompt, |d| {
+            check_logits(case, &case.prompts[*prompt], d, *position)
+        }),
+        Kind::Decode { prompt } => with_diff(runs, case, *prompt, |d| {
+            check_decode(case, &case.prompts[*prompt], d)
+        }),
+        Kind::Meta {
+            prompt,
+            check,
+            probe,
+        } => meta::check_meta(runs, case, &case.prompts[*prompt], *check, *probe),
+        Kind::Snapshot => crate::snapshot::engine_text(runs, case)
+            .and_then(|text| crate::snapshot::assert(case, None, &text)),
+        Kind::SnapshotMetrics => crate::snapshot::metrics_text(runs, case)
+            .and_then(|text| crate::snapshot::assert(case, Some("metrics"), &text)),
+        Kind::Gallery => gallery::check_gallery(runs, case),
+    };
+    match r {
+        Ok(()) => Outcome::Pass,
+        Err(m) => Outcome::Fail(m),
+    }
+}
+
+fn with_diff(
+    runs: &Runs,
+    case: &Case,
+    prompt: usize,
+    f: impl FnOnce(&DiffReport) -> Result<(), String>,
+) -> Result<(), String> {
+    let d = runs.diff(case, &case.prompts[prompt])?;
+    f(&d)
+}
+
+/// `bitprobe diff …` that reproduces a prompt's comparison.
+pub fn repro(case: &Case, p: &Prompt) -> String {
+    let model = match &case.model {
+        crate::probes::ModelSpec::Preset { name, seed } => {
+            format!("--preset {name} --preset-seed {seed}")
+        }
+        crate::probes::ModelSpec::Path(path) => {
+            format!("--model {}", shell_quote(&path.display().to_string()))
+        }
+    };
+    let mut cmd = format!("bitprobe diff {model} --prompt {}", shell_quote(&p.text));
+    if !p.add_bos {
+        cmd.push_str(" --no-bos");
+    }
+    if p.parse_special {
+        cmd.push_str(" --parse-special");
+    }
+    if p.chat {
+        cmd.push_str(" --chat");
+    }
+    if p.decode > 0 {
+        write!(cmd, " --decode {}", p.decode).ok();
+    }
+    if let Some(f) = &case.fault {
+        write!(cmd, " --inject-fault {f}").ok();
+    }
+    cmd
+}
+
+fn shell_quote(s: &str) -> String {
+    let s = if s.len() > 120 {
+        format!("{}…", &s[..s.floor_char_boundary(120)])
+    } else {
+        s.to_string()
+    };
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The failure message shared by stage/logits/decode trials: what failed here, then the
+/// prompt's first divergence with the two stages before it, then the command to reproduce.
+fn divergence_message(case: &Case, p: &Prompt, d: &DiffReport, headline: String) -> String {
+    let mut m = headline;
+    if let Some(fd) = d.first_divergence() {
+        write!(m, "\nfirst divergence of this prompt: {}", d.describe(fd)).ok();
+        if matches!(fd.site, Site::Stage(_)) {
+            for prev in d.preceding(fd) {
+                write!(m, "\n  before it: {}", prev.summary(&d.labels)).ok();
+            }
+        }
+    }
+    if let Some(r) = crate::judge::first_inexact(&d.judged) {
+        write!(
+            m,
+            "\nfirst stage that is not bit-exact: {}",
+            r.summary(&d.labels)
+        )
+        .ok();
+    }
+    write!(m, "\nreproduce: {}", repro(case, p)).ok();
+    m
+}
+
+fn check_stage(case: &Case, p: &Prompt, d: &DiffReport, stage: StageId) -> Result<(), String> {
+    let rows: Vec<&Judged> = d
+        .stages()
+        .filter(|r| r.phase == Phase::Prompt && r.site == Site::Stage(stage))
+        .collect();
+    if rows.is_empty() {
+        return Err(format!(
+            "no {stage} rows were compared (did a probe skip the stage?)"
+        ));
+    }
+    match rows.iter().filter(|r| !r.pass()).min_by_key(|r| r.position) {
+        None => Ok(()),
+        Some(bad) => Err(divergence_message(
+            case,
+            p,
+            d,
+            format!("{stage} fails: {}", bad.summary(&d.labels)),
+        )),
+    }
+}
+
+fn check_logits(case: &Case, p: &Prompt, d: &DiffReport, position: u32) -> Result<(), String> {
+    let row = d
+        .logits()
+        .find(|l| l.phase == Phase::Prompt && l.position == position)
+        .ok_or_else(|| {
+            format!(
+                "no logits at position {position} (the prompt has {} tokens)",
+                d.tokens_b.len()
+            )
+        })?;
+    if row.pass() {
+        return Ok(());
+    }
+    let m = row.measure.logits();
+    Err(divergence_message(
+        case,
+        p,
+        d,
+        format!(
+            "logits at position {position}: {} · top-5 overlap {}/5 · max|Δ| {:.3e}",
+            row.note(&d.labels)
+                .unwrap_or_else(|| "outside tolerance".into()),
+            m.map_or(0, |m| m.top5_overlap),
+            m.map_or(f64::NAN, |m| m.max_abs)
+        ),
+    ))
+}
+
+fn check_decode(case: &Case, p: &Prompt, d: &DiffReport) -> Result<(), String> {
+    let decode = |j: &&Judged| matches!(j.phase, Phase::Decode(_)) && !j.pass();
+    let bad_row = d.stages().filter(decode).min_by_key(|r| r.key());
+    let bad_logits = d.logits().filter(decode).min_by_key(|l| l.phase);
+    let steps = d.greedy_b.len();
+    let same = d
+        .greedy_b
+        .iter()
+        .zip(&d.greedy_a)
+        .take_while(|(a, b)| a == b)
+        .count();
+    // A greedy token may differ only at a near-tie, which the logits rows already judge.
+    if bad_row.is_none() && bad_logits.is_none() {
+        return Ok(());
+    }
+    let mut head = format!("greedy tokens agree for {same} of {steps}");
+    if same < steps {
+        write!(
+            head,
+            "; token {same}: {} {} vs {} {}",
+            d.labels.a,
+            d.greedy_a.get(same).map_or("-".into(), |t| t.to_string()),
+            d.labels.b,
+            d.greedy_b[same]
+        )
+        .ok();
+    }
+    if let Some(r) = bad_row {
+        write!(head, "\nfirst failing stage: {}", r.summary(&d.labels)).ok();
+    }
+    if let Some(l) = bad_logits {
+        write!(
+            head,
+            "\nfirst failing logits: {} pos {}: {}",
+            l.phase,
+            l.position,
+            l.note(&d.labels).unwrap_or_default()
+        )
+        .ok();
+    }
+    Err(divergence_message(case, p, d, head))
+}
