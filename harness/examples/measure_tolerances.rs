@@ -13,7 +13,7 @@
 use harness::case;
 use harness::diff::{run_diff, DiffRequest};
 use harness::judge::{Labels, Phase};
-use harness::probes::{open, ProbeKind};
+use harness::probes::{open, ProbeSpec};
 use harness::snapshot::workspace_root;
 use harness::tolerance::{governing_type, StageKind, WeightType};
 use std::collections::BTreeMap;
@@ -32,14 +32,16 @@ fn main() {
             continue;
         }
         let path = c.model.resolve().expect("model");
+        let tokenizer = c.tokenizer.to_string();
         let mut e = open(
-            ProbeKind::Engine,
+            &ProbeSpec::Engine,
             &path,
             1,
-            &[("tokenizer", c.tokenizer.to_string().as_str())],
+            &[("tokenizer", tokenizer.as_str())],
+            Default::default(),
         )
         .expect("engine");
-        let mut o = open(ProbeKind::Oracle, &path, 1, &[]).expect("oracle");
+        let mut o = open(&ProbeSpec::ORACLE, &path, 1, &[], Default::default()).expect("oracle");
         let wt = governing_type(&o.info().weight_types);
         for p in &c.prompts {
             let req = DiffRequest {

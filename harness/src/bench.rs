@@ -1,11 +1,13 @@
-//! `bitprobe bench`: engine and oracle side by side, in one run, as ratios.
+//! `bitprobe bench`: several probes side by side, in one run, as ratios to the reference.
 //!
-//! Both probes run in child processes (the oracle always does; the engine through
-//! `bitprobe serve-engine`), so their peak RSS figures compare. Runs alternate A B A B after
-//! one warm-up each, so drift on the machine hits both alike. Speed is reported, never
-//! asserted: absolute numbers drift between machines, ratios from one run do not.
+//! Every probe runs in a child process (the references and external engines always do; our
+//! engine through `bitprobe serve-engine`), so their peak RSS figures compare. Runs go round
+//! robin (A B C A B C …) after one warm-up each, so drift on the machine hits all alike.
+//! Speed is reported, never asserted: absolute numbers drift between machines, ratios from
+//! one run do not.
 
-use crate::probes::{open_remote, ProbeKind};
+use crate::probes::{open_remote, ProbeSpec};
+use probe::wire::Watchdog;
 use probe::{GenerateRequest, Probe, Token};
 use serde::Serialize;
 use std::path::Path;
@@ -51,6 +53,16 @@ pub fn summarize(v: &[f64]) -> Summary {
     }
 }
 
+/// One measured probe.
+#[derive(Clone, Debug, Serialize)]
+pub struct Side {
+    /// The probe's name (`engine`, `oracle`, `ik-llama`).
+    pub probe: String,
+    /// Its `implementation` string (which build, which converted model).
+    pub implementation: String,
+    pub series: Series,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub model: String,
@@ -58,8 +70,8 @@ pub struct BenchReport {
     pub prompt_tokens: usize,
     pub decode_tokens: usize,
     pub reps: usize,
-    pub engine: Series,
-    pub oracle: Series,
+    /// Every probe measured; the last is the reference the ratios are taken against.
+    pub sides: Vec<Side>,
     /// Bytes one decode step must read: every tensor's data (the tied head reads the whole
     /// embedding matrix; the embedding lookup itself reads one row, which is ignored).
     pub bytes_per_decode_step: u64,
@@ -98,22 +110,31 @@ pub fn prompt_of(p: &mut dyn Probe, n: usize) -> Result<Vec<Token>, String> {
     Ok(ids)
 }
 
-/// One measured run: start, open, prefill, decode, read the peak RSS, stop.
+/// One measured run: start, open, prefill, decode, read the peak RSS, stop. The prompt is
+/// built by our engine's tokenizer (a probe may not tokenize), the same ids for every probe.
 fn one_run(
-    kind: ProbeKind,
-    bitprobe: &Path,
+    spec: &ProbeSpec,
     model: &Path,
+    prompt: &[Token],
     req: &BenchRequest,
     s: &mut Series,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let t = Instant::now();
-    let mut p =
-        open_remote(kind, bitprobe, model, req.threads).map_err(|e| format!("{kind}: {e}"))?;
+    let mut p = open_remote(spec, model, req.threads, Watchdog::default())
+        .map_err(|e| format!("{spec}: {e}"))?;
     let load = t.elapsed().as_secs_f64();
-    let prompt = prompt_of(&mut p, req.prompt_tokens)?;
+    let caps = p.info().caps();
+    if !caps.generate {
+        return Err(format!(
+            "{spec} cannot generate (its capabilities: {caps:?}), so it cannot be benchmarked"
+        ));
+    }
     let g = p
-        .generate(&GenerateRequest::greedy(prompt, req.decode_tokens + 1))
-        .map_err(|e| format!("{kind}: {e}"))?;
+        .generate(&GenerateRequest::greedy(
+            prompt.to_vec(),
+            req.decode_tokens + 1,
+        ))
+        .map_err(|e| format!("{spec}: {e}"))?;
     let rss = p.pid().map_or(0, peak_rss);
     s.load_seconds.push(load);
     s.prefill_tok_s
@@ -121,7 +142,7 @@ fn one_run(
     s.decode_tok_s
         .push(g.steps.len() as f64 / g.decode_seconds.max(1e-9));
     s.peak_rss_bytes.push(rss);
-    Ok(())
+    Ok(p.info().implementation.clone())
 }
 
 /// Read bandwidth with `threads` threads over a buffer larger than any cache (512 MiB).
@@ -146,9 +167,10 @@ pub fn read_bandwidth(threads: usize) -> f64 {
     best
 }
 
-/// Runs the benchmark; `progress` gets one line per run.
+/// Runs the benchmark over `probes` (the last one is the reference); `progress` gets one
+/// line per run.
 pub fn run(
-    bitprobe: &Path,
+    probes: &[ProbeSpec],
     model: &Path,
     req: &BenchRequest,
     mut progress: impl FnMut(&str),
@@ -156,30 +178,30 @@ pub fn run(
     let file = engine::gguf::GgufFile::open(model).map_err(|e| e.to_string())?;
     let bytes_per_decode_step: u64 = file.tensors().iter().map(|t| t.size).sum();
     drop(file);
-    let (mut engine, mut oracle) = (Series::default(), Series::default());
-    progress("warm-up: engine, oracle");
-    one_run(
-        ProbeKind::Engine,
-        bitprobe,
-        model,
-        req,
-        &mut Series::default(),
-    )?;
-    one_run(
-        ProbeKind::Oracle,
-        bitprobe,
-        model,
-        req,
-        &mut Series::default(),
-    )?;
+    let prompt = {
+        let mut e = engine::EngineProbe::open(&probe::OpenRequest::new(model).threads(1))
+            .map_err(|e| e.to_string())?;
+        prompt_of(&mut e, req.prompt_tokens)?
+    };
+    let mut sides: Vec<Side> = probes
+        .iter()
+        .map(|p| Side {
+            probe: p.label(),
+            implementation: String::new(),
+            series: Series::default(),
+        })
+        .collect();
+    let names: Vec<String> = sides.iter().map(|s| s.probe.clone()).collect();
+    progress(&format!("warm-up: {}", names.join(", ")));
+    for (spec, side) in probes.iter().zip(&mut sides) {
+        side.implementation = one_run(spec, model, &prompt, req, &mut Series::default())?;
+    }
     for rep in 1..=req.reps {
-        for (kind, s) in [
-            (ProbeKind::Engine, &mut engine),
-            (ProbeKind::Oracle, &mut oracle),
-        ] {
-            one_run(kind, bitprobe, model, req, s)?;
+        for (spec, side) in probes.iter().zip(&mut sides) {
+            let s = &mut side.series;
+            one_run(spec, model, &prompt, req, s)?;
             progress(&format!(
-                "rep {rep}/{}: {kind} prefill {:.1} tok/s, decode {:.2} tok/s",
+                "rep {rep}/{}: {spec} prefill {:.1} tok/s, decode {:.2} tok/s",
                 req.reps,
                 s.prefill_tok_s.last().unwrap_or(&0.0),
                 s.decode_tok_s.last().unwrap_or(&0.0)
@@ -193,94 +215,89 @@ pub fn run(
         prompt_tokens: req.prompt_tokens,
         decode_tokens: req.decode_tokens,
         reps: req.reps,
-        engine,
-        oracle,
+        sides,
         bytes_per_decode_step,
         read_bandwidth: read_bandwidth(req.threads),
     })
 }
 
-/// The report as a table: median (min–max) per figure and the engine/oracle ratio.
+/// The report as a table: per figure, each probe's median (min–max), and each probe's
+/// ratio to the reference (the last column group).
 pub fn table(r: &BenchReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let row =
-        |out: &mut String, name: &str, e: &[f64], o: &[f64], unit: &str, higher_is_better: bool| {
-            let (se, so) = (summarize(e), summarize(o));
-            let ratio = se.median / so.median;
-            let _ = writeln!(
-                out,
-                "{name:<14} {:>10.2} ({:.2}–{:.2}) {:>10.2} ({:.2}–{:.2})  {:>6.2}×  {unit}{}",
-                se.median,
-                se.min,
-                se.max,
-                so.median,
-                so.min,
-                so.max,
-                ratio,
-                if higher_is_better {
-                    ""
-                } else {
-                    " (lower is better)"
-                }
-            );
-        };
     let _ = writeln!(
         out,
-        "model {} · {} threads · prompt {} tokens · decode {} tokens · {} reps (A B alternating, after a warm-up)",
+        "model {} · {} threads · prompt {} tokens · decode {} tokens · {} reps (round robin, after a warm-up)",
         r.model, r.threads, r.prompt_tokens, r.decode_tokens, r.reps
     );
-    let _ = writeln!(
-        out,
-        "{:<14} {:>23} {:>23}  {:>7}",
-        "", "engine median (min–max)", "oracle median (min–max)", "ratio"
-    );
-    row(
-        &mut out,
-        "load",
-        &r.engine.load_seconds,
-        &r.oracle.load_seconds,
-        "s",
-        false,
-    );
-    row(
-        &mut out,
-        "prefill",
-        &r.engine.prefill_tok_s,
-        &r.oracle.prefill_tok_s,
-        "tok/s",
-        true,
-    );
-    row(
-        &mut out,
-        "decode",
-        &r.engine.decode_tok_s,
-        &r.oracle.decode_tok_s,
-        "tok/s",
-        true,
-    );
-    let mib = |v: &[u64]| {
-        v.iter()
-            .map(|&b| b as f64 / (1 << 20) as f64)
-            .collect::<Vec<_>>()
+    for s in &r.sides {
+        let _ = writeln!(out, "  {:<16} {}", s.probe, s.implementation);
+    }
+    let Some(reference) = r.sides.last() else {
+        return out;
     };
-    row(
-        &mut out,
-        "peak RSS",
-        &mib(&r.engine.peak_rss_bytes),
-        &mib(&r.oracle.peak_rss_bytes),
-        "MiB",
-        false,
-    );
+    let _ = write!(out, "{:<10}", "");
+    for s in &r.sides {
+        let _ = write!(out, " {:>24}", format!("{} median (min–max)", s.probe));
+    }
+    for s in &r.sides[..r.sides.len() - 1] {
+        let _ = write!(out, " {:>10}", format!("{}/{}", s.probe, reference.probe));
+    }
+    let _ = writeln!(out);
+    fn mib(v: &[u64]) -> Vec<f64> {
+        v.iter().map(|&b| b as f64 / (1 << 20) as f64).collect()
+    }
+    type Pick = fn(&Series) -> Vec<f64>;
+    let rows: [(&str, Pick, &str); 4] = [
+        ("load", |s| s.load_seconds.clone(), "s (lower is better)"),
+        ("prefill", |s| s.prefill_tok_s.clone(), "tok/s"),
+        ("decode", |s| s.decode_tok_s.clone(), "tok/s"),
+        (
+            "peak RSS",
+            |s| mib(&s.peak_rss_bytes),
+            "MiB (lower is better)",
+        ),
+    ];
+    for (name, pick, unit) in rows {
+        let _ = write!(out, "{name:<10}");
+        let sums: Vec<Summary> = r
+            .sides
+            .iter()
+            .map(|s| summarize(&pick(&s.series)))
+            .collect();
+        for x in &sums {
+            let _ = write!(
+                out,
+                " {:>24}",
+                format!("{:.2} ({:.2}–{:.2})", x.median, x.min, x.max)
+            );
+        }
+        let base = sums.last().map_or(f64::NAN, |x| x.median);
+        for x in &sums[..sums.len() - 1] {
+            let _ = write!(out, " {:>9.2}×", x.median / base);
+        }
+        let _ = writeln!(out, "  {unit}");
+    }
     let ceiling = r.decode_ceiling();
+    let shares: Vec<String> = r
+        .sides
+        .iter()
+        .map(|s| {
+            format!(
+                "{} at {:.0}%",
+                s.probe,
+                100.0 * summarize(&s.series.decode_tok_s).median / ceiling
+            )
+        })
+        .collect();
     let _ = writeln!(
         out,
-        "decode ceiling {:.2} tok/s = {:.2} GB/s read bandwidth / {:.3} GB per step · engine at {:.0}% of it, oracle at {:.0}%",
+        "decode ceiling {:.2} tok/s = {:.2} GB/s read bandwidth / {:.3} GB per step · {}",
         ceiling,
         r.read_bandwidth / 1e9,
         r.bytes_per_decode_step as f64 / 1e9,
-        100.0 * summarize(&r.engine.decode_tok_s).median / ceiling,
-        100.0 * summarize(&r.oracle.decode_tok_s).median / ceiling
+        shares.join(", ")
     );
     out
 }

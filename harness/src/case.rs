@@ -5,7 +5,7 @@
 //! which the test binary turns into one failing trial while every other file still runs.
 
 use crate::judge::{Phase, Site};
-use crate::probes::ModelSpec;
+use crate::probes::{ModelSpec, ProbeSpec, Registry};
 use crate::tolerance::ToleranceOverrides;
 use probe::{Stage, StageId};
 use serde::Deserialize;
@@ -23,6 +23,12 @@ pub struct Case {
     /// Why this case's model is unavailable (path absent): its trials are ignored with this.
     pub unavailable: Option<String>,
     pub threads: usize,
+    /// The implementation under test (`engine = "SPEC"`, default our engine) and the one it
+    /// is judged against (`reference = "SPEC"`, default the vendored bitnet.cpp).
+    pub engine: ProbeSpec,
+    pub reference: ProbeSpec,
+    /// Base watchdog deadline in seconds for out-of-process probes (`timeout = N`).
+    pub timeout: Option<f64>,
     pub tokenizer: TokenizerChoice,
     pub fault: Option<String>,
     pub prompts: Vec<Prompt>,
@@ -272,6 +278,12 @@ struct RawCase {
     model: RawModel,
     #[serde(default)]
     threads: Option<usize>,
+    #[serde(default)]
+    engine: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    reference: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    timeout: Option<toml::Spanned<f64>>,
     #[serde(default)]
     tokenizer: Option<String>,
     #[serde(default)]
@@ -549,6 +561,29 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
         }
     };
 
+    let spec =
+        |v: &Option<toml::Spanned<String>>, default: ProbeSpec| -> Result<ProbeSpec, CaseError> {
+            match v {
+                None => Ok(default),
+                Some(v) => {
+                    let registry = Registry::global().map_err(|m| err(m.clone()))?;
+                    ProbeSpec::parse(v.get_ref(), registry)
+                        .map_err(|m| err(format!("{}: {m}", at(v.span()))))
+                }
+            }
+        };
+    let engine_spec = spec(&raw.engine, ProbeSpec::Engine)?;
+    let reference_spec = spec(&raw.reference, ProbeSpec::ORACLE)?;
+    let timeout = match &raw.timeout {
+        Some(t) if !(t.get_ref().is_finite() && *t.get_ref() > 0.0) => {
+            return Err(err(format!(
+                "{}: timeout must be a number of seconds > 0",
+                at(t.span())
+            )))
+        }
+        t => t.as_ref().map(|t| *t.get_ref()),
+    };
+
     let expect = match raw.expect {
         None => None,
         Some(e) => {
@@ -594,6 +629,9 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
         model,
         unavailable,
         threads: raw.threads.unwrap_or(1),
+        engine: engine_spec,
+        reference: reference_spec,
+        timeout,
         tokenizer: raw
             .tokenizer
             .as_deref()
@@ -609,6 +647,24 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
         snapshot: raw.snapshot,
         expect,
     })
+}
+
+impl Case {
+    /// The probe on one side: A the engine under test, B the reference.
+    pub fn spec(&self, side: crate::judge::Side) -> &ProbeSpec {
+        match side {
+            crate::judge::Side::A => &self.engine,
+            crate::judge::Side::B => &self.reference,
+        }
+    }
+
+    /// The watchdog for this case's out-of-process probes.
+    pub fn watchdog(&self) -> probe::wire::Watchdog {
+        self.timeout.map_or_else(
+            probe::wire::Watchdog::default,
+            probe::wire::Watchdog::scaled,
+        )
+    }
 }
 
 /// `smoke/tiny-i2s` for `<root>/smoke/tiny-i2s.toml`.

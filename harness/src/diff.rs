@@ -31,9 +31,12 @@ pub struct DiffReport {
     pub weight_type: WeightType,
     /// Every judgement, in evaluation order ([`Judged::key`]).
     pub judged: Vec<Judged>,
-    /// B's greedy tokens, and A's choices at the same (teacher-forced) steps.
+    /// B's greedy tokens, and A's choices at the same (teacher-forced) steps — or, for an A
+    /// that only generates, A's own free-running greedy tokens.
     pub greedy_a: Vec<Token>,
     pub greedy_b: Vec<Token>,
+    /// What could not be compared, and why (a probe's capabilities): never a pass.
+    pub not_compared: Vec<String>,
 }
 
 impl DiffReport {
@@ -54,6 +57,7 @@ impl DiffReport {
             judged,
             greedy_a: Vec::new(),
             greedy_b: Vec::new(),
+            not_compared: Vec::new(),
         }
     }
 
@@ -119,7 +123,22 @@ impl DiffReport {
     }
 }
 
-/// Runs both probes and judges everything. `a` is under test, `b` the reference.
+/// The largest top-2 logit margin of the reference at which a different generated token is
+/// a near-tie rather than a bug, when A gives tokens only (no logits to weigh the flip
+/// against): a correct engine's logits may move this much. Measured as the worst max |Δlogit|
+/// of a correct engine that sums in another order (`BITPROBE_LLAMAFILE=off`) over the
+/// starter cases, ×2 — evidence in cases/README.md ("Tolerances").
+pub fn token_near_tie_margin(wt: WeightType) -> f64 {
+    match wt {
+        WeightType::I2S | WeightType::TQ1_0 | WeightType::TQ2_0 => 0.5,
+        WeightType::F16 | WeightType::F32 => 0.01,
+    }
+}
+
+/// Runs both probes and judges everything both can give. `a` is under test, `b` the
+/// reference. Each level — tokens, stages, logits, decode steps — is compared where both
+/// probes declare it; the rest is listed in `not_compared`. A probe that only generates gets
+/// a token-level verdict: its free-running greedy tokens against B's, with B's margins.
 pub fn run_diff(
     a: &mut dyn Probe,
     b: &mut dyn Probe,
@@ -127,39 +146,99 @@ pub fn run_diff(
     req: &DiffRequest,
     tol: &ToleranceOverrides,
 ) -> probe::Result<DiffReport> {
-    let tokens_b = req.prompt.tokenize(b)?;
-    let tokens_a = req.prompt.tokenize(a)?;
+    let (ca, cb) = (a.info().caps(), b.info().caps());
+    let mut not_compared = Vec::new();
+    let tokens_b = if cb.tokenize {
+        req.prompt.tokenize(b)?
+    } else if ca.tokenize {
+        req.prompt.tokenize(a)?
+    } else {
+        return Err(probe::Error::InvalidRequest(format!(
+            "neither {} nor {} can tokenize the prompt",
+            labels.a, labels.b
+        )));
+    };
+    let tokens_a = if ca.tokenize && cb.tokenize {
+        req.prompt.tokenize(a)?
+    } else {
+        not_compared.push(format!(
+            "tokenization: {} cannot tokenize; both were fed {}'s tokens",
+            if ca.tokenize { &labels.b } else { &labels.a },
+            if cb.tokenize { &labels.b } else { &labels.a },
+        ));
+        tokens_b.clone()
+    };
     if tokens_b.is_empty() {
         return Err(probe::Error::InvalidRequest(format!(
             "prompt {:?} tokenizes to nothing",
             req.prompt.text
         )));
     }
+    let weight_type = governing_type(&b.info().weight_types);
+    let both = |s: &Stage| ca.stages.contains(s) && cb.stages.contains(s);
+    let stages: Vec<Stage> = req.stages.iter().copied().filter(both).collect();
+    let missing: Vec<&str> = req
+        .stages
+        .iter()
+        .filter(|s| !both(s))
+        .map(|s| s.name())
+        .collect();
     let capture = Capture {
-        stages: req.stages.clone(),
+        stages: stages.clone(),
         layers: req.layers.clone(),
         positions: None,
     };
-    let weight_type = governing_type(&b.info().weight_types);
 
-    let (fa, fb) = (
-        a.forward(&tokens_b, &capture)?,
-        b.forward(&tokens_b, &capture)?,
-    );
-    let mut judged = judge_stages(Phase::Prompt, &fa.stages, &fb.stages, tol, weight_type);
-    judged.extend(judge_all_logits(
-        Phase::Prompt,
-        0,
-        &fa,
-        &fb,
-        tol,
-        weight_type,
-    ));
+    let mut judged = Vec::new();
+    if ca.forward && cb.forward {
+        if !missing.is_empty() {
+            not_compared.push(format!(
+                "stages {}: {} gives {}, {} gives {}",
+                missing.join(", "),
+                labels.a,
+                stage_list(&ca.stages),
+                labels.b,
+                stage_list(&cb.stages)
+            ));
+        }
+        let (fa, fb) = (
+            a.forward(&tokens_b, &capture)?,
+            b.forward(&tokens_b, &capture)?,
+        );
+        judged.extend(judge_stages(
+            Phase::Prompt,
+            &fa.stages,
+            &fb.stages,
+            tol,
+            weight_type,
+        ));
+        judged.extend(judge_all_logits(
+            Phase::Prompt,
+            0,
+            &fa,
+            &fb,
+            tol,
+            weight_type,
+        ));
+    } else {
+        not_compared.push(format!(
+            "stages and logits: {} {}",
+            if ca.forward { &labels.b } else { &labels.a },
+            "gives no forward pass (tokens only)"
+        ));
+    }
 
     let (mut greedy_a, mut greedy_b) = (Vec::new(), Vec::new());
-    if req.prompt.decode > 0 {
-        let mut g = GenerateRequest::greedy(tokens_b.clone(), req.prompt.decode + 1);
-        g.capture = capture.clone();
+    let steps = req.prompt.decode;
+    let full = |c: &probe::Capabilities| c.generate && c.teacher_forced && c.decode_logits;
+    if steps > 0 && full(&ca) && full(&cb) {
+        let mut g = GenerateRequest::greedy(tokens_b.clone(), steps + 1);
+        g.capture = if ca.decode_stages && cb.decode_stages {
+            capture.clone()
+        } else {
+            not_compared.push("decode-step stages: a probe does not capture them".into());
+            Capture::none()
+        };
         g.keep_logits = true;
         let gb = b.generate(&g)?;
         g.forced = Some(gb.steps.iter().map(|s| s.input).collect());
@@ -169,11 +248,85 @@ pub fn run_diff(
         greedy_a = std::iter::once(ga.first)
             .chain(ga.steps.iter().map(|s| s.chosen))
             .collect();
+    } else if steps > 0 && ca.generate && cb.generate && cb.decode_logits {
+        // Token level: A free-running, B with its logits at every step.
+        let mut g = GenerateRequest::greedy(tokens_b.clone(), steps + 1);
+        g.keep_logits = true;
+        let gb = b.generate(&g)?;
+        g.keep_logits = false;
+        let ga = a.generate(&g)?;
+        judged.extend(judge_free_running(
+            &ga.tokens,
+            &gb,
+            tokens_b.len() as u32,
+            token_near_tie_margin(weight_type),
+        ));
+        greedy_b = gb.tokens.clone();
+        greedy_a = ga.tokens.clone();
+        not_compared.push(format!(
+            "decode steps through the KV cache, stage by stage: {} {}; its generated tokens are judged instead",
+            labels.a,
+            if ca.generate { "cannot be teacher-forced or give step logits" } else { "cannot generate" }
+        ));
+    } else if steps > 0 {
+        not_compared.push(format!(
+            "generation: {} or {} cannot generate with logits",
+            labels.a, labels.b
+        ));
     }
     let mut report = DiffReport::new(labels, tokens_a, tokens_b, weight_type, judged);
     report.greedy_a = greedy_a;
     report.greedy_b = greedy_b;
+    report.not_compared = not_compared;
     Ok(report)
+}
+
+fn stage_list(stages: &[Stage]) -> String {
+    if stages.len() == Stage::ALL.len() {
+        "all".into()
+    } else if stages.is_empty() {
+        "none".into()
+    } else {
+        stages
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A's free-running greedy tokens against B's: equal up to the first difference, which is
+/// judged against B's top-2 margin at that step; later tokens follow different sequences and
+/// are not compared.
+pub fn judge_free_running(
+    a_tokens: &[Token],
+    gb: &Generation,
+    prompt_len: u32,
+    near_tie_margin: f64,
+) -> Vec<Judged> {
+    let mut out = Vec::new();
+    let n_vocab = gb.prefill.n_vocab as usize;
+    // B's logits that chose token i: the prompt's last row, then each step's.
+    let last = gb.prefill.n_tokens().saturating_sub(1);
+    let rows = std::iter::once(gb.prefill.logits.get(last * n_vocab..(last + 1) * n_vocab))
+        .chain(gb.steps.iter().map(|s| s.logits.as_deref()));
+    for (i, ((&tb, ta), row)) in gb.tokens.iter().zip(a_tokens).zip(rows).enumerate() {
+        let Some(row) = row else { break };
+        let j = judge::generated(
+            i as u32,
+            prompt_len + i as u32,
+            *ta,
+            tb,
+            row,
+            near_tie_margin,
+        );
+        let differs = *ta != tb;
+        out.push(j);
+        if differs {
+            break;
+        }
+    }
+    out
 }
 
 /// Judges two captures of the same stages; a tensor on one side only fails.
@@ -301,6 +454,73 @@ pub fn render_rows_and_logits(r: &DiffReport, failures_only: bool) -> String {
             l.note(&r.labels)
                 .unwrap_or_else(|| "outside tolerance".into())
         );
+    }
+    s
+}
+
+/// The summary `bitprobe diff` prints by default: per stage the worst value over positions
+/// (prompt, then decode steps), the logits, every near-tie excused, what could not be
+/// compared, the greedy tokens, and the verdict with the first divergence.
+pub fn render_summary(r: &DiffReport) -> String {
+    use crate::judge::{Outcome, Worst};
+    use std::fmt::Write;
+    let mut s = String::new();
+    let (la, lb) = (&r.labels.a, &r.labels.b);
+    let show = |w: Option<Worst>| match w {
+        None => "-".to_string(),
+        Some(Worst::BitExact) => "bit-exact".to_string(),
+        Some(Worst::Nmse(x)) => fmt_metric(x),
+        Some(Worst::NonFinite) => "non-finite".to_string(),
+    };
+    let stages = judge::worst_by_stage(&r.judged);
+    if !stages.is_empty() {
+        let _ = writeln!(
+            s,
+            "{:<22} {:>11} {:>11} {:>8}  worst NMSE over positions",
+            "stage", "prompt", "decode", "limit"
+        );
+        for st in &stages {
+            let failing = r
+                .stages()
+                .any(|j| j.site == Site::Stage(st.stage) && !j.pass());
+            let _ = writeln!(
+                s,
+                "{:<22} {:>11} {:>11} {:>8}{}",
+                st.stage.to_string(),
+                show(st.prompt),
+                show(st.decode),
+                st.nmse_limit.map_or("-".into(), |l| format!("{l:.0e}")),
+                if failing { "  FAIL" } else { "" }
+            );
+        }
+        let _ = writeln!(s);
+    }
+    let sum = judge::logits_summary(r.logits());
+    if sum.positions > 0 {
+        let _ = writeln!(
+            s,
+            "logits    top-1 agree at {}/{} positions, worst KL {}, worst NMSE {}",
+            sum.top1_agree,
+            sum.positions,
+            fmt_metric(sum.worst_kl),
+            fmt_metric(sum.worst_nmse)
+        );
+    }
+    for j in r.judged.iter().filter(|j| j.outcome == Outcome::NearTie) {
+        let _ = writeln!(
+            s,
+            "near-tie  {} pos {}: {}",
+            j.phase,
+            j.position,
+            j.note(&r.labels).unwrap_or_default()
+        );
+    }
+    for n in &r.not_compared {
+        let _ = writeln!(s, "not compared  {n}");
+    }
+    if !r.greedy_b.is_empty() || !r.greedy_a.is_empty() {
+        let _ = writeln!(s, "greedy    {lb} {:?}", r.greedy_b);
+        let _ = writeln!(s, "          {la} {:?}", r.greedy_a);
     }
     s
 }

@@ -143,6 +143,14 @@ pub enum Measure {
     Absent {
         missing: Side,
     },
+    /// The token each side generated at one step of free-running greedy generation, with B's
+    /// top-2 margin there (and its runner-up), from B's logits.
+    Generated {
+        a: Token,
+        b: Token,
+        margin_b: f64,
+        runner_up_b: Token,
+    },
     /// Both produced it with different element counts.
     Shape {
         a: Vec<usize>,
@@ -189,6 +197,8 @@ impl Measure {
 pub struct Limit {
     pub nmse: Option<f64>,
     pub kl: Option<f64>,
+    /// For generated tokens: the largest top-2 margin of B that still counts as a near-tie.
+    pub margin: Option<f64>,
 }
 
 /// Why a value failed.
@@ -318,6 +328,25 @@ impl Judged {
                 ))
             }
             (Measure::Hash { .. }, _) => None,
+            (
+                Measure::Generated {
+                    a: ta,
+                    b: tb,
+                    margin_b,
+                    runner_up_b,
+                },
+                outcome,
+            ) => Some(format!(
+                "generated token differs: {a} {ta}, {b} {tb} (B's top-2 margin {margin_b:.3e}, its runner-up {runner_up_b}{}){}",
+                if runner_up_b == ta { " = A's choice" } else { "" },
+                match outcome {
+                    Outcome::NearTie => format!(
+                        " — a near-tie on {b}'s side (margin ≤ {:.1e}): later tokens are not compared",
+                        self.limit.margin.unwrap_or(f64::NAN)
+                    ),
+                    _ => format!(" — not a near-tie on {b}'s side"),
+                }
+            )),
             (Measure::Tokens { at, a: ta, b: tb }, _) => Some(match self.site {
                 Site::Decode => format!(
                     "decode step {} feeds token {} in {a} and {} in {b}: the two were not \
@@ -383,7 +412,7 @@ pub fn tensor(
         measure: Measure::Absent { missing: Side::A },
         limit: Limit {
             nmse: Some(nmse_limit),
-            kl: None,
+            ..Limit::default()
         },
         outcome: Outcome::Fail(Failure::Absent),
     };
@@ -442,6 +471,7 @@ pub fn logits(phase: Phase, position: u32, a: &[f32], b: &[f32], tol: LogitsTole
         limit: Limit {
             nmse: Some(tol.nmse),
             kl: Some(tol.kl),
+            margin: None,
         },
         outcome,
     }
@@ -483,6 +513,56 @@ pub fn decode_inputs(step: u32, position: u32, a: Token, b: Token) -> Judged {
         },
         limit: Limit::default(),
         outcome: Outcome::Fail(Failure::Tokens),
+    }
+}
+
+/// One step of free-running greedy generation: the token A chose against B's, with B's
+/// logits at that step. A different token is excused as a near-tie when B's own top-2 margin
+/// is at most `near_tie_margin` (a correct engine's logits may move that much).
+pub fn generated(
+    step: u32,
+    position: u32,
+    a: Token,
+    b: Token,
+    b_logits: &[f32],
+    near_tie_margin: f64,
+) -> Judged {
+    let top = crate::compare::top_k(b_logits, 2);
+    let (first, second) = (
+        top.first().copied().unwrap_or(b),
+        top.get(1).copied().unwrap_or(b),
+    );
+    let margin_b = match (b_logits.get(first as usize), b_logits.get(second as usize)) {
+        (Some(x), Some(y)) => (*x as f64) - (*y as f64),
+        _ => f64::INFINITY,
+    };
+    let outcome = if a == b {
+        Outcome::Pass
+    } else if margin_b <= near_tie_margin {
+        Outcome::NearTie
+    } else {
+        Outcome::Fail(Failure::Tokens)
+    };
+    Judged {
+        phase: if step == 0 {
+            Phase::Prompt
+        } else {
+            Phase::Decode(step)
+        },
+        site: Site::Decode,
+        position,
+        shape: Vec::new(),
+        measure: Measure::Generated {
+            a,
+            b,
+            margin_b,
+            runner_up_b: second,
+        },
+        limit: Limit {
+            margin: Some(near_tie_margin),
+            ..Limit::default()
+        },
+        outcome,
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod case;
 pub mod compare;
+pub mod conformance;
 pub mod diff;
 pub mod inspect;
 pub mod judge;

@@ -1,8 +1,11 @@
-//! `bitprobe`: compare a BitNet b1.58 engine with bitnet.cpp, stage by stage.
+//! `bitprobe`: judge a BitNet b1.58 engine against bitnet.cpp, stage by stage.
+//!
+//! This file holds the command line (one `Args` type per command, the flags they share);
+//! each command's work is in `cli/<command>.rs`.
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use harness::probes::{self, ModelSpec, ProbeKind};
+use harness::probes::{self, ModelSpec, ProbeSpec};
 use probe::{GenerateRequest, Sampling};
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,11 +17,14 @@ mod cli;
 #[command(
     name = "bitprobe",
     version,
-    about = "Differential testing of BitNet b1.58 engines against bitnet.cpp",
-    long_about = "Differential testing of BitNet b1.58 engines against bitnet.cpp.\n\n\
-        bitprobe runs a model through its Rust engine and through bitnet.cpp (the oracle) and \
-        names the first token, layer and stage where they part. Models are GGUF files, or \
-        synthetic ones forged from a preset (`bitprobe forge --list`).\n\n\
+    about = "Differential testing of BitNet b1.58 engines: any engine against bitnet.cpp",
+    long_about = "Differential testing of BitNet b1.58 engines: any engine against bitnet.cpp.\n\n\
+        bitprobe runs a model through an engine and through a reference (bitnet.cpp) and names \
+        the first token, layer and stage where they part. An engine is bitprobe's own \
+        (`engine`), a reference build (`oracle`, `bitnet.cpp-2026`), one declared in \
+        probes.toml, or any program speaking the wire protocol (`cmd:PROGRAM ARG…`, see \
+        docs/wire-protocol.md). Models are GGUF files, or synthetic ones forged from a preset \
+        (`bitprobe forge --list`).\n\n\
         Test suite: `cargo test` runs every case in cases/ (see cases/README.md)."
 )]
 struct Cli {
@@ -34,12 +40,23 @@ enum Command {
     Run(RunArgs),
     /// Show the token ids and pieces a probe gives a text.
     Tokenize(TokenizeArgs),
-    /// Run engine and oracle on one prompt; compare every stage; name the first divergence.
+    /// Run an engine and a reference on one prompt; judge every stage; name the first
+    /// divergence.
     ///
-    /// Prints one row per (position, layer, stage) in evaluation order with NMSE, cosine,
-    /// max |Δ| and a pass/fail mark, then the first divergence and a logits summary.
-    /// Exit status: 0 within tolerance, 1 divergent, 2 usage or load error.
+    /// Prints a summary: the worst NMSE per stage, the logits, the greedy tokens, and the
+    /// verdict with the first divergence (`--all` for every (position, layer, stage) row,
+    /// `--failures` for the failing ones). Each level is compared where both probes offer it;
+    /// what cannot be compared is listed. Exit status: 0 within tolerance, 1 divergent,
+    /// 2 usage or load error.
     Diff(DiffArgs),
+    /// Check that a probe speaks the wire protocol as it declares: frames, shapes, stage
+    /// names, positions, determinism, errors, causality — one line per check.
+    ///
+    /// Runs on a forged preset (default tiny-i2s). Never hangs: every request has a deadline
+    /// (`--timeout`). Exit status: 0 every check passed, 1 a check failed, 2 usage error.
+    Conformance(ConformanceArgs),
+    /// List the probes this bitprobe can run: built in, and declared in probes.toml.
+    Probes,
     /// Run the known-bug gallery: each cases/gallery/*.toml injects one engine fault, and the
     /// harness must fail, first at the stage the case expects (needs `--features faults`).
     ///
@@ -59,19 +76,21 @@ enum Command {
     /// Compare two trace folders: the same first-divergence report as `diff`, B the reference.
     ///
     /// With values in both (`trace --raw`): NMSE, cosine, max |Δ| against the tolerances.
-    /// Otherwise hash-only: each row bit-exact or not. Exit status: 0 agree, 1 divergent,
+    /// Otherwise hash-only: each row bit-exact or not. A trace with fewer decode steps than
+    /// the reference fails unless `--prompt-only`. Exit status: 0 agree, 1 divergent,
     /// 2 unreadable trace.
     TraceDiff(TraceDiffArgs),
-    /// Engine vs bitnet.cpp speed on one model, side by side: load, prefill and decode tok/s,
-    /// peak RSS, and the decode ceiling of this machine's read bandwidth.
+    /// Speed side by side on one model: our engine, each --engine, and the reference — load,
+    /// prefill and decode tok/s, peak RSS, and the decode ceiling of this machine's read
+    /// bandwidth.
     ///
-    /// Both probes run in child processes, alternating A B A B after a warm-up; medians with
-    /// min–max and the engine/oracle ratio are printed. Speed is reported, never asserted.
+    /// Every probe runs in a child process, round robin after a warm-up; medians with min–max
+    /// and each probe's ratio to the reference are printed. Speed is reported, never asserted.
     Bench(BenchArgs),
     /// Run every model of models.toml through its case files; write receipt.json, report.md
     /// and report.html; list regressions against the previous run.
     ///
-    /// A model that cannot be loaded, or crashes the oracle, is a failed row with its error;
+    /// A model that cannot be loaded, or crashes a probe, is a failed row with its error;
     /// the sweep goes on. The baseline is the newest earlier receipt next to --out unless
     /// --baseline says otherwise. Regressions: new failures, metrics worse by more than a
     /// decade, engine/oracle speed ratio drops beyond --speed-tolerance, models that stopped
@@ -83,35 +102,141 @@ enum Command {
     ServeEngine,
 }
 
-/// A model: `--model FILE` or `--preset NAME [--seed N]`.
+/// A model: `--model FILE` or `--preset NAME [--preset-seed N]`.
 #[derive(Args, Clone)]
 struct ModelArgs {
     /// GGUF model file.
-    #[arg(long, short = 'm', conflicts_with = "preset")]
+    #[arg(long, short = 'm', conflicts_with_all = ["preset", "preset_seed"])]
     model: Option<PathBuf>,
-    /// Forge preset instead of a file (forged once, cached under target/).
+    /// Forge preset instead of a file (forged once, cached under target/; `bitprobe forge --list`).
     #[arg(long)]
     preset: Option<String>,
-    /// Seed for --preset.
-    #[arg(long = "preset-seed", default_value_t = 1, requires = "preset")]
-    preset_seed: u64,
+    /// Seed for --preset [default: 1].
+    #[arg(long = "preset-seed", requires = "preset")]
+    preset_seed: Option<u64>,
 }
 
 impl ModelArgs {
-    fn resolve(&self) -> Result<PathBuf> {
-        let spec = match (&self.model, &self.preset) {
+    fn spec(&self) -> Result<ModelSpec> {
+        Ok(match (&self.model, &self.preset) {
             (Some(p), _) => ModelSpec::Path(p.clone()),
             (None, Some(name)) => ModelSpec::Preset {
                 name: name.clone(),
-                seed: self.preset_seed,
+                seed: self.preset_seed.unwrap_or(1),
             },
             (None, None) => {
                 bail!("give a model: --model FILE or --preset NAME (see `bitprobe forge --list`)")
             }
-        };
-        spec.resolve().with_context(|| format!("model {spec}"))
+        })
+    }
+
+    fn resolve(&self) -> Result<PathBuf> {
+        let spec = self.spec()?;
+        resolve_model(&spec)
     }
 }
+
+/// A model spec to a file, with a spinner while a preset is forged on a terminal.
+fn resolve_model(spec: &ModelSpec) -> Result<PathBuf> {
+    let _spin =
+        matches!(spec, ModelSpec::Preset { .. }).then(|| cli::spinner(&format!("model {spec}")));
+    match spec.resolve() {
+        Ok(p) => Ok(p),
+        Err(e) => bail!("model {spec}: {e}"),
+    }
+}
+
+/// Compute threads, the same flag and default everywhere.
+#[derive(Args, Clone, Copy)]
+struct ThreadArgs {
+    /// Compute threads per probe (capped at this machine's cores) [default: 1].
+    #[arg(long, short = 't', value_name = "N")]
+    threads: Option<usize>,
+}
+
+impl ThreadArgs {
+    /// The thread count to use: at least 1, at most the machine's cores (with a warning).
+    fn get(self) -> usize {
+        cli::threads(self.threads.unwrap_or(1))
+    }
+}
+
+/// How long an out-of-process probe may take.
+#[derive(Args, Clone, Copy)]
+struct TimeoutArgs {
+    /// Base deadline in seconds for each request to an out-of-process probe (opening gets
+    /// 5×, and each token of work adds 1/60 of it); on expiry the probe is stopped and the
+    /// request fails [default: 120].
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+}
+
+impl TimeoutArgs {
+    fn watchdog(self) -> Result<probe::wire::Watchdog> {
+        match self.timeout {
+            None => Ok(probe::wire::Watchdog::default()),
+            Some(t) if t.is_finite() && t > 0.0 => Ok(probe::wire::Watchdog::scaled(t)),
+            Some(t) => bail!("--timeout {t}: give a number of seconds > 0"),
+        }
+    }
+}
+
+/// A prompt, tokenized the same way by every command.
+#[derive(Args, Clone)]
+struct PromptArgs {
+    /// Prompt text.
+    #[arg(long, short = 'p', visible_alias = "text")]
+    prompt: String,
+    /// Do not add BOS.
+    #[arg(long)]
+    no_bos: bool,
+    /// Map special-token text (`<|eot_id|>`) to special ids.
+    #[arg(long)]
+    parse_special: bool,
+    /// Wrap the prompt in the Llama-3 chat template (one BOS, specials parsed).
+    #[arg(long)]
+    chat: bool,
+}
+
+impl PromptArgs {
+    fn prompt(&self, decode: usize) -> harness::case::Prompt {
+        harness::case::Prompt {
+            add_bos: !self.no_bos,
+            parse_special: self.parse_special,
+            chat: self.chat,
+            decode,
+            ..harness::case::Prompt::text(&self.prompt)
+        }
+    }
+}
+
+/// Options only bitprobe's own engine takes.
+#[derive(Args, Clone)]
+struct EngineOptionArgs {
+    /// Our engine's tokenizer: gguf (as llama.cpp reads the file), truth (the trained
+    /// Llama-3 tokenizer) or a tokenizer.json path.
+    #[arg(long, default_value = "gguf")]
+    tokenizer: String,
+    /// Switch on one fault of our engine from the known-bug gallery (needs the `faults`
+    /// feature; `bitprobe gallery`).
+    #[arg(long, value_name = "FAULT")]
+    inject_fault: Option<String>,
+}
+
+impl EngineOptionArgs {
+    fn options(&self) -> Vec<(&str, &str)> {
+        let mut o = vec![("tokenizer", self.tokenizer.as_str())];
+        if let Some(f) = &self.inject_fault {
+            o.push(("fault", f.as_str()));
+        }
+        o
+    }
+}
+
+/// A probe spec: what `--probe`, `--engine` and `--reference` take.
+const SPEC_HELP: &str = "engine (bitprobe's), oracle / bitnet.cpp-2024 (the vendored bitnet.cpp), \
+    bitnet.cpp-2026, a name from probes.toml, or cmd:PROGRAM ARG… (any program speaking \
+    docs/wire-protocol.md); `bitprobe probes` lists them";
 
 #[derive(Args)]
 struct ForgeArgs {
@@ -121,9 +246,9 @@ struct ForgeArgs {
     /// Output file.
     #[arg(long, short = 'o', required_unless_present = "list")]
     out: Option<PathBuf>,
-    /// RNG seed: the same preset and seed always give the same bytes.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// Seed: the same preset and seed always give the same bytes [default: 1].
+    #[arg(long = "preset-seed")]
+    preset_seed: Option<u64>,
     /// List the presets, one per line: name, then a description.
     #[arg(long)]
     list: bool,
@@ -133,17 +258,18 @@ struct ForgeArgs {
 struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Prompt text.
-    #[arg(long, short = 'p')]
-    prompt: String,
+    #[command(flatten)]
+    prompt: PromptArgs,
     /// Tokens to generate.
     #[arg(short = 'n', long = "n-predict", default_value_t = 32)]
     n: usize,
-    #[arg(long, value_enum, default_value_t = ProbeKind::Engine)]
-    probe: ProbeKind,
-    /// Compute threads (0 = all cores).
-    #[arg(long, short = 't', default_value_t = 0)]
-    threads: usize,
+    /// Who generates.
+    #[arg(long, default_value = "engine", value_name = "SPEC", long_help = SPEC_HELP)]
+    probe: String,
+    #[command(flatten)]
+    threads: ThreadArgs,
+    #[command(flatten)]
+    timeout: TimeoutArgs,
     /// Sampling temperature; 0 = greedy.
     #[arg(long, default_value_t = 0.0)]
     temp: f32,
@@ -153,16 +279,11 @@ struct RunArgs {
     /// Keep the smallest set of tokens whose probability reaches p.
     #[arg(long, default_value_t = 0.95)]
     top_p: f32,
-    /// Sampling seed.
+    /// Seed of the sampler (with --temp > 0).
     #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Wrap the prompt in the Llama-3 chat template (one BOS, specials parsed).
-    #[arg(long)]
-    chat: bool,
-    /// Engine tokenizer: gguf (as llama.cpp reads the file), truth (the trained Llama-3
-    /// tokenizer) or a tokenizer.json path.
-    #[arg(long, default_value = "gguf")]
-    tokenizer: String,
+    sampling_seed: u64,
+    #[command(flatten)]
+    engine: EngineOptionArgs,
 }
 
 #[derive(Args)]
@@ -170,8 +291,13 @@ struct TokenizeArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Text to tokenize.
-    #[arg(long, required_unless_present = "inputs")]
-    text: Option<String>,
+    #[arg(
+        long,
+        short = 'p',
+        visible_alias = "text",
+        required_unless_present = "inputs"
+    )]
+    prompt: Option<String>,
     /// A JSON array of texts to tokenize (with --compare: a summary of who disagrees).
     #[arg(long, requires = "compare")]
     inputs: Option<PathBuf>,
@@ -183,15 +309,18 @@ struct TokenizeArgs {
     /// oracle differs from truth, ready to paste into a case file.
     #[arg(long, requires = "compare")]
     emit_known_deviations: bool,
-    #[arg(long, value_enum, default_value_t = ProbeKind::Engine)]
-    probe: ProbeKind,
+    /// Who tokenizes (without --compare).
+    #[arg(long, default_value = "engine", value_name = "SPEC", long_help = SPEC_HELP)]
+    probe: String,
     /// Do not add BOS.
     #[arg(long)]
     no_bos: bool,
     /// Map special-token text (`<|eot_id|>`) to special ids.
     #[arg(long)]
     parse_special: bool,
-    /// Engine tokenizer: gguf, truth or a tokenizer.json path.
+    #[command(flatten)]
+    timeout: TimeoutArgs,
+    /// Our engine's tokenizer: gguf, truth or a tokenizer.json path.
     #[arg(long, default_value = "gguf")]
     tokenizer: String,
 }
@@ -200,11 +329,17 @@ struct TokenizeArgs {
 struct DiffArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Prompt text.
-    #[arg(long, short = 'p')]
-    prompt: String,
-    /// Greedy decode steps compared after the prompt (teacher-forced with the oracle's tokens).
-    #[arg(long, default_value_t = 0)]
+    #[command(flatten)]
+    prompt: PromptArgs,
+    /// The implementation under test.
+    #[arg(long, default_value = "engine", value_name = "SPEC", long_help = SPEC_HELP)]
+    engine: String,
+    /// The implementation it is judged against.
+    #[arg(long, default_value = "oracle", value_name = "SPEC", long_help = SPEC_HELP)]
+    reference: String,
+    /// Greedy decode steps compared after the prompt (teacher-forced with the reference's
+    /// tokens; token by token for an engine that only generates).
+    #[arg(short = 'n', long = "decode", default_value_t = 0)]
     decode: usize,
     /// Stages to compare (comma-separated names, default all): e.g. attn_q,ffn_down.
     #[arg(long, value_delimiter = ',')]
@@ -212,28 +347,43 @@ struct DiffArgs {
     /// Layers to compare (comma-separated; default all).
     #[arg(long, value_delimiter = ',')]
     layers: Vec<u32>,
-    /// Do not add BOS.
-    #[arg(long)]
-    no_bos: bool,
-    /// Map special-token text to special ids.
-    #[arg(long)]
-    parse_special: bool,
-    /// Wrap the prompt in the Llama-3 chat template.
-    #[arg(long)]
-    chat: bool,
-    /// Compute threads for both probes.
-    #[arg(long, short = 't', default_value_t = 2)]
-    threads: usize,
-    /// Engine tokenizer: gguf, truth or a tokenizer.json path.
-    #[arg(long, default_value = "gguf")]
-    tokenizer: String,
-    /// Switch on one engine fault from the known-bug gallery (needs the `faults` feature).
-    #[arg(long)]
-    inject_fault: Option<String>,
-    /// Print only the failing rows (and the first divergence).
+    #[command(flatten)]
+    threads: ThreadArgs,
+    #[command(flatten)]
+    timeout: TimeoutArgs,
+    #[command(flatten)]
+    engine_options: EngineOptionArgs,
+    /// Print every compared (position, layer, stage) row, not only the summary.
+    #[arg(long, conflicts_with = "failures")]
+    all: bool,
+    /// Print the failing rows after the summary.
     #[arg(long)]
     failures: bool,
-    /// Print the report as JSON.
+    /// Print the whole report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ConformanceArgs {
+    /// The probe to check.
+    #[arg(value_name = "SPEC", long_help = SPEC_HELP)]
+    probe: String,
+    /// Forge preset to run it on.
+    #[arg(long, default_value = "tiny-i2s")]
+    preset: String,
+    /// Seed for --preset.
+    #[arg(long = "preset-seed", default_value_t = 1)]
+    preset_seed: u64,
+    /// A GGUF file instead of a preset.
+    #[arg(long, short = 'm', conflicts_with = "preset")]
+    model: Option<PathBuf>,
+    /// Base deadline per request in seconds [default: 30].
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    timeout: f64,
+    #[command(flatten)]
+    threads: ThreadArgs,
+    /// Print the checklist as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -254,35 +404,27 @@ struct InspectArgs {
 struct TraceArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Prompt text.
-    #[arg(long, short = 'p')]
-    prompt: String,
-    /// Output folder (created; a previous trace in it is replaced).
+    #[command(flatten)]
+    prompt: PromptArgs,
+    /// Output folder (created; a previous trace in it is replaced only once the new one is
+    /// complete).
     #[arg(long, short = 'o')]
     out: PathBuf,
-    #[arg(long, value_enum, default_value_t = ProbeKind::Engine)]
-    probe: ProbeKind,
+    /// Who runs it.
+    #[arg(long, default_value = "engine", value_name = "SPEC", long_help = SPEC_HELP)]
+    probe: String,
     /// Also write each tensor's f32 values as .npy (trace-diff needs them for NMSE).
     #[arg(long)]
     raw: bool,
     /// Greedy decode steps traced after the prompt.
-    #[arg(long, default_value_t = 0)]
+    #[arg(short = 'n', long = "decode", default_value_t = 0)]
     decode: usize,
-    /// Do not add BOS.
-    #[arg(long)]
-    no_bos: bool,
-    /// Map special-token text to special ids.
-    #[arg(long)]
-    parse_special: bool,
-    /// Wrap the prompt in the Llama-3 chat template.
-    #[arg(long)]
-    chat: bool,
-    /// Compute threads.
-    #[arg(long, short = 't', default_value_t = 1)]
-    threads: usize,
-    /// Engine tokenizer: gguf, truth or a tokenizer.json path.
-    #[arg(long, default_value = "gguf")]
-    tokenizer: String,
+    #[command(flatten)]
+    threads: ThreadArgs,
+    #[command(flatten)]
+    timeout: TimeoutArgs,
+    #[command(flatten)]
+    engine: EngineOptionArgs,
 }
 
 #[derive(Args)]
@@ -318,9 +460,9 @@ struct TraceDiffArgs {
 struct GalleryArgs {
     /// Only the faults whose name contains this text.
     filter: Option<String>,
-    /// Folder of gallery case files.
-    #[arg(long, default_value_os_t = harness::snapshot::workspace_root().join("cases").join("gallery"))]
-    cases: PathBuf,
+    /// Folder of gallery case files [default: cases/gallery of this workspace].
+    #[arg(long)]
+    cases: Option<PathBuf>,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -328,20 +470,21 @@ struct GalleryArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// GGUF model file (default: the forged 2b4t-i2s preset, the 2B-4T shapes).
-    #[arg(long, short = 'm', conflicts_with = "preset")]
-    model: Option<PathBuf>,
-    /// Forge preset to benchmark.
-    #[arg(long)]
-    preset: Option<String>,
-    /// Compute threads for both probes.
-    #[arg(long, short = 't', default_value_t = 2)]
-    threads: usize,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Another implementation to measure besides ours (repeatable).
+    #[arg(long, value_name = "SPEC", long_help = SPEC_HELP)]
+    engine: Vec<String>,
+    /// The implementation the ratios are taken against.
+    #[arg(long, default_value = "oracle", value_name = "SPEC", long_help = SPEC_HELP)]
+    reference: String,
+    #[command(flatten)]
+    threads: ThreadArgs,
     /// Prompt length for the prefill figure.
     #[arg(long, default_value_t = 128)]
     prompt_tokens: usize,
     /// Decode steps for the decode figure.
-    #[arg(long, default_value_t = 64)]
+    #[arg(short = 'n', long = "decode-tokens", default_value_t = 64)]
     decode_tokens: usize,
     /// Measured repetitions per probe (after one warm-up each).
     #[arg(long, default_value_t = 3)]
@@ -353,12 +496,14 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct SweepArgs {
-    /// The models to sweep (see the comments in the default file).
-    #[arg(long, default_value_os_t = harness::snapshot::workspace_root().join("models.toml"))]
-    models: PathBuf,
-    /// Folder of case files; each model entry picks its cases from here by id.
-    #[arg(long, default_value_os_t = harness::snapshot::workspace_root().join("cases"))]
-    cases: PathBuf,
+    /// The models to sweep (see the comments in the default file) [default: models.toml of
+    /// this workspace].
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// Folder of case files; each model entry picks its cases from here by id [default:
+    /// cases/ of this workspace].
+    #[arg(long)]
+    cases: Option<PathBuf>,
     /// Folder for receipt.json, report.md and report.html
     /// [default: target/bitprobe-sweep/<UTC time>].
     #[arg(long)]
@@ -384,7 +529,7 @@ struct SweepArgs {
     #[arg(long, default_value_t = 64)]
     prompt_tokens: usize,
     /// Decode steps for the speed figures.
-    #[arg(long, default_value_t = 64)]
+    #[arg(short = 'n', long = "decode-tokens", default_value_t = 64)]
     decode_tokens: usize,
     /// Alternating engine/oracle speed repetitions per model (medians reported).
     #[arg(long, default_value_t = 7)]
@@ -395,12 +540,15 @@ struct SweepArgs {
 }
 
 fn main() -> ExitCode {
+    cli::install_signal_handlers();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Forge(a) => cli::forge::forge(a),
         Command::Run(a) => cli::run::run(a),
         Command::Tokenize(a) => cli::tokenize::tokenize(a),
         Command::Diff(a) => cli::diff::diff(a),
+        Command::Conformance(a) => cli::conformance::conformance(a),
+        Command::Probes => cli::probes::list(),
         Command::Gallery(a) => cli::gallery::gallery(a),
         Command::Inspect(a) => cli::inspect::inspect(a),
         Command::Trace(a) => cli::trace::trace(a),
@@ -412,7 +560,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cli::error_text(&e));
             ExitCode::from(2)
         }
     }

@@ -1,12 +1,24 @@
-//! Opening the two sides: a model spec (forge preset or path) → a file; a probe kind → a
-//! running [`Probe`].
+//! Which implementation answers, and the one path that opens it.
 //!
-//! The oracle always runs out of process (`bitprobe-oracle`, speaking `probe::wire`), so a
-//! bitnet.cpp abort becomes an error value. The engine runs in-process by default, or out of
-//! process (`bitprobe serve-engine`) when both sides must be measured alike (bench).
+//! A **probe spec** names an implementation wherever one is chosen (`--engine`, `--reference`,
+//! `--probe`, a case's `engine`/`reference` keys, `models.toml`'s `engines`):
+//!
+//! | spec | what runs |
+//! |---|---|
+//! | `engine` | bitprobe's Rust engine, in-process (or `bitprobe serve-engine` for bench) |
+//! | `oracle`, `bitnet.cpp-2024` | the vendored bitnet.cpp (crates.io `bitnet-cpp-sys` 0.0.5) + our patches, `bitprobe-oracle` |
+//! | `bitnet.cpp-2026` | today's bitnet.cpp (crates.io `bitnet-llm-sys` 1.0.2) + its patches, `bitprobe-oracle-2026` |
+//! | a name from `probes.toml` | `[probe.NAME]`: `command = [...]`, optional `env`, `description`, `timeout` |
+//! | `cmd:PROGRAM ARG…` | any command speaking the wire protocol (docs/wire-protocol.md) |
+//!
+//! Every probe but `engine` runs out of process: a crash, a hang (the [`Watchdog`]) or a
+//! malformed frame is an error naming the probe and the request, and the next request
+//! starts it again.
 
-use probe::wire::RemoteProbe;
+use probe::wire::{Launch, RemoteProbe, Watchdog};
 use probe::{OpenRequest, Probe};
+use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -32,12 +44,21 @@ impl fmt::Display for ModelSpec {
 pub enum OpenError {
     #[error("model file {0} does not exist")]
     Missing(PathBuf),
+    #[error("{0} is not a regular file (a FIFO, device or folder): give a GGUF file")]
+    NotAFile(PathBuf),
+    #[error("{path}: {source}")]
+    Gguf {
+        path: PathBuf,
+        source: engine::gguf::GgufError,
+    },
     #[error(transparent)]
     Forge(#[from] engine::forge::ForgeError),
     #[error(transparent)]
     Probe(#[from] probe::Error),
     #[error("{0}")]
-    NoOracle(String),
+    NoServer(String),
+    #[error("{0}")]
+    Spec(String),
 }
 
 impl ModelSpec {
@@ -45,89 +66,497 @@ impl ModelSpec {
     pub fn resolve(&self) -> Result<PathBuf, OpenError> {
         match self {
             ModelSpec::Preset { name, seed } => Ok(engine::forge::forged(name, *seed)?),
-            ModelSpec::Path(p) if p.exists() => Ok(p.clone()),
-            ModelSpec::Path(p) => Err(OpenError::Missing(p.clone())),
+            ModelSpec::Path(p) => {
+                let meta = std::fs::metadata(p).map_err(|_| OpenError::Missing(p.clone()))?;
+                if !meta.is_file() {
+                    return Err(OpenError::NotAFile(p.clone()));
+                }
+                Ok(p.clone())
+            }
         }
     }
+}
+
+/// Checks a model file with bitprobe's own validating GGUF reader, so a broken file gets the
+/// reader's precise error (key, tensor, byte offset) before any reference aborts on it.
+pub fn validate_model(path: &Path) -> Result<(), OpenError> {
+    let meta = std::fs::metadata(path).map_err(|_| OpenError::Missing(path.to_path_buf()))?;
+    if !meta.is_file() {
+        return Err(OpenError::NotAFile(path.to_path_buf()));
+    }
+    engine::gguf::GgufFile::open(path)
+        .map(|_| ())
+        .map_err(|source| OpenError::Gguf {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// A bitnet.cpp build served by its own binary (two ggml copies cannot share a process).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reference {
+    /// The vendored 2024 tree (`bitnet-cpp-sys` 0.0.5) plus our patches: the default.
+    Bitnet2024,
+    /// Today's tree (`bitnet-llm-sys` 1.0.2) plus its build patches.
+    Bitnet2026,
+}
+
+impl Reference {
+    pub fn binary_name(self) -> &'static str {
+        match self {
+            Reference::Bitnet2024 => "bitprobe-oracle",
+            Reference::Bitnet2026 => "bitprobe-oracle-2026",
+        }
+    }
+
+    /// The spec that names it.
+    pub fn spec_name(self) -> &'static str {
+        match self {
+            Reference::Bitnet2024 => "bitnet.cpp-2024",
+            Reference::Bitnet2026 => "bitnet.cpp-2026",
+        }
+    }
+
+    /// Where its server binary is: `$BITPROBE_ORACLE_BIN` / `$BITPROBE_ORACLE_2026_BIN`, else
+    /// next to the running executable (or one folder up, for test binaries in
+    /// `target/<profile>/deps`).
+    pub fn binary(self) -> Result<PathBuf, OpenError> {
+        let var = match self {
+            Reference::Bitnet2024 => "BITPROBE_ORACLE_BIN",
+            Reference::Bitnet2026 => "BITPROBE_ORACLE_2026_BIN",
+        };
+        if let Some(p) = std::env::var_os(var) {
+            return Ok(PathBuf::from(p));
+        }
+        let exe = std::env::current_exe()
+            .map_err(|e| OpenError::NoServer(format!("cannot locate myself: {e}")))?;
+        let name = format!("{}{}", self.binary_name(), std::env::consts::EXE_SUFFIX);
+        let mut tried = Vec::new();
+        for dir in exe.ancestors().skip(1).take(2) {
+            let candidate = dir.join(&name);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+            tried.push(candidate.display().to_string());
+        }
+        let build = match self {
+            Reference::Bitnet2024 => "cargo build -p harness --bin bitprobe-oracle",
+            Reference::Bitnet2026 => "scripts/setup.sh, then cargo build -p oracle-2026",
+        };
+        Err(OpenError::NoServer(format!(
+            "the {} server binary was not found (looked at {}): build it with `{build}`, or set {var}",
+            self.spec_name(),
+            tried.join(", ")
+        )))
+    }
+}
+
+/// A probe from `probes.toml` or `cmd:`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct External {
+    pub name: String,
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub description: String,
+    /// Working directory: the folder of the `probes.toml` that declares it (so its relative
+    /// paths work from anywhere), or the current one for `cmd:`.
+    pub dir: Option<PathBuf>,
+    /// Base deadline in seconds (see [`Watchdog::scaled`]).
+    pub timeout: Option<u64>,
 }
 
 /// Which implementation answers.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum ProbeKind {
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ProbeSpec {
     /// bitprobe's Rust engine.
     Engine,
-    /// bitnet.cpp, out of process.
-    Oracle,
+    /// A bitnet.cpp build.
+    Reference(Reference),
+    /// Anything else that speaks the wire protocol.
+    External(External),
 }
 
-impl fmt::Display for ProbeKind {
+impl ProbeSpec {
+    /// The default reference: the vendored 2024 bitnet.cpp (see the README for why).
+    pub const ORACLE: ProbeSpec = ProbeSpec::Reference(Reference::Bitnet2024);
+
+    /// Parses a spec (see the module docs); names are looked up in `registry`.
+    pub fn parse(s: &str, registry: &Registry) -> Result<ProbeSpec, String> {
+        let s = s.trim();
+        match s {
+            "engine" => return Ok(ProbeSpec::Engine),
+            "oracle" | "bitnet.cpp" | "bitnet.cpp-2024" => return Ok(ProbeSpec::ORACLE),
+            "bitnet.cpp-2026" => return Ok(ProbeSpec::Reference(Reference::Bitnet2026)),
+            _ => {}
+        }
+        if let Some(cmd) = s.strip_prefix("cmd:") {
+            let command = split_words(cmd)?;
+            if command.is_empty() {
+                return Err("`cmd:` needs a program: cmd:PROGRAM ARG…".into());
+            }
+            return Ok(ProbeSpec::External(External {
+                name: format!("cmd:{}", cmd.trim()),
+                command,
+                env: Vec::new(),
+                description: String::new(),
+                dir: None,
+                timeout: None,
+            }));
+        }
+        match registry.probes.get(s) {
+            Some(e) => Ok(ProbeSpec::External(e.clone())),
+            None => Err(format!(
+                "unknown probe '{s}': use engine, oracle, bitnet.cpp-2024, bitnet.cpp-2026, cmd:PROGRAM ARG…, or a name from {} ({})",
+                registry.source(),
+                if registry.probes.is_empty() {
+                    "none declared".to_string()
+                } else {
+                    registry.probes.keys().cloned().collect::<Vec<_>>().join(", ")
+                }
+            )),
+        }
+    }
+
+    /// The name reports and trial names use: `engine`, `oracle` (the default reference, the
+    /// name the suite has always used), `bitnet.cpp-2026`, a `probes.toml` name, `cmd:…`.
+    pub fn label(&self) -> String {
+        match self {
+            ProbeSpec::Engine => "engine".into(),
+            ProbeSpec::Reference(Reference::Bitnet2024) => "oracle".into(),
+            ProbeSpec::Reference(r) => r.spec_name().into(),
+            ProbeSpec::External(e) if e.name.starts_with("cmd:") => short_name(&e.command),
+            ProbeSpec::External(e) => e.name.clone(),
+        }
+    }
+
+    /// The spec as a user writes it (round-trips through [`ProbeSpec::parse`]).
+    pub fn spec(&self) -> String {
+        match self {
+            ProbeSpec::External(e) if !e.name.starts_with("cmd:") => e.name.clone(),
+            other => other.label(),
+        }
+    }
+
+    pub fn is_engine(&self) -> bool {
+        *self == ProbeSpec::Engine
+    }
+
+    /// The engine's options (tokenizer, fault) apply to our engine only.
+    pub fn takes_engine_options(&self) -> bool {
+        self.is_engine()
+    }
+
+    fn launch(&self, watchdog: Watchdog) -> Result<Launch, OpenError> {
+        match self {
+            ProbeSpec::Engine => {
+                let me = std::env::current_exe()
+                    .map_err(|e| OpenError::NoServer(format!("cannot locate myself: {e}")))?;
+                Ok(Launch::new("engine", me, &["serve-engine"]).watchdog(watchdog))
+            }
+            ProbeSpec::Reference(r) => {
+                let label = match r {
+                    Reference::Bitnet2024 => "bitnet.cpp oracle".to_string(),
+                    other => other.spec_name().to_string(),
+                };
+                Ok(Launch::new(&label, r.binary()?, &[]).watchdog(watchdog))
+            }
+            ProbeSpec::External(e) => {
+                let (program, args) = e
+                    .command
+                    .split_first()
+                    .ok_or_else(|| OpenError::Spec(format!("probe {}: empty command", e.name)))?;
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let mut l = Launch::new(&self.label(), program, &args)
+                    .watchdog(e.timeout.map_or(watchdog, |t| Watchdog::scaled(t as f64)));
+                l.env = e.env.clone();
+                l.dir = e.dir.clone();
+                Ok(l)
+            }
+        }
+    }
+}
+
+impl fmt::Display for ProbeSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ProbeKind::Engine => "engine",
-            ProbeKind::Oracle => "oracle",
+        f.write_str(&self.label())
+    }
+}
+
+/// A short name for a `cmd:` probe: the script an interpreter runs (`example_engine.py`), or
+/// the program's file name, with any `--flag value` arguments after it.
+fn short_name(command: &[String]) -> String {
+    const INTERPRETERS: [&str; 6] = ["python3", "python", "sh", "bash", "node", "env"];
+    let file = |s: &str| {
+        std::path::Path::new(s)
+            .file_name()
+            .map_or(s.to_string(), |f| f.to_string_lossy().into_owned())
+    };
+    let skip = usize::from(
+        command
+            .first()
+            .is_some_and(|c| INTERPRETERS.contains(&file(c).as_str()))
+            && command.len() > 1,
+    );
+    let mut words = command[skip..].iter();
+    let mut name = words.next().map_or_else(String::new, |w| file(w));
+    for w in words {
+        name.push(' ');
+        name.push_str(w);
+    }
+    name
+}
+
+/// Splits `cmd:` text into words: whitespace separates, '…' and "…" quote, \ escapes.
+fn split_words(s: &str) -> Result<Vec<String>, String> {
+    let (mut out, mut cur, mut any) = (Vec::new(), String::new(), false);
+    let mut chars = s.chars();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some('"'), '\\') | (None, '\\') => match chars.next() {
+                Some(n) => cur.push(n),
+                None => return Err(format!("`cmd:{s}` ends with a backslash")),
+            },
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                any = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if any || !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            (None, c) => cur.push(c),
+        }
+    }
+    if quote.is_some() {
+        return Err(format!("`cmd:{s}` has an unclosed quote"));
+    }
+    if any || !cur.is_empty() {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+/// The probes declared in a `probes.toml`.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    pub file: Option<PathBuf>,
+    pub probes: BTreeMap<String, External>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    #[serde(default)]
+    probe: BTreeMap<String, RawExternal>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExternal {
+    command: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    timeout: Option<u64>,
+}
+
+impl Registry {
+    /// `$BITPROBE_PROBES`, else `probes.toml` at the workspace root; an absent file is an
+    /// empty registry, a broken one an error with file:line:col.
+    pub fn load_default() -> Result<Registry, String> {
+        let path = std::env::var_os("BITPROBE_PROBES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| crate::snapshot::workspace_root().join("probes.toml"));
+        if !path.exists() {
+            return Ok(Registry::default());
+        }
+        Registry::load(&path)
+    }
+
+    /// The default registry, loaded once per process.
+    pub fn global() -> Result<&'static Registry, String> {
+        static R: std::sync::OnceLock<Result<Registry, String>> = std::sync::OnceLock::new();
+        R.get_or_init(Registry::load_default)
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    pub fn load(path: &Path) -> Result<Registry, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let raw: RawRegistry = toml::from_str(&text).map_err(|e| {
+            let place = e.span().map_or(String::new(), |s| {
+                let before = &text[..s.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before
+                    .rfind('\n')
+                    .map_or(before.len(), |i| before.len() - i - 1)
+                    + 1;
+                format!(":{line}:{col}")
+            });
+            format!("{}{place}: {}", path.display(), e.message().trim())
+        })?;
+        let dir = path.parent().map(Path::to_path_buf);
+        let mut probes = BTreeMap::new();
+        for (name, p) in raw.probe {
+            if p.command.is_empty() {
+                return Err(format!(
+                    "{}: [probe.{name}] has an empty command",
+                    path.display()
+                ));
+            }
+            if matches!(
+                name.as_str(),
+                "engine" | "oracle" | "bitnet.cpp" | "bitnet.cpp-2024" | "bitnet.cpp-2026"
+            ) || name.starts_with("cmd:")
+            {
+                return Err(format!(
+                    "{}: [probe.{name}]: that name is built in; choose another",
+                    path.display()
+                ));
+            }
+            probes.insert(
+                name.clone(),
+                External {
+                    name,
+                    command: p.command,
+                    env: p.env.into_iter().collect(),
+                    description: p.description,
+                    dir: dir.clone(),
+                    timeout: p.timeout,
+                },
+            );
+        }
+        Ok(Registry {
+            file: Some(path.to_path_buf()),
+            probes,
         })
     }
+
+    fn source(&self) -> String {
+        self.file
+            .as_ref()
+            .map_or("probes.toml".to_string(), |f| f.display().to_string())
+    }
 }
 
-/// The `bitprobe-oracle` server binary: `$BITPROBE_ORACLE_BIN`, else next to the running
-/// executable (or one folder up, for test binaries in `target/<profile>/deps`).
-pub fn oracle_binary() -> Result<PathBuf, OpenError> {
-    if let Some(p) = std::env::var_os("BITPROBE_ORACLE_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()
-        .map_err(|e| OpenError::NoOracle(format!("cannot locate myself: {e}")))?;
-    let name = format!("bitprobe-oracle{}", std::env::consts::EXE_SUFFIX);
-    let mut tried = Vec::new();
-    for dir in exe.ancestors().skip(1).take(2) {
-        let candidate = dir.join(&name);
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-        tried.push(candidate.display().to_string());
-    }
-    Err(OpenError::NoOracle(format!(
-        "the oracle server binary was not found (looked at {}): build it with `cargo build -p harness --bin bitprobe-oracle`, or set BITPROBE_ORACLE_BIN",
-        tried.join(", ")
-    )))
+/// How `spec` is started out of process (our engine through `bitprobe serve-engine`).
+pub fn launch_of(spec: &ProbeSpec, watchdog: Watchdog) -> Result<Launch, OpenError> {
+    spec.launch(watchdog)
 }
 
-/// Opens a probe on a model file.
+/// A probe that can move between threads (the pool hands them out).
+pub type SharedProbe = Box<dyn Probe + Send>;
+
+/// Opens `spec` on a model file: the engine in-process, everything else out of process.
+/// The file is validated with bitprobe's reader first.
 pub fn open(
-    kind: ProbeKind,
+    spec: &ProbeSpec,
     model: &Path,
     threads: usize,
     options: &[(&str, &str)],
-) -> Result<Box<dyn Probe>, OpenError> {
+    watchdog: Watchdog,
+) -> Result<SharedProbe, OpenError> {
+    validate_model(model)?;
     let mut req = OpenRequest::new(model).threads(threads);
-    for (k, v) in options {
-        req = req.option(k, v);
+    if spec.takes_engine_options() {
+        for (k, v) in options {
+            req = req.option(k, v);
+        }
     }
-    Ok(match kind {
-        ProbeKind::Engine => Box::new(engine::EngineProbe::open(&req)?),
-        ProbeKind::Oracle => Box::new(RemoteProbe::spawn(
-            "bitnet.cpp oracle",
-            oracle_binary()?,
-            &[],
-            req,
-        )?),
+    Ok(match spec {
+        ProbeSpec::Engine => Box::new(engine::EngineProbe::open(&req)?),
+        other => Box::new(RemoteProbe::launch(other.launch(watchdog)?, req)?),
     })
 }
 
-/// Opens a probe in a child process: the oracle server, or the engine through
-/// `<bitprobe> serve-engine` (so both can be measured alike, e.g. their peak RSS).
+/// Opens `spec` in a child process even when it is our engine (`bitprobe serve-engine`), so
+/// every side can be measured alike (bench: peak RSS).
 pub fn open_remote(
-    kind: ProbeKind,
-    bitprobe: &Path,
+    spec: &ProbeSpec,
     model: &Path,
     threads: usize,
+    watchdog: Watchdog,
 ) -> Result<RemoteProbe, OpenError> {
+    validate_model(model)?;
     let req = OpenRequest::new(model).threads(threads);
-    Ok(match kind {
-        ProbeKind::Engine => RemoteProbe::spawn("engine", bitprobe, &["serve-engine"], req)?,
-        ProbeKind::Oracle => RemoteProbe::spawn("bitnet.cpp oracle", oracle_binary()?, &[], req)?,
-    })
+    Ok(RemoteProbe::launch(spec.launch(watchdog)?, req)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_round_trip() {
+        let mut r = Registry::default();
+        r.probes.insert(
+            "tritium".into(),
+            External {
+                name: "tritium".into(),
+                command: vec!["python3".into(), "t.py".into()],
+                env: vec![],
+                description: String::new(),
+                dir: None,
+                timeout: None,
+            },
+        );
+        for (s, label) in [
+            ("engine", "engine"),
+            ("oracle", "oracle"),
+            ("bitnet.cpp-2024", "oracle"),
+            ("bitnet.cpp-2026", "bitnet.cpp-2026"),
+            ("tritium", "tritium"),
+        ] {
+            let p = ProbeSpec::parse(s, &r).unwrap();
+            assert_eq!(p.label(), label);
+            assert_eq!(ProbeSpec::parse(&p.spec(), &r).unwrap(), p);
+        }
+        let ProbeSpec::External(e) =
+            ProbeSpec::parse(r#"cmd:python3 "my engine.py" --bug 'a b' x\ y"#, &r).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            e.command,
+            ["python3", "my engine.py", "--bug", "a b", "x y"]
+        );
+        let err = ProbeSpec::parse("nope", &r).unwrap_err();
+        assert!(err.contains("tritium") && err.contains("cmd:"), "{err}");
+        assert!(ProbeSpec::parse("cmd:", &r).is_err());
+        assert!(ProbeSpec::parse("cmd:a 'b", &r)
+            .unwrap_err()
+            .contains("unclosed"));
+    }
+
+    #[test]
+    fn registry_errors_name_the_place() {
+        let dir = std::env::temp_dir().join(format!("bitprobe-reg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("probes.toml");
+        std::fs::write(&f, "[probe.x]\ncommand = \"not a list\"\n").unwrap();
+        let e = Registry::load(&f).unwrap_err();
+        assert!(e.contains("probes.toml:2:"), "{e}");
+        std::fs::write(&f, "[probe.oracle]\ncommand = [\"a\"]\n").unwrap();
+        assert!(Registry::load(&f).unwrap_err().contains("built in"));
+        std::fs::write(
+            &f,
+            "[probe.mine]\ncommand = [\"python3\", \"m.py\"]\nenv = { A = \"1\" }\n",
+        )
+        .unwrap();
+        let r = Registry::load(&f).unwrap();
+        assert_eq!(r.probes["mine"].dir.as_deref(), Some(dir.as_path()));
+        assert_eq!(
+            r.probes["mine"].env,
+            vec![("A".to_string(), "1".to_string())]
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -8,20 +8,20 @@
 use crate::case::{Case, Prompt};
 use crate::diff::{run_diff, DiffReport, DiffRequest};
 use crate::judge::Labels;
-use crate::probes::{self, ProbeKind};
-use probe::Probe;
+use crate::probes::{self, ProbeSpec, SharedProbe};
+use probe::wire::Watchdog;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-pub type SharedProbe = Box<dyn Probe + Send>;
-
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ProbeKey {
-    kind: ProbeKind,
+    spec: ProbeSpec,
     model: PathBuf,
     threads: usize,
     options: Vec<(String, String)>,
+    /// The watchdog's open deadline in ms (a case's `timeout` changes it).
+    watchdog_ms: u128,
 }
 
 /// Probes ready for reuse.
@@ -60,19 +60,21 @@ impl Drop for Lease<'_> {
 impl Pool {
     pub fn lease(
         &self,
-        kind: ProbeKind,
+        spec: &ProbeSpec,
         model: &Path,
         threads: usize,
         options: &[(&str, &str)],
+        watchdog: Watchdog,
     ) -> Result<Lease<'_>, String> {
         let key = ProbeKey {
-            kind,
+            spec: spec.clone(),
             model: model.to_path_buf(),
             threads,
             options: options
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            watchdog_ms: watchdog.open.as_millis(),
         };
         let idle = self
             .idle
@@ -82,7 +84,8 @@ impl Pool {
             .and_then(Vec::pop);
         let probe = match idle {
             Some(p) => p,
-            None => open_send(kind, model, threads, options)?,
+            None => probes::open(spec, model, threads, options, watchdog)
+                .map_err(|e| format!("cannot open {spec} on {}: {e}", model.display()))?,
         };
         Ok(Lease {
             pool: self,
@@ -90,30 +93,6 @@ impl Pool {
             probe: Some(probe),
         })
     }
-}
-
-fn open_send(
-    kind: ProbeKind,
-    model: &Path,
-    threads: usize,
-    options: &[(&str, &str)],
-) -> Result<SharedProbe, String> {
-    let mut req = probe::OpenRequest::new(model).threads(threads);
-    for (k, v) in options {
-        req = req.option(k, v);
-    }
-    let r: Result<SharedProbe, String> = match kind {
-        ProbeKind::Engine => engine::EngineProbe::open(&req)
-            .map(|p| Box::new(p) as SharedProbe)
-            .map_err(|e| e.to_string()),
-        ProbeKind::Oracle => {
-            let bin = probes::oracle_binary().map_err(|e| e.to_string())?;
-            probe::wire::RemoteProbe::spawn("bitnet.cpp oracle", bin, &[], req)
-                .map(|p| Box::new(p) as SharedProbe)
-                .map_err(|e| e.to_string())
-        }
-    };
-    r.map_err(|e| format!("cannot open {kind} on {}: {e}", model.display()))
 }
 
 type Cell<T> = Arc<OnceLock<Result<Arc<T>, String>>>;
@@ -125,6 +104,7 @@ pub struct Runs {
     models: Mutex<HashMap<String, Cell<PathBuf>>>,
     diffs: Mutex<HashMap<(String, String), Cell<DiffReport>>>,
     engine_runs: Mutex<HashMap<(String, String), Cell<EngineRun>>>,
+    caps: Mutex<HashMap<(String, String), Cell<probe::Capabilities>>>,
 }
 
 /// The engine alone on one prompt: what engine-only snapshots record.
@@ -167,22 +147,41 @@ impl Runs {
         o
     }
 
-    pub fn lease(&self, case: &Case, kind: ProbeKind) -> Result<Lease<'_>, String> {
+    pub fn lease(&self, case: &Case, spec: &ProbeSpec) -> Result<Lease<'_>, String> {
         let model = self.model(case)?;
-        let opts = if kind == ProbeKind::Engine {
-            Self::engine_options(case)
-        } else {
-            Vec::new()
-        };
+        let opts = Self::engine_options(case);
         let opts: Vec<(&str, &str)> = opts.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        self.pool.lease(kind, &model, case.threads, &opts)
+        self.pool
+            .lease(spec, &model, case.threads, &opts, case.watchdog())
+    }
+
+    /// What `spec` can give on the case's model: stated for bitprobe's own probes (everything),
+    /// asked of anything else (it is opened once to ask).
+    pub fn caps(&self, case: &Case, spec: &ProbeSpec) -> Result<probe::Capabilities, String> {
+        match spec {
+            ProbeSpec::Engine | ProbeSpec::Reference(_) => Ok(probe::Capabilities::full()),
+            ProbeSpec::External(_) => {
+                let key = (spec.spec(), case.model.to_string());
+                let c = {
+                    let mut m = self.caps.lock().unwrap_or_else(|e| e.into_inner());
+                    m.entry(key).or_default().clone()
+                };
+                c.get_or_init(|| {
+                    let p = self.lease(case, spec)?;
+                    Ok(Arc::new(p.info().caps()))
+                })
+                .as_ref()
+                .map(|c| (**c).clone())
+                .map_err(Clone::clone)
+            }
+        }
     }
 
     /// The engine alone on one prompt, computed once.
     pub fn engine_run(&self, case: &Case, prompt: &Prompt) -> Result<Arc<EngineRun>, String> {
         let c = cell(&self.engine_runs, &(case.id.clone(), prompt.id.clone()));
         c.get_or_init(|| {
-            let mut e = self.lease(case, ProbeKind::Engine)?;
+            let mut e = self.lease(case, &ProbeSpec::Engine)?;
             let tokens = prompt.tokenize(e.as_mut()).map_err(|e| e.to_string())?;
             let capture = probe::Capture {
                 stages: case.stages.clone(),
@@ -213,8 +212,8 @@ impl Runs {
     pub fn diff(&self, case: &Case, prompt: &Prompt) -> Result<Arc<DiffReport>, String> {
         let c = cell(&self.diffs, &(case.id.clone(), prompt.id.clone()));
         c.get_or_init(|| {
-            let mut e = self.lease(case, ProbeKind::Engine)?;
-            let mut o = self.lease(case, ProbeKind::Oracle)?;
+            let mut e = self.lease(case, &case.engine)?;
+            let mut o = self.lease(case, &case.reference)?;
             let req = DiffRequest {
                 prompt: prompt.clone(),
                 stages: case.stages.clone(),
@@ -223,7 +222,7 @@ impl Runs {
             run_diff(
                 e.as_mut(),
                 o.as_mut(),
-                Labels::new("engine", "oracle"),
+                Labels::new(case.engine.label(), case.reference.label()),
                 &req,
                 &case.tolerance,
             )

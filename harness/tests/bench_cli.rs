@@ -1,4 +1,4 @@
-//! `bitprobe bench` runs both probes in child processes and reports every figure. Speed is
+//! `bitprobe bench` runs every probe in a child process and reports every figure. Speed is
 //! measured, never asserted: this test checks that the report is complete and sane, not fast.
 
 use std::process::Command;
@@ -29,14 +29,23 @@ fn bench_reports_every_figure_for_both_probes() {
         String::from_utf8_lossy(&out.stderr)
     );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for probe in ["engine", "oracle"] {
+    let sides = r["sides"].as_array().expect("sides");
+    let names: Vec<&str> = sides.iter().map(|s| s["probe"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["engine", "oracle"],
+        "ours first, the reference last"
+    );
+    for side in sides {
+        let probe = side["probe"].as_str().unwrap();
+        assert!(!side["implementation"].as_str().unwrap().is_empty());
         for figure in [
             "load_seconds",
             "prefill_tok_s",
             "decode_tok_s",
             "peak_rss_bytes",
         ] {
-            let v = r[probe][figure]
+            let v = side["series"][figure]
                 .as_array()
                 .unwrap_or_else(|| panic!("{probe}.{figure} missing: {r}"));
             assert_eq!(v.len(), 2, "{probe}.{figure}: one value per rep");

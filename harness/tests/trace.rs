@@ -5,7 +5,7 @@
 use harness::case::Prompt;
 use harness::diff::{run_diff, DiffReport, DiffRequest};
 use harness::judge::{Labels, Phase};
-use harness::probes::{self, ProbeKind};
+use harness::probes::{self, ProbeSpec};
 use harness::tolerance::ToleranceOverrides;
 use harness::trace::{self, read, record, trace_diff, CompareMode, TraceDiffOptions, TraceRequest};
 use probe::{
@@ -27,9 +27,9 @@ fn oracle_off() -> bool {
     std::env::var("BITPROBE_ORACLE").is_ok_and(|v| v == "off")
 }
 
-fn open(kind: ProbeKind, model: &Path) -> Box<dyn Probe> {
+fn open(kind: ProbeSpec, model: &Path) -> Box<dyn Probe> {
     std::env::set_var("BITPROBE_ORACLE_BIN", env!("CARGO_BIN_EXE_bitprobe-oracle"));
-    probes::open(kind, model, 1, &[]).unwrap()
+    probes::open(&kind, model, 1, &[], Default::default()).unwrap()
 }
 
 fn request(decode: usize, raw: bool) -> TraceRequest {
@@ -138,7 +138,7 @@ fn assert_same_report(live: &DiffReport, traced: &DiffReport) {
 fn a_trace_holds_every_stage_with_its_manifest() {
     let dir = scratch("files");
     let model = engine::forge::forged("tiny-i2s", 1).unwrap();
-    let mut e = open(ProbeKind::Engine, &model);
+    let mut e = open(ProbeSpec::Engine, &model);
     let m = record(e.as_mut(), "engine", &model, &request(2, true), &dir).unwrap();
     let n_tokens = m.tokens.len();
     // Per position: inp_embd, 15 stages × 2 layers, result_norm, result_output.
@@ -206,9 +206,9 @@ fn a_trace_holds_every_stage_with_its_manifest() {
 fn two_traces_of_one_probe_are_bit_exact() {
     let (da, db, dh) = (scratch("same-a"), scratch("same-b"), scratch("same-h"));
     let model = engine::forge::forged("tiny-tq2", 1).unwrap();
-    let mut e = open(ProbeKind::Engine, &model);
+    let mut e = open(ProbeSpec::Engine, &model);
     record(e.as_mut(), "engine", &model, &request(2, true), &da).unwrap();
-    let mut e2 = open(ProbeKind::Engine, &model);
+    let mut e2 = open(ProbeSpec::Engine, &model);
     record(e2.as_mut(), "engine", &model, &request(2, true), &db).unwrap();
     record(e2.as_mut(), "engine", &model, &request(2, false), &dh).unwrap();
     let tol = TraceDiffOptions::default();
@@ -240,7 +240,7 @@ fn two_traces_of_one_probe_are_bit_exact() {
 fn trace_diff_names_what_changed() {
     let (da, db) = (scratch("changed-a"), scratch("changed-b"));
     let model = engine::forge::forged("tiny-i2s", 1).unwrap();
-    let mut e = open(ProbeKind::Engine, &model);
+    let mut e = open(ProbeSpec::Engine, &model);
     record(e.as_mut(), "engine", &model, &request(2, true), &da).unwrap();
     record(e.as_mut(), "engine", &model, &request(2, true), &db).unwrap();
     let tol = TraceDiffOptions::default();
@@ -310,7 +310,7 @@ fn a_third_party_trace_needs_only_the_required_fields() {
     // beside them as <name>.npy, no file list.
     let (full, minimal) = (scratch("third-party-full"), scratch("third-party-min"));
     let model = engine::forge::forged("tiny-i2s", 1).unwrap();
-    let mut e = open(ProbeKind::Engine, &model);
+    let mut e = open(ProbeSpec::Engine, &model);
     let m = record(e.as_mut(), "engine", &model, &request(1, true), &full).unwrap();
     let manifest =
         serde_json::json!({ "format": "bitprobe-trace", "version": 1, "tokens": m.tokens });
@@ -362,13 +362,13 @@ fn trace_diff_engine_vs_oracle_names_the_same_divergence_as_diff() {
         stages: Stage::ALL.to_vec(),
         layers: None,
     };
-    let mut o = open(ProbeKind::Oracle, &model);
+    let mut o = open(ProbeSpec::ORACLE, &model);
     let od = scratch("vs-oracle-o");
     record(o.as_mut(), "oracle", &model, &request(2, true), &od).unwrap();
     let oracle_trace = read(&od).unwrap();
 
     // As built the engine is bit-exact with the oracle; both reports say so row for row.
-    let mut e = open(ProbeKind::Engine, &model);
+    let mut e = open(ProbeSpec::Engine, &model);
     let live = run_diff(e.as_mut(), o.as_mut(), labels(), &req, &tol).unwrap();
     let ed = scratch("vs-oracle-e");
     record(e.as_mut(), "engine", &model, &request(2, true), &ed).unwrap();
@@ -384,7 +384,7 @@ fn trace_diff_engine_vs_oracle_names_the_same_divergence_as_diff() {
 
     // Every value 1e-6 off: within tolerance, NMSE > 0 in every row, the same NMSE in both.
     let mut close = Perturbed {
-        inner: open(ProbeKind::Engine, &model),
+        inner: open(ProbeSpec::Engine, &model),
         target: None,
         factor: 1.0 + 1e-6,
     };
@@ -401,7 +401,7 @@ fn trace_diff_engine_vs_oracle_names_the_same_divergence_as_diff() {
 
     // With one stage 50% off at layer 1, position 1: both name it.
     let mut bad = Perturbed {
-        inner: open(ProbeKind::Engine, &model),
+        inner: open(ProbeSpec::Engine, &model),
         target: Some((Stage::FfnUp, Some(1), 1)),
         factor: 1.5,
     };

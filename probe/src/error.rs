@@ -18,12 +18,19 @@ pub enum Error {
     #[error("{0}")]
     Backend(String),
     /// The probe's process died. `stderr_tail` holds its last lines (a GGML_ASSERT, say).
-    #[error("{probe} exited ({status}) during {during}; its stderr ends with:\n{stderr_tail}")]
+    #[error("{probe} exited ({status}) during the {during}; its stderr ends with:\n{stderr_tail}")]
     Crashed {
         probe: String,
         status: String,
         during: String,
         stderr_tail: String,
+    },
+    /// The probe's process did not answer in time; it was killed (see `wire::Watchdog`).
+    #[error("{probe} did not answer the {during} within {seconds:.1} s: the watchdog stopped it (the next request starts it again; a case's `timeout` or `--timeout` sets the limit)")]
+    Timeout {
+        probe: String,
+        during: String,
+        seconds: f64,
     },
     /// The two sides of the wire protocol misunderstood each other.
     #[error("wire protocol: {0}")]

@@ -40,6 +40,10 @@ fn protocol_v1() -> u32 {
     1
 }
 
+fn greedy() -> Sampling {
+    Sampling::Greedy
+}
+
 /// How a probe is opened: the model file, threads, context size and probe-specific options.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OpenRequest {
@@ -81,32 +85,48 @@ impl OpenRequest {
     }
 }
 
-/// What a probe reports about its loaded model.
+/// What a probe reports about its loaded model. Only `n_vocab` is required on the wire; a
+/// probe that cannot say the rest (a generate-only engine) may leave it out.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     /// `general.architecture`: `bitnet` or `bitnet-b1.58`.
+    #[serde(default)]
     pub arch: String,
+    #[serde(default)]
     pub name: String,
     pub n_vocab: u32,
+    #[serde(default)]
     pub n_ctx_train: u32,
     /// The context this probe was opened with.
+    #[serde(default)]
     pub n_ctx: u32,
+    #[serde(default)]
     pub n_embd: u32,
+    #[serde(default)]
     pub n_layer: u32,
+    #[serde(default)]
     pub n_head: u32,
+    #[serde(default)]
     pub n_head_kv: u32,
+    #[serde(default)]
     pub head_dim: u32,
+    #[serde(default)]
     pub n_ff: u32,
-    #[serde(deserialize_with = "wire::float_or_nan")]
+    #[serde(default, deserialize_with = "wire::float_or_nan")]
     pub rope_freq_base: f32,
-    #[serde(deserialize_with = "wire::float_or_nan")]
+    #[serde(default, deserialize_with = "wire::float_or_nan")]
     pub rms_eps: f32,
+    #[serde(default)]
     pub bos: Option<Token>,
+    #[serde(default)]
     pub eos: Option<Token>,
     /// Tensor type name (`I2_S`, `F16`, …) → number of tensors of that type.
+    #[serde(default)]
     pub weight_types: BTreeMap<String, u32>,
     /// Who computed this: `engine 0.1.0`, `bitnet.cpp (bitnet-cpp-sys 0.0.5)`, ….
+    #[serde(default)]
     pub implementation: String,
+    #[serde(default)]
     pub threads: u32,
     /// The protocol version the probe speaks; absent means 1.
     #[serde(default = "protocol_v1")]
@@ -170,7 +190,7 @@ impl Capabilities {
 }
 
 /// Result of one batched forward pass over a prompt.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Forward {
     pub n_vocab: u32,
     /// `n_tokens × n_vocab`, row-major: the logits at every position.
@@ -215,6 +235,8 @@ pub enum Sampling {
 pub struct GenerateRequest {
     pub prompt: Vec<Token>,
     pub max_tokens: usize,
+    /// Absent: greedy.
+    #[serde(default = "greedy")]
     pub sampling: Sampling,
     /// Teacher forcing: when set, decode step `i` feeds `forced[i]` whatever was chosen, so
     /// two probes stay on the same sequence and their steps stay comparable.
@@ -262,17 +284,19 @@ pub struct DecodeStep {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Generation {
     /// The prompt pass: logits of every prompt position when `keep_logits`, else of the last
-    /// one only; stages as captured.
+    /// one only; stages as captured. A generate-only probe may leave it out.
+    #[serde(default)]
     pub prefill: Forward,
     /// The token chosen from the prompt's last position (the first generated token).
     pub first: Token,
     /// One entry per decode step after the first token.
+    #[serde(default)]
     pub steps: Vec<DecodeStep>,
     /// All generated tokens in order (`first`, then each step's `chosen`).
     pub tokens: Vec<Token>,
-    #[serde(deserialize_with = "wire::float_or_nan")]
+    #[serde(default, deserialize_with = "wire::float_or_nan")]
     pub prefill_seconds: f64,
-    #[serde(deserialize_with = "wire::float_or_nan")]
+    #[serde(default, deserialize_with = "wire::float_or_nan")]
     pub decode_seconds: f64,
 }
 

@@ -33,6 +33,7 @@ use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// A request from client to server.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,7 +42,9 @@ pub enum Request {
     Open(OpenRequest),
     Tokenize {
         text: String,
+        #[serde(default)]
         add_bos: bool,
+        #[serde(default)]
         parse_special: bool,
     },
     Pieces {
@@ -49,6 +52,7 @@ pub enum Request {
     },
     Forward {
         tokens: Vec<Token>,
+        #[serde(default)]
         capture: Capture,
     },
     Generate(GenerateRequest),
@@ -368,23 +372,149 @@ fn reply<T>(r: Result<T>, ok: impl FnOnce(T) -> Response) -> Response {
 const STDERR_TAIL_LINES: usize = 30;
 
 struct Server {
-    child: Child,
+    child: Arc<Mutex<Child>>,
+    pid: u32,
     stdin: BufWriter<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     stderr_thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// How long a server may take before the client gives up on it: `open` gets `open`; any
+/// other request `base` plus `per_token` for each token of work it asks for (prompt tokens of
+/// a `forward`, prompt plus generated tokens of a `generate`). On expiry the child is killed,
+/// the call fails with [`Error::Timeout`], and the next call starts a fresh child.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Watchdog {
+    pub open: Duration,
+    pub base: Duration,
+    pub per_token: Duration,
+}
+
+impl Default for Watchdog {
+    /// Generous: a 2B-shaped model loads in seconds and runs a few tokens a second on one
+    /// slow thread; a converting adapter (ik_llama.cpp requantizing I2_S) may take minutes
+    /// to open.
+    fn default() -> Self {
+        Watchdog {
+            open: Duration::from_secs(600),
+            base: Duration::from_secs(120),
+            per_token: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Watchdog {
+    /// Every deadline `seconds` flat (tests of hanging servers; `--timeout`).
+    pub fn flat(seconds: f64) -> Watchdog {
+        let d = Duration::from_secs_f64(seconds.max(0.001));
+        Watchdog {
+            open: d,
+            base: d,
+            per_token: Duration::ZERO,
+        }
+    }
+
+    /// Scales the default by `base_seconds` / 120 (a case's or model's `timeout`).
+    pub fn scaled(base_seconds: f64) -> Watchdog {
+        let f = (base_seconds / 120.0).max(1e-3);
+        let d = Watchdog::default();
+        Watchdog {
+            open: d.open.mul_f64(f),
+            base: d.base.mul_f64(f),
+            per_token: d.per_token.mul_f64(f),
+        }
+    }
+
+    fn deadline(&self, req: &Request) -> Duration {
+        let tokens = match req {
+            Request::Open(_) => return self.open,
+            Request::Tokenize { .. } | Request::Pieces { .. } => 0,
+            Request::Forward { tokens, .. } => tokens.len(),
+            Request::Generate(g) => g.prompt.len() + g.max_tokens,
+        };
+        self.base + self.per_token * tokens as u32
+    }
+}
+
+/// How to start a probe server.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// Names the probe in every error (`bitnet.cpp oracle`, `tritium`).
+    pub label: String,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Working directory (`None`: the caller's).
+    pub dir: Option<PathBuf>,
+    pub watchdog: Watchdog,
+}
+
+impl Launch {
+    pub fn new(label: &str, program: impl Into<PathBuf>, args: &[&str]) -> Launch {
+        Launch {
+            label: label.to_string(),
+            program: program.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            dir: None,
+            watchdog: Watchdog::default(),
+        }
+    }
+
+    pub fn watchdog(mut self, w: Watchdog) -> Launch {
+        self.watchdog = w;
+        self
+    }
+}
+
+/// Process ids of every running probe server this process started, so an interrupted
+/// bitprobe can stop them ([`kill_all_servers`]) instead of leaving them computing.
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn live() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Kills every probe server still running (for a SIGINT/SIGTERM handler: call, then exit).
+pub fn kill_all_servers() {
+    for pid in live().drain(..) {
+        // SIGKILL by pid: Child handles live on other threads; the pid is still ours (not
+        // reaped), so it cannot have been reused.
+        let _ = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// For server binaries: exit as soon as the parent process is gone (bitprobe killed, or
+/// interrupted while this server computes), instead of finishing the request first.
+pub fn exit_when_orphaned() {
+    #[cfg(unix)]
+    {
+        let parent = std::os::unix::process::parent_id();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(200));
+            if std::os::unix::process::parent_id() != parent {
+                std::process::exit(0);
+            }
+        });
+    }
+}
+
 /// A [`Probe`] served by a child process. When the child dies mid-request the call returns
-/// [`Error::Crashed`] with its exit status and stderr tail; the next call starts a fresh
-/// child and re-opens the model.
+/// [`Error::Crashed`] with its exit status and stderr tail; when it does not answer in time,
+/// [`Error::Timeout`] (see [`Watchdog`]); either way the next call starts a fresh child and
+/// re-opens the model.
 pub struct RemoteProbe {
-    label: String,
-    program: PathBuf,
-    args: Vec<String>,
+    launch: Launch,
     open: OpenRequest,
     server: Option<Server>,
     info: ModelInfo,
+    /// The last request sent, for error messages (`forward of 12 tokens`).
+    last: String,
 }
 
 impl RemoteProbe {
@@ -395,54 +525,76 @@ impl RemoteProbe {
         args: &[&str],
         open: OpenRequest,
     ) -> Result<Self> {
+        RemoteProbe::launch(Launch::new(label, program, args), open)
+    }
+
+    /// Starts a server as `launch` says and opens the model.
+    pub fn launch(launch: Launch, open: OpenRequest) -> Result<Self> {
         let mut rp = RemoteProbe {
-            label: label.to_string(),
-            program: program.into(),
-            args: args.iter().map(|s| s.to_string()).collect(),
+            launch,
             open,
             server: None,
             info: placeholder_info(),
+            last: String::new(),
         };
         rp.ensure_open()?;
         Ok(rp)
     }
 
+    /// The probe's name in errors.
+    pub fn label(&self) -> &str {
+        &self.launch.label
+    }
+
     /// Process id of the running server, if one is running.
     pub fn pid(&self) -> Option<u32> {
-        self.server.as_ref().map(|s| s.child.id())
+        self.server.as_ref().map(|s| s.pid)
     }
 
     fn start(&self) -> Result<Server> {
-        let mut child = Command::new(&self.program)
-            .args(&self.args)
+        let l = &self.launch;
+        let mut cmd = Command::new(&l.program);
+        cmd.args(&l.args)
+            .envs(l.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                Error::Io(format!(
-                    "cannot start {} ({}): {e}",
-                    self.label,
-                    self.program.display()
-                ))
-            })?;
+            .stderr(Stdio::piped());
+        if let Some(d) = &l.dir {
+            cmd.current_dir(d);
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            Error::Io(format!(
+                "cannot start {} ({}): {e}",
+                l.label,
+                l.program.display()
+            ))
+        })?;
+        let pid = child.id();
+        live().push(pid);
         let stdin = BufWriter::with_capacity(1 << 20, child.stdin.take().expect("piped stdin"));
         let stdout = BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped stdout"));
         let stderr = child.stderr.take().expect("piped stderr");
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
         let tail = stderr_tail.clone();
+        let echo = std::env::var_os("BITPROBE_PROBE_LOG").is_some_and(|v| v != "0");
+        let label = l.label.clone();
         let stderr_thread = std::thread::spawn(move || {
             for line in BufReader::new(stderr).split(b'\n') {
                 let Ok(line) = line else { break };
+                let line = String::from_utf8_lossy(&line).into_owned();
+                if echo {
+                    eprintln!("[{label}] {line}");
+                }
                 let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
                 if t.len() == STDERR_TAIL_LINES {
                     t.pop_front();
                 }
-                t.push_back(String::from_utf8_lossy(&line).into_owned());
+                t.push_back(line);
             }
         });
         Ok(Server {
-            child,
+            child: Arc::new(Mutex::new(child)),
+            pid,
             stdin,
             stdout,
             stderr_tail,
@@ -460,7 +612,7 @@ impl RemoteProbe {
                 self.shutdown();
                 Err(Error::Protocol(format!(
                     "{} speaks protocol {}, bitprobe speaks {}: update one of them (docs/wire-protocol.md)",
-                    self.label,
+                    self.launch.label,
                     info.protocol,
                     crate::PROTOCOL_VERSION
                 )))
@@ -471,7 +623,7 @@ impl RemoteProbe {
             }
             other => {
                 self.shutdown();
-                Err(unexpected(other, "opened"))
+                Err(unexpected(&self.launch.label, other, "opened"))
             }
         }
     }
@@ -481,58 +633,91 @@ impl RemoteProbe {
         self.exchange_with(req, &mut |_| {})
     }
 
-    /// As `exchange`, passing `token` frames that precede the reply to `on_token`.
+    /// As `exchange`, passing `token` frames that precede the reply to `on_token`. A
+    /// watchdog thread kills the server when the reply does not come in time.
     fn exchange_with(
         &mut self,
         req: &Request,
         on_token: &mut dyn FnMut(Token),
     ) -> Result<Response> {
+        self.last = describe_request(req);
+        let deadline = self.launch.watchdog.deadline(req);
         let server = self.server.as_mut().expect("server started");
+        let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
+        let guard = {
+            let (child, fired) = (server.child.clone(), fired.clone());
+            std::thread::spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    cancelled.recv_timeout(deadline)
+                {
+                    fired.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let _ = child.lock().unwrap_or_else(|p| p.into_inner()).kill();
+                }
+            })
+        };
         let io = write_frame(&mut server.stdin, req).and_then(|_| loop {
             match read_frame::<Response>(&mut server.stdout)? {
                 Some(Response::Token(t)) => on_token(t),
                 other => break Ok(other),
             }
         });
+        drop(cancel);
+        let _ = guard.join();
+        if fired.load(std::sync::atomic::Ordering::SeqCst) {
+            self.shutdown();
+            return Err(Error::Timeout {
+                probe: self.launch.label.clone(),
+                during: self.last.clone(),
+                seconds: deadline.as_secs_f64(),
+            });
+        }
         match io {
             Ok(Some(Response::Error(e))) => Err(e),
             Ok(Some(r)) => Ok(r),
-            Ok(None) => Err(self.crashed(req.op())),
+            Ok(None) => Err(self.crashed()),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 self.shutdown();
                 Err(Error::Protocol(format!(
-                    "{} replied to '{}' with an unreadable frame: {e}",
-                    self.label,
-                    req.op()
+                    "{} replied to {} with an unreadable frame: {e}",
+                    self.launch.label, self.last
                 )))
             }
-            Err(_) => Err(self.crashed(req.op())),
+            Err(_) => Err(self.crashed()),
         }
     }
 
-    fn crashed(&mut self, during: &str) -> Error {
+    fn crashed(&mut self) -> Error {
         let mut server = self.server.take().expect("server started");
         drop(server.stdin);
-        let status = match server.child.wait() {
-            Ok(s) => describe_status(s),
-            Err(e) => format!("status unknown: {e}"),
+        let status = match wait_at_most(&server.child, Duration::from_secs(5)) {
+            Some(s) => describe_status(s),
+            None => "did not exit after closing its input; killed".to_string(),
         };
+        forget(server.pid);
         if let Some(t) = server.stderr_thread.take() {
             let _ = t.join();
         }
         let tail = server.stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
         Error::Crashed {
-            probe: self.label.clone(),
+            probe: self.launch.label.clone(),
             status,
-            during: during.to_string(),
-            stderr_tail: tail.iter().cloned().collect::<Vec<_>>().join("\n"),
+            during: self.last.clone(),
+            stderr_tail: tail
+                .iter()
+                .filter(|l| !is_debugger_noise(l))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n"),
         }
     }
 
     fn shutdown(&mut self) {
-        if let Some(mut s) = self.server.take() {
-            let _ = s.child.kill();
-            let _ = s.child.wait();
+        if let Some(s) = self.server.take() {
+            let mut c = s.child.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = c.kill();
+            let _ = c.wait();
+            forget(s.pid);
         }
     }
 
@@ -542,11 +727,71 @@ impl RemoteProbe {
     }
 }
 
+/// Lines a crashing ggml prints after the message that matters: `ggml_print_backtrace`
+/// attaches gdb (or falls back to `backtrace_symbols_fd`). Kept out of error messages.
+fn is_debugger_noise(line: &str) -> bool {
+    let l = line.trim_start();
+    const PREFIXES: [&str; 9] = [
+        "[New LWP",
+        "[Thread debugging",
+        "Using host libthread_db",
+        "[Inferior",
+        "warning: ",
+        "Download failed",
+        "This GDB",
+        "(No debugging symbols",
+        "Reading symbols",
+    ];
+    PREFIXES.iter().any(|p| l.starts_with(p))
+        || (l.starts_with('#') && l[1..].starts_with(|c: char| c.is_ascii_digit()))
+        || (l.starts_with("0x") && l.contains(" in "))
+        || (l.contains("(+0x") && l.contains(") [0x"))
+}
+
+/// The request as error messages name it: `forward of 12 tokens`.
+fn describe_request(req: &Request) -> String {
+    match req {
+        Request::Open(o) => format!("open of {}", o.model.display()),
+        Request::Tokenize { text, .. } => format!("tokenize of {} bytes", text.len()),
+        Request::Pieces { ids } => format!("pieces of {} ids", ids.len()),
+        Request::Forward { tokens, .. } => format!("forward of {} tokens", tokens.len()),
+        Request::Generate(g) => format!(
+            "generate of {} tokens after a {}-token prompt",
+            g.max_tokens,
+            g.prompt.len()
+        ),
+    }
+}
+
+fn forget(pid: u32) {
+    live().retain(|&p| p != pid);
+}
+
+/// Waits for the child up to `limit`, then kills it; `None` when it had to be killed.
+fn wait_at_most(child: &Mutex<Child>, limit: Duration) -> Option<std::process::ExitStatus> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let mut c = child.lock().unwrap_or_else(|p| p.into_inner());
+        match c.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if t0.elapsed() < limit => {}
+            _ => {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+        }
+        drop(c);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Drop for RemoteProbe {
     fn drop(&mut self) {
-        if let Some(mut s) = self.server.take() {
-            drop(s.stdin); // EOF: the server exits on its own
-            let _ = s.child.wait();
+        if let Some(s) = self.server.take() {
+            drop(s.stdin); // EOF: the server exits on its own, or is killed after a grace time
+            let _ = wait_at_most(&s.child, Duration::from_secs(5));
+            forget(s.pid);
         }
     }
 }
@@ -571,12 +816,12 @@ fn describe_status(s: std::process::ExitStatus) -> String {
     }
 }
 
-fn unexpected(r: Response, wanted: &str) -> Error {
+fn unexpected(label: &str, r: Response, wanted: &str) -> Error {
     let got = serde_json::to_value(&r)
         .ok()
         .and_then(|v| v.get("reply").cloned())
         .unwrap_or_default();
-    Error::Protocol(format!("expected reply '{wanted}', got {got}"))
+    Error::Protocol(format!("{label}: expected reply '{wanted}', got {got}"))
 }
 
 fn placeholder_info() -> ModelInfo {
@@ -616,14 +861,14 @@ impl Probe for RemoteProbe {
             parse_special,
         })? {
             Response::Tokens(t) => Ok(t),
-            other => Err(unexpected(other, "tokens")),
+            other => Err(unexpected(&self.launch.label, other, "tokens")),
         }
     }
 
     fn pieces(&mut self, ids: &[Token]) -> Result<Vec<Vec<u8>>> {
         match self.call(Request::Pieces { ids: ids.to_vec() })? {
             Response::Pieces(p) => Ok(p),
-            other => Err(unexpected(other, "pieces")),
+            other => Err(unexpected(&self.launch.label, other, "pieces")),
         }
     }
 
@@ -633,7 +878,7 @@ impl Probe for RemoteProbe {
             capture: capture.clone(),
         })? {
             Response::Forward(f) => Ok(f),
-            other => Err(unexpected(other, "forward")),
+            other => Err(unexpected(&self.launch.label, other, "forward")),
         }
     }
 
@@ -645,7 +890,7 @@ impl Probe for RemoteProbe {
         self.ensure_open()?;
         match self.exchange_with(&Request::Generate(request.clone()), on_token)? {
             Response::Generation(g) => Ok(g),
-            other => Err(unexpected(other, "generation")),
+            other => Err(unexpected(&self.launch.label, other, "generation")),
         }
     }
 }

@@ -1,66 +1,70 @@
 //! `bitprobe diff`: two probes on one prompt, judged stage by stage.
 
-use crate::cli::run::engine_options;
 use crate::*;
+use harness::diff::{render_rows_and_logits, render_summary, run_diff, DiffRequest};
+use harness::judge::Labels;
 
 pub(crate) fn diff(a: DiffArgs) -> Result<ExitCode> {
-    use harness::diff::{run_diff, DiffRequest};
-    use harness::judge::Labels;
-    let path = a.model.resolve()?;
+    let (engine, reference) = (cli::spec(&a.engine)?, cli::spec(&a.reference)?);
     let stages = parse_stages(&a.stages)?;
-    let mut opts = engine_options(&a.tokenizer);
-    if let Some(f) = &a.inject_fault {
-        opts.push(("fault", f.as_str()));
+    let path = a.model.resolve()?;
+    let info = engine::gguf::GgufFile::open(&path).ok().and_then(|f| {
+        f.get_u32(&format!(
+            "{}.block_count",
+            f.get_str("general.architecture").ok()?
+        ))
+        .ok()
+    });
+    if let (Some(n_layer), false) = (info, a.layers.is_empty()) {
+        if let Some(l) = a.layers.iter().find(|&&l| l >= n_layer) {
+            bail!(
+                "--layers {l}: the model has {n_layer} layers (0..{})",
+                n_layer - 1
+            );
+        }
     }
-    let mut e = probes::open(ProbeKind::Engine, &path, a.threads, &opts)?;
-    let mut o = probes::open(ProbeKind::Oracle, &path, a.threads, &[])?;
+    let (threads, watchdog) = (a.threads.get(), a.timeout.watchdog()?);
+    let opts = a.engine_options.options();
+    let spin = cli::spinner(&format!("opening {engine} and {reference}"));
+    let mut e = probes::open(&engine, &path, threads, &opts, watchdog)?;
+    let mut o = probes::open(&reference, &path, threads, &opts, watchdog)?;
+    spin.set("running both and judging every stage");
     let req = DiffRequest {
-        prompt: harness::case::Prompt {
-            add_bos: !a.no_bos,
-            parse_special: a.parse_special,
-            chat: a.chat,
-            decode: a.decode,
-            ..harness::case::Prompt::text(&a.prompt)
-        },
+        prompt: a.prompt.prompt(a.decode),
         stages,
         layers: (!a.layers.is_empty()).then(|| a.layers.clone()),
     };
     let tol = harness::tolerance::ToleranceOverrides::default();
-    let r = run_diff(
-        e.as_mut(),
-        o.as_mut(),
-        Labels::new("engine", "oracle"),
-        &req,
-        &tol,
-    )?;
+    let labels = Labels::new(engine.label(), reference.label());
+    let r = run_diff(e.as_mut(), o.as_mut(), labels, &req, &tol)?;
+    drop(spin);
+    let code = if r.pass() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r.to_json())?);
-        return Ok(if r.pass() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        });
+        return Ok(code);
     }
+    let (la, lb) = (&r.labels.a, &r.labels.b);
     println!("model     {}", path.display());
-    println!("tokens    engine {:?}", r.tokens_a);
-    println!("          oracle {:?}", r.tokens_b);
+    println!("{la:<9} {}", e.info().implementation);
+    println!("{lb:<9} {}  (reference)", o.info().implementation);
+    println!("tokens    {la} {:?}", r.tokens_a);
+    println!("          {lb} {:?}", r.tokens_b);
     println!("weights   {}", r.weight_type);
     println!();
-    print!("{}", harness::diff::render_rows_and_logits(&r, a.failures));
-    if !r.greedy_b.is_empty() {
-        println!("greedy    oracle {:?}", r.greedy_b);
-        println!("          engine {:?}", r.greedy_a);
+    if a.all || a.failures {
+        print!("{}", render_rows_and_logits(&r, a.failures));
+        println!();
     }
+    print!("{}", render_summary(&r));
     match r.first_divergence() {
-        None => {
-            println!("verdict   PASS: engine and oracle agree within tolerance");
-            Ok(ExitCode::SUCCESS)
-        }
-        Some(d) => {
-            println!("verdict   FIRST DIVERGENCE: {}", r.describe(d));
-            Ok(ExitCode::from(1))
-        }
+        None => println!("verdict   PASS: {la} and {lb} agree within tolerance"),
+        Some(d) => println!("verdict   FIRST DIVERGENCE: {}", r.describe(d)),
     }
+    Ok(code)
 }
 
 /// Stage names from the command line; empty = all.

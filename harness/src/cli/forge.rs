@@ -13,14 +13,17 @@ pub(crate) fn forge(a: ForgeArgs) -> Result<ExitCode> {
         a.preset.expect("clap requires it"),
         a.out.expect("clap requires it"),
     );
+    let seed = a.preset_seed.unwrap_or(1);
     let preset = engine::forge::preset(&name)?;
     let t = std::time::Instant::now();
-    engine::forge::forge_to(preset, a.seed, &out)
-        .with_context(|| format!("forging {name} into {}", out.display()))?;
+    {
+        let _spin = cli::spinner(&format!("forging {name} (seed {seed})"));
+        engine::forge::forge_to(preset, seed, &out)
+            .with_context(|| format!("forging {name} into {}", out.display()))?;
+    }
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     eprintln!(
-        "forged {name} (seed {}) → {} ({:.1} MB in {:.1?})",
-        a.seed,
+        "forged {name} (seed {seed}) → {} ({:.1} MB in {:.1?})",
         out.display(),
         size as f64 / 1e6,
         t.elapsed()

@@ -11,10 +11,15 @@ pub(crate) fn gallery(a: GalleryArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
-    let root = a.cases.parent().unwrap_or(&a.cases).to_path_buf();
-    let files = harness::case::discover(&a.cases);
+    let cases = a.cases.clone().unwrap_or_else(|| {
+        harness::snapshot::workspace_root()
+            .join("cases")
+            .join("gallery")
+    });
+    let root = cases.parent().unwrap_or(&cases).to_path_buf();
+    let files = harness::case::discover(&cases);
     if files.is_empty() {
-        bail!("no gallery cases (*.toml) in {}", a.cases.display());
+        bail!("no gallery cases (*.toml) in {}", cases.display());
     }
     let runs = harness::runs::Runs::default();
     let mut results: Vec<(GalleryResult, f64)> = Vec::new();

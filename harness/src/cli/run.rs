@@ -2,24 +2,45 @@
 
 use crate::*;
 
-pub(crate) fn engine_options(tokenizer: &str) -> Vec<(&str, &str)> {
-    vec![("tokenizer", tokenizer)]
-}
-
 pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
-    let path = a.model.resolve()?;
-    let opts = if a.probe == ProbeKind::Engine {
-        engine_options(&a.tokenizer)
-    } else {
-        vec![]
-    };
-    let mut p = probes::open(a.probe, &path, a.threads, &opts)?;
-    let prompt = harness::case::Prompt {
-        chat: a.chat,
-        ..harness::case::Prompt::text(&a.prompt)
+    if !(a.temp.is_finite() && a.temp >= 0.0) {
+        bail!(
+            "--temp {}: give a finite temperature ≥ 0 (0 = greedy)",
+            a.temp
+        );
     }
-    .tokenize(p.as_mut())?;
+    if !(a.top_p.is_finite() && (0.0..=1.0).contains(&a.top_p)) {
+        bail!("--top-p {}: give a probability in [0, 1]", a.top_p);
+    }
+    let spec = cli::spec(&a.probe)?;
+    let path = a.model.resolve()?;
+    let mut p = probes::open(
+        &spec,
+        &path,
+        a.threads.get(),
+        &a.engine.options(),
+        a.timeout.watchdog()?,
+    )?;
     let info = p.info().clone();
+    let caps = info.caps();
+    if !caps.generate {
+        bail!("{spec} cannot generate (it declares no `generate` capability)");
+    }
+    let prompt = a.prompt.prompt(0);
+    let prompt = if caps.tokenize {
+        prompt.tokenize(p.as_mut())?
+    } else {
+        // A generate-only probe gets our engine's tokens for the same file.
+        let mut e = probes::open(
+            &ProbeSpec::Engine,
+            &path,
+            1,
+            &a.engine.options(),
+            Default::default(),
+        )?;
+        eprintln!("{spec} cannot tokenize: using bitprobe's engine's tokens");
+        prompt.tokenize(e.as_mut())?
+    };
     eprintln!(
         "{} · {} · {} threads",
         info.implementation,
@@ -32,7 +53,7 @@ pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
             temperature: a.temp,
             top_k: a.top_k,
             top_p: a.top_p,
-            seed: a.seed,
+            seed: a.sampling_seed,
         }
     } else {
         Sampling::Greedy
@@ -41,12 +62,19 @@ pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
     req.sampling = sampling;
     req.stop_at_eos = true;
     // Every piece up front (≈1 MB for a 128k vocab), so tokens print as they are chosen.
-    let all: Vec<u32> = (0..info.n_vocab).collect();
-    let table = p.pieces(&all)?;
+    let table = if caps.tokenize {
+        let all: Vec<u32> = (0..info.n_vocab).collect();
+        p.pieces(&all)?
+    } else {
+        Vec::new()
+    };
     let mut stdout = std::io::stdout();
     let g = {
         let mut on_token = |t: u32| {
-            let _ = stdout.write_all(table.get(t as usize).map_or(&[][..], |v| v.as_slice()));
+            let _ = match table.get(t as usize) {
+                Some(piece) => stdout.write_all(piece),
+                None => write!(stdout, "[{t}]"),
+            };
             let _ = stdout.flush();
         };
         p.generate_with(&req, &mut on_token)?
@@ -66,6 +94,7 @@ pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
 }
 
 pub(crate) fn serve_engine() -> Result<ExitCode> {
+    probe::wire::exit_when_orphaned();
     probe::wire::serve(
         engine::EngineProbe::open,
         std::io::stdin().lock(),

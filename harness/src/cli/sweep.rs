@@ -28,16 +28,19 @@ pub(crate) fn previous_receipt(out: &std::path::Path) -> Option<PathBuf> {
     best.map(|(_, p)| p.canonicalize().unwrap_or(p))
 }
 
-pub(crate) fn sweep(a: SweepArgs) -> Result<ExitCode> {
+pub(crate) fn sweep(mut a: SweepArgs) -> Result<ExitCode> {
+    let root = harness::snapshot::workspace_root();
+    let models_file = a.models.take().unwrap_or_else(|| root.join("models.toml"));
+    let cases_dir = a.cases.take().unwrap_or_else(|| root.join("cases"));
     use harness::sweep::{self, receipt::Status, Event};
     use indicatif::{ProgressBar, ProgressStyle};
     use std::io::IsTerminal;
 
-    let models = sweep::models::load(&a.models).map_err(anyhow::Error::msg)?;
-    if !a.cases.is_dir() {
+    let models = sweep::models::load(&models_file).map_err(anyhow::Error::msg)?;
+    if !cases_dir.is_dir() {
         bail!(
             "cases folder {} does not exist (give one with --cases)",
-            a.cases.display()
+            cases_dir.display()
         );
     }
     if let Some(f) = &a.inject_fault {
@@ -83,7 +86,7 @@ pub(crate) fn sweep(a: SweepArgs) -> Result<ExitCode> {
 
     let req = sweep::SweepRequest {
         models,
-        cases_dir: a.cases.clone(),
+        cases_dir: cases_dir.clone(),
         inject_fault: a.inject_fault.clone(),
         jobs: a
             .jobs
@@ -123,13 +126,13 @@ pub(crate) fn sweep(a: SweepArgs) -> Result<ExitCode> {
     if selected == 0 {
         bail!(
             "no model in {} has a name containing {:?}",
-            a.models.display(),
+            models_file.display(),
             a.only.as_deref().unwrap_or("")
         );
     }
     eprintln!(
         "sweep: {selected} model(s) from {} → {}",
-        a.models.display(),
+        models_file.display(),
         out.display()
     );
     if let Some(p) = &baseline_path {

@@ -1,20 +1,28 @@
 //! `bitprobe tokenize`: one probe's ids, or engine, oracle and truth side by side.
 
-use crate::cli::run::engine_options;
 use crate::*;
+
+fn engine_options(tokenizer: &str) -> Vec<(&str, &str)> {
+    vec![("tokenizer", tokenizer)]
+}
 
 pub(crate) fn tokenize(a: TokenizeArgs) -> Result<ExitCode> {
     let path = a.model.resolve()?;
-    let opts = if a.probe == ProbeKind::Engine {
-        engine_options(&a.tokenizer)
-    } else {
-        vec![]
-    };
     if a.compare {
         return tokenize_compare(&a, &path);
     }
-    let text = a.text.as_deref().unwrap_or_default();
-    let mut p = probes::open(a.probe, &path, 1, &opts)?;
+    let spec = cli::spec(&a.probe)?;
+    let text = a.prompt.as_deref().unwrap_or_default();
+    let mut p = probes::open(
+        &spec,
+        &path,
+        1,
+        &engine_options(&a.tokenizer),
+        a.timeout.watchdog()?,
+    )?;
+    if !p.info().caps().tokenize {
+        bail!("{spec} cannot tokenize (it declares no `tokenize` capability)");
+    }
     let ids = p.tokenize(text, !a.no_bos, a.parse_special)?;
     let pieces = p.pieces(&ids)?;
     println!("{} tokens", ids.len());
@@ -24,25 +32,32 @@ pub(crate) fn tokenize(a: TokenizeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Engine, oracle and (for Llama-3 vocabularies) truth on one text or a list of texts.
 /// One column of the side-by-side table: who, ids, pieces.
 type Column<'a> = (&'a str, Vec<u32>, Vec<Vec<u8>>);
 
+/// Engine, oracle and (for Llama-3 vocabularies) truth on one text or a list of texts.
 pub(crate) fn tokenize_compare(a: &TokenizeArgs, path: &std::path::Path) -> Result<ExitCode> {
-    let mut e = probes::open(ProbeKind::Engine, path, 1, &engine_options(&a.tokenizer))?;
-    let mut o = probes::open(ProbeKind::Oracle, path, 1, &[])?;
+    let w = a.timeout.watchdog()?;
+    let mut e = probes::open(
+        &ProbeSpec::Engine,
+        path,
+        1,
+        &engine_options(&a.tokenizer),
+        w,
+    )?;
+    let mut o = probes::open(&ProbeSpec::ORACLE, path, 1, &[], w)?;
     let truth = if e.info().n_vocab == 128_256 {
         Some(harness::trials::truth().map_err(anyhow::Error::msg)?)
     } else {
         None
     };
-    let texts: Vec<String> = match (&a.inputs, &a.text) {
+    let texts: Vec<String> = match (&a.inputs, &a.prompt) {
         (Some(f), _) => serde_json::from_str(
             &std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
         )
         .with_context(|| format!("{} is not a JSON array of strings", f.display()))?,
         (None, Some(t)) => vec![t.clone()],
-        (None, None) => bail!("give --text or --inputs"),
+        (None, None) => bail!("give --prompt or --inputs"),
     };
     let (bos, ps) = (!a.no_bos, a.parse_special);
     let mut counts = [0usize; 3]; // engine≠oracle, oracle≠truth, engine≠truth

@@ -1,30 +1,32 @@
 //! `bitprobe trace` and `trace-diff`: stage tensors on disk, and two traces compared.
 
 use crate::cli::diff::parse_stages;
-use crate::cli::run::engine_options;
 use crate::*;
 
 pub(crate) fn trace(a: TraceArgs) -> Result<ExitCode> {
     use harness::trace::{record, TraceRequest};
+    let spec = cli::spec(&a.probe)?;
     let path = a.model.resolve()?;
-    let opts = if a.probe == ProbeKind::Engine {
-        engine_options(&a.tokenizer)
-    } else {
-        vec![]
-    };
-    let mut p = probes::open(a.probe, &path, a.threads, &opts)?;
+    let spin = cli::spinner(&format!("opening {spec}"));
+    let mut p = probes::open(
+        &spec,
+        &path,
+        a.threads.get(),
+        &a.engine.options(),
+        a.timeout.watchdog()?,
+    )?;
+    let caps = p.info().caps();
+    if !(caps.forward && caps.tokenize) {
+        bail!("{spec} cannot be traced: a trace needs `tokenize` and `forward` with stages (its capabilities: {caps:?})");
+    }
+    spin.set(&format!("tracing every stage with {spec}"));
     let req = TraceRequest {
-        prompt: harness::case::Prompt {
-            add_bos: !a.no_bos,
-            parse_special: a.parse_special,
-            chat: a.chat,
-            decode: a.decode,
-            ..harness::case::Prompt::text(&a.prompt)
-        },
+        prompt: a.prompt.prompt(a.decode),
         raw: a.raw,
     };
-    let m = record(p.as_mut(), &a.probe.to_string(), &path, &req, &a.out)
+    let m = record(p.as_mut(), &spec.label(), &path, &req, &a.out)
         .with_context(|| format!("tracing into {}", a.out.display()))?;
+    drop(spin);
     eprintln!(
         "{}: {} stage tensors ({} prompt tokens, {} decode steps{}) → {}",
         m.implementation,

@@ -15,7 +15,7 @@ pub mod report;
 use crate::case::{self, Case};
 use crate::diff::DiffReport;
 use crate::judge::{self, Judged, Phase, Site, Worst};
-use crate::probes::{ModelSpec, ProbeKind};
+use crate::probes::ModelSpec;
 use crate::runs::Runs;
 use crate::trials::{self, Kind, OracleMode, Outcome, TrialSpec};
 use models::{ModelEntry, ModelsFile};
@@ -236,10 +236,10 @@ fn run_model(
     // Both probes must open before any trial: a model neither side can load is an error row.
     let probe_case = cases.iter().find_map(|c| c.as_ref().ok()).cloned();
     if let Some(c) = &probe_case {
-        for kind in [ProbeKind::Engine, ProbeKind::Oracle] {
+        for kind in [&c.engine, &c.reference] {
             match runs.lease(c, kind) {
                 Ok(p) => {
-                    if kind == ProbeKind::Engine {
+                    if kind.is_engine() {
                         let info = p.info();
                         r.arch = Some(info.arch.clone());
                         r.weight_type =
@@ -510,10 +510,7 @@ fn tokenizer_parity(runs: &Runs, cases: &[Arc<Case>]) -> Option<TokenizerParity>
     let (mut et, mut ot) = (0, 0);
     for c in cases {
         let Some(spec) = &c.tokenize else { continue };
-        let (Ok(mut e), Ok(mut o)) = (
-            runs.lease(c, ProbeKind::Engine),
-            runs.lease(c, ProbeKind::Oracle),
-        ) else {
+        let (Ok(mut e), Ok(mut o)) = (runs.lease(c, &c.engine), runs.lease(c, &c.reference)) else {
             continue;
         };
         let truth = if spec.truth {
@@ -550,8 +547,8 @@ fn tokenizer_parity(runs: &Runs, cases: &[Arc<Case>]) -> Option<TokenizerParity>
 /// Both time themselves (prefill and decode seconds inside the probe), so the oracle's
 /// process boundary does not count against it.
 fn measure_speed(runs: &Runs, case: &Case, s: SpeedSettings) -> Result<Speed, String> {
-    let mut e = runs.lease(case, ProbeKind::Engine)?;
-    let mut o = runs.lease(case, ProbeKind::Oracle)?;
+    let mut e = runs.lease(case, &case.engine)?;
+    let mut o = runs.lease(case, &case.reference)?;
     let n_ctx = e.info().n_ctx.min(o.info().n_ctx) as usize;
     let prompt_tokens = s
         .prompt_tokens

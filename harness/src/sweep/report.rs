@@ -721,7 +721,9 @@ fn chart(m: &ModelResult) -> String {
             "#2a5db0",
             (|s: &StageWorst| s.worst_nmse_prompt) as fn(&StageWorst) -> Option<f64>,
         ),
-        ("decode", false, "#e07b00", |s: &StageWorst| s.worst_nmse_decode),
+        ("decode", false, "#e07b00", |s: &StageWorst| {
+            s.worst_nmse_decode
+        }),
     ] {
         let mut line = String::new();
         let mut dots = String::new();

@@ -8,7 +8,7 @@ use crate::judge::Phase;
 use crate::tolerance::governing_type;
 use probe::{Capture, GenerateRequest, Probe, StageTensor, Stats};
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What to trace: a prompt (its `decode` greedy steps after it), and whether to write values.
 #[derive(Clone, Debug)]
@@ -38,7 +38,16 @@ pub fn record(
         .into());
     }
     let decode_steps = req.prompt.decode;
-    prepare_dir(out)?;
+    check_target(out)?;
+    // Everything is written to a sibling folder first and moved into place at the end, so
+    // an interrupted trace never leaves a half-written folder where a trace was.
+    let final_out = out;
+    let partial = partial_dir(out);
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(io_err("remove", &partial))?;
+    }
+    std::fs::create_dir_all(&partial).map_err(io_err("create", &partial))?;
+    let out = partial.as_path();
     let mut files = Vec::new();
     let fwd = probe.forward(&tokens, &Capture::all())?;
     for t in &fwd.stages {
@@ -96,28 +105,13 @@ pub fn record(
         source,
     })?;
     std::fs::write(&path, json + "\n").map_err(io_err("write", &path))?;
+    move_into_place(out, final_out)?;
     Ok(manifest)
 }
 
-/// Makes `out` ready: created if missing; a previous trace's files removed; refused when it
-/// holds anything else.
-pub(super) fn prepare_dir(out: &Path) -> Result<(), TraceError> {
-    let manifest = out.join(MANIFEST);
-    if manifest.is_file() {
-        let old = read_manifest(out)?;
-        let names = match old.files {
-            Some(f) => f,
-            None => list_stage_files(out)?,
-        };
-        for name in names.iter().filter(|n| is_plain_name(n)) {
-            for f in [out.join(name), out.join(name).with_extension("npy")] {
-                if f.is_file() {
-                    std::fs::remove_file(&f).map_err(io_err("remove", &f))?;
-                }
-            }
-        }
-        std::fs::remove_file(&manifest).map_err(io_err("remove", &manifest))?;
-    } else if out.is_dir() {
+/// Refuses a folder that holds something other than a trace (before any work).
+fn check_target(out: &Path) -> Result<(), TraceError> {
+    if out.is_dir() && !out.join(MANIFEST).is_file() {
         let mut entries = std::fs::read_dir(out).map_err(io_err("list", out))?;
         if entries.next().is_some() {
             return Err(format_err(
@@ -125,8 +119,61 @@ pub(super) fn prepare_dir(out: &Path) -> Result<(), TraceError> {
                 "folder is not empty and holds no trace.json: refusing to write a trace into it",
             ));
         }
+    } else if out.exists() && !out.is_dir() {
+        return Err(format_err(out, "exists and is not a folder"));
     }
-    std::fs::create_dir_all(out).map_err(io_err("create", out))
+    Ok(())
+}
+
+/// `.<name>.partial` beside `out`.
+fn partial_dir(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map_or("trace".into(), |n| n.to_string_lossy().into_owned());
+    out.with_file_name(format!(".{name}.partial"))
+}
+
+/// Removes the trace in `out` (its manifest and the files it lists), leaving anything else.
+fn remove_trace(out: &Path) -> Result<(), TraceError> {
+    let manifest = out.join(MANIFEST);
+    if !manifest.is_file() {
+        return Ok(());
+    }
+    let old = read_manifest(out)?;
+    let names = match old.files {
+        Some(f) => f,
+        None => list_stage_files(out)?,
+    };
+    for name in names.iter().filter(|n| is_plain_name(n)) {
+        for f in [out.join(name), out.join(name).with_extension("npy")] {
+            if f.is_file() {
+                std::fs::remove_file(&f).map_err(io_err("remove", &f))?;
+            }
+        }
+    }
+    std::fs::remove_file(&manifest).map_err(io_err("remove", &manifest))
+}
+
+/// Puts the finished trace in `partial` where `out` is: the old trace goes only now.
+fn move_into_place(partial: &Path, out: &Path) -> Result<(), TraceError> {
+    remove_trace(out)?;
+    let empty = !out.exists()
+        || std::fs::read_dir(out)
+            .map_err(io_err("list", out))?
+            .next()
+            .is_none();
+    if empty {
+        if out.exists() {
+            std::fs::remove_dir(out).map_err(io_err("remove", out))?;
+        }
+        return std::fs::rename(partial, out).map_err(io_err("rename into place", partial));
+    }
+    for e in std::fs::read_dir(partial).map_err(io_err("list", partial))? {
+        let e = e.map_err(io_err("list", partial))?;
+        let to = out.join(e.file_name());
+        std::fs::rename(e.path(), &to).map_err(io_err("move into place", &to))?;
+    }
+    std::fs::remove_dir(partial).map_err(io_err("remove", partial))
 }
 
 fn is_plain_name(name: &str) -> bool {

@@ -4,7 +4,7 @@ use super::Meta;
 use crate::case::{Case, Prompt};
 use crate::compare::compare;
 use crate::judge::{self, Phase};
-use crate::probes::ProbeKind;
+use crate::probes::ProbeSpec;
 use crate::runs::Runs;
 use crate::tolerance::LogitsTolerance;
 use probe::{Capture, GenerateRequest};
@@ -21,10 +21,16 @@ pub(super) fn check_meta(
     case: &Case,
     p: &Prompt,
     check: Meta,
-    kind: ProbeKind,
+    kind: &ProbeSpec,
 ) -> Result<(), String> {
     let mut pr = runs.lease(case, kind)?;
-    let tokens = p.tokenize(pr.as_mut()).map_err(|e| e.to_string())?;
+    // A probe that cannot tokenize runs on the ids bitprobe's engine gives the same file.
+    let tokens = if pr.info().caps().tokenize {
+        p.tokenize(pr.as_mut())
+    } else {
+        p.tokenize(runs.lease(case, &ProbeSpec::Engine)?.as_mut())
+    }
+    .map_err(|e| e.to_string())?;
     let n = tokens.len();
     let err = |e: probe::Error| format!("{kind}: {e}");
     match check {

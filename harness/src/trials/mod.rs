@@ -12,10 +12,15 @@
 //! | `stage::<file>::<prompt>::<blk.N.stage>` | that stage at every prompt position |
 //! | `logits::<file>::<prompt>::pos<N>` | logits at position N: top-1, KL, NMSE |
 //! | `decode::<file>::<prompt>` | each greedy step through the KV cache: stages and logits |
+//! | `tokens::<file>::<prompt>` | an engine that only generates: its greedy tokens against the reference's, a near-tie excused by the reference's margin |
 //! | `meta::<file>::<prompt>::<check>::<probe>` | causality, prefill-vs-decode, determinism |
 //! | `snapshot::<file>` | the engine's tokens, stage hashes/RMS, top-5 and greedy tokens |
 //! | `snapshot::<file>::metrics` | engine-vs-oracle metrics, rounded to the decade |
 //! | `gallery::<file>` | with an injected fault, the harness fails first at the expected stage |
+//!
+//! The engine under test and the reference are the case's `engine` and `reference` specs.
+//! Each trial compares at the finest level both declare (their capabilities); a trial one
+//! of them cannot give is *ignored* with the reason, never passed.
 
 mod gallery;
 mod meta;
@@ -26,8 +31,8 @@ pub use tokenize::{truth, Tokenized};
 
 use crate::case::{Case, CaseError, Prompt};
 use crate::diff::DiffReport;
-use crate::judge::{Judged, Phase, Site};
-use crate::probes::ProbeKind;
+use crate::judge::{Judged, Phase, Side, Site};
+use crate::probes::ProbeSpec;
 use crate::runs::Runs;
 use probe::StageId;
 use std::fmt::Write as _;
@@ -66,10 +71,13 @@ pub enum Kind {
     Decode {
         prompt: usize,
     },
+    Tokens {
+        prompt: usize,
+    },
     Meta {
         prompt: usize,
         check: Meta,
-        probe: ProbeKind,
+        side: Side,
     },
     Snapshot,
     SnapshotMetrics,
@@ -112,13 +120,17 @@ pub enum Outcome {
     Ignored(String),
 }
 
-fn needs_oracle(k: &Kind) -> bool {
+/// Whether a trial runs a probe other than our in-process engine (`BITPROBE_ORACLE=off`
+/// ignores those).
+fn needs_oracle(case: &Case, k: &Kind) -> bool {
     match k {
-        Kind::Tokenize { .. } | Kind::Stage { .. } | Kind::Logits { .. } | Kind::Decode { .. } => {
-            true
-        }
+        Kind::Tokenize { .. }
+        | Kind::Stage { .. }
+        | Kind::Logits { .. }
+        | Kind::Decode { .. }
+        | Kind::Tokens { .. } => true,
         Kind::SnapshotMetrics | Kind::Gallery => true,
-        Kind::Meta { probe, .. } => *probe == ProbeKind::Oracle,
+        Kind::Meta { side, .. } => !case.spec(*side).is_engine(),
         Kind::CaseError(_) | Kind::Snapshot => false,
     }
 }
@@ -154,9 +166,10 @@ pub fn expand(case: Result<Case, CaseError>, runs: &Runs, oracle: OracleMode) ->
                     .then(|| "needs the faults feature".to_string())
             })
             .or_else(|| {
-                (oracle == OracleMode::Off && needs_oracle(&kind))
+                (oracle == OracleMode::Off && needs_oracle(&case, &kind))
                     .then(|| "BITPROBE_ORACLE=off".to_string())
-            });
+            })
+            .or_else(|| capability_gap(&case, &kind, runs, oracle));
         out.push(TrialSpec {
             name,
             case: Some(case.clone()),
@@ -236,11 +249,22 @@ pub fn expand(case: Result<Case, CaseError>, runs: &Runs, oracle: OracleMode) ->
             );
         }
         if p.decode > 0 && case.compare {
-            push(
-                format!("decode::{id}::{}", p.id),
-                Kind::Decode { prompt: pi },
-                None,
-            );
+            // Step by step through the KV cache where both can be teacher-forced; token by
+            // token where the engine only generates.
+            let kind = match (
+                caps_of(runs, &case, &case.engine, oracle),
+                caps_of(runs, &case, &case.reference, oracle),
+            ) {
+                (Some(a), Some(b)) if !full_decode(&a) && a.generate && full_decode(&b) => {
+                    Kind::Tokens { prompt: pi }
+                }
+                _ => Kind::Decode { prompt: pi },
+            };
+            let name = match kind {
+                Kind::Tokens { .. } => format!("tokens::{id}::{}", p.id),
+                _ => format!("decode::{id}::{}", p.id),
+            };
+            push(name, kind, None);
         }
         let m = &case.metamorphic;
         for (on, check) in [
@@ -249,13 +273,18 @@ pub fn expand(case: Result<Case, CaseError>, runs: &Runs, oracle: OracleMode) ->
             (m.determinism, Meta::Determinism),
         ] {
             if on {
-                for probe in [ProbeKind::Engine, ProbeKind::Oracle] {
+                for side in [Side::A, Side::B] {
                     push(
-                        format!("meta::{id}::{}::{}::{probe}", p.id, check.name()),
+                        format!(
+                            "meta::{id}::{}::{}::{}",
+                            p.id,
+                            check.name(),
+                            case.spec(side)
+                        ),
                         Kind::Meta {
                             prompt: pi,
                             check,
-                            probe,
+                            side,
                         },
                         None,
                     );
@@ -263,7 +292,7 @@ pub fn expand(case: Result<Case, CaseError>, runs: &Runs, oracle: OracleMode) ->
             }
         }
     }
-    if case.snapshot && !case.prompts.is_empty() {
+    if case.snapshot && !case.prompts.is_empty() && case.engine.is_engine() {
         push(format!("snapshot::{id}"), Kind::Snapshot, None);
         push(
             format!("snapshot::{id}::metrics"),
@@ -274,12 +303,80 @@ pub fn expand(case: Result<Case, CaseError>, runs: &Runs, oracle: OracleMode) ->
     out
 }
 
+/// Teacher-forced decoding with step logits: what a `decode::` trial needs.
+fn full_decode(c: &probe::Capabilities) -> bool {
+    c.generate && c.teacher_forced && c.decode_logits
+}
+
+/// A probe's capabilities, unless asking would run a probe the user switched off (or it
+/// cannot be opened: the trial then fails with the open error itself).
+fn caps_of(
+    runs: &Runs,
+    case: &Case,
+    spec: &ProbeSpec,
+    oracle: OracleMode,
+) -> Option<probe::Capabilities> {
+    if oracle == OracleMode::Off && !spec.is_engine() {
+        return None;
+    }
+    runs.caps(case, spec).ok()
+}
+
+/// Why a trial cannot be run with these two probes (what one of them does not give).
+fn capability_gap(case: &Case, kind: &Kind, runs: &Runs, oracle: OracleMode) -> Option<String> {
+    let (a, b) = (
+        caps_of(runs, case, &case.engine, oracle)?,
+        caps_of(runs, case, &case.reference, oracle)?,
+    );
+    let (la, lb) = (case.engine.label(), case.reference.label());
+    let lacks = |what: &str, ha: bool, hb: bool| -> Option<String> {
+        match (ha, hb) {
+            (true, true) => None,
+            (false, _) if !a.forward && !a.tokenize && a.generate => {
+                Some(format!("{la} gives tokens only (no {what})"))
+            }
+            (false, _) => Some(format!("{la} gives no {what}")),
+            (_, false) => Some(format!("{lb} gives no {what}")),
+        }
+    };
+    match kind {
+        Kind::Tokenize { .. } => lacks("tokenization", a.tokenize, b.tokenize),
+        Kind::Stage { stage, .. } => lacks("forward pass", a.forward, b.forward).or_else(|| {
+            lacks(
+                &format!("{} tensors", stage.stage),
+                a.stages.contains(&stage.stage),
+                b.stages.contains(&stage.stage),
+            )
+        }),
+        Kind::Logits { .. } => lacks("per-position logits", a.forward, b.forward),
+        Kind::Decode { .. } => lacks(
+            "teacher-forced decode with step logits",
+            full_decode(&a),
+            full_decode(&b),
+        ),
+        Kind::Tokens { .. } => lacks("generation", a.generate, b.generate && b.decode_logits),
+        Kind::Meta { side, check, .. } => {
+            let (c, l) = match side {
+                Side::A => (&a, &la),
+                Side::B => (&b, &lb),
+            };
+            let ok = match check {
+                Meta::Causality | Meta::Determinism => c.forward,
+                Meta::PrefillVsDecode => c.forward && full_decode(c),
+            };
+            (!ok).then(|| format!("{l} cannot run the {} check", check.name()))
+        }
+        Kind::SnapshotMetrics => lacks("forward pass", a.forward, b.forward),
+        _ => None,
+    }
+}
+
 /// Layer count and each prompt's token count, from the engine.
 fn shape_of(case: &Case, runs: &Runs) -> Result<(u32, Vec<usize>), String> {
     if let Some(why) = &case.unavailable {
         return Err(why.clone());
     }
-    let mut e = runs.lease(case, ProbeKind::Engine)?;
+    let mut e = runs.lease(case, &ProbeSpec::Engine)?;
     let n_layer = e.info().n_layer;
     let mut counts = Vec::new();
     for p in &case.prompts {
@@ -314,11 +411,14 @@ pub fn check(runs: &Runs, t: &TrialSpec) -> Outcome {
         Kind::Decode { prompt } => with_diff(runs, case, *prompt, |d| {
             check_decode(case, &case.prompts[*prompt], d)
         }),
+        Kind::Tokens { prompt } => with_diff(runs, case, *prompt, |d| {
+            check_tokens(case, &case.prompts[*prompt], d)
+        }),
         Kind::Meta {
             prompt,
             check,
-            probe,
-        } => meta::check_meta(runs, case, &case.prompts[*prompt], *check, *probe),
+            side,
+        } => meta::check_meta(runs, case, &case.prompts[*prompt], *check, case.spec(*side)),
         Kind::Snapshot => crate::snapshot::engine_text(runs, case)
             .and_then(|text| crate::snapshot::assert(case, None, &text)),
         Kind::SnapshotMetrics => crate::snapshot::metrics_text(runs, case)
@@ -377,6 +477,32 @@ fn shell_quote(s: &str) -> String {
         s.to_string()
     };
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn check_tokens(case: &Case, p: &Prompt, d: &DiffReport) -> Result<(), String> {
+    let generated: Vec<&Judged> = d.judged.iter().filter(|j| j.site == Site::Decode).collect();
+    if generated.is_empty() {
+        return Err(format!(
+            "no generated tokens were compared ({})",
+            d.not_compared.join("; ")
+        ));
+    }
+    match generated.iter().find(|j| !j.pass()) {
+        None => Ok(()),
+        Some(bad) => Err(divergence_message(
+            case,
+            p,
+            d,
+            format!(
+                "greedy tokens: {} {:?} vs {} {:?}\n{}",
+                d.labels.a,
+                d.greedy_a,
+                d.labels.b,
+                d.greedy_b,
+                d.describe(bad)
+            ),
+        )),
+    }
 }
 
 /// The failure message shared by stage/logits/decode trials: what failed here, then the

@@ -2,7 +2,6 @@
 //! `bitprobe tokenize --compare`, the sweep's parity counts).
 
 use crate::case::{Case, DeviationProbe, TokenizerChoice};
-use crate::probes::ProbeKind;
 use crate::runs::Runs;
 use engine::tokenizer::truth::Truth;
 use probe::{Probe, Token};
@@ -106,8 +105,8 @@ pub(super) fn check_tokenize(runs: &Runs, case: &Case, input: usize) -> Result<(
         .as_ref()
         .expect("tokenize trials come from [tokenize]");
     let text = &spec.inputs[input];
-    let mut e = runs.lease(case, ProbeKind::Engine)?;
-    let mut o = runs.lease(case, ProbeKind::Oracle)?;
+    let mut e = runs.lease(case, &case.engine)?;
+    let mut o = runs.lease(case, &case.reference)?;
     let truth = if spec.truth { Some(truth()?) } else { None };
     let mut problems = Vec::new();
     for &ps in &spec.parse_special {
