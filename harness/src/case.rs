@@ -37,6 +37,8 @@ pub struct Case {
     pub compare: bool,
     pub stages: Vec<Stage>,
     pub layers: Option<Vec<u32>>,
+    /// Where `[compare] layers` is declared (`file:line:col`).
+    pub layers_at: Option<String>,
     pub tolerance: ToleranceOverrides,
     pub tokenize: Option<TokenizeSpec>,
     pub metamorphic: Metamorphic,
@@ -54,6 +56,8 @@ pub struct Prompt {
     pub chat: bool,
     /// Greedy decode steps compared through the KV cache (0 = none).
     pub decode: usize,
+    /// Where the prompt is declared (`file:line:col`), for errors found once the model is known.
+    pub at: Option<String>,
 }
 
 impl Prompt {
@@ -66,6 +70,7 @@ impl Prompt {
             parse_special: false,
             chat: false,
             decode: 0,
+            at: None,
         }
     }
 
@@ -289,7 +294,7 @@ struct RawCase {
     #[serde(default)]
     fault: Option<String>,
     #[serde(default)]
-    prompts: Vec<RawPrompt>,
+    prompts: Vec<toml::Spanned<RawPrompt>>,
     #[serde(default)]
     compare: Option<RawCompare>,
     #[serde(default)]
@@ -344,7 +349,7 @@ struct RawCompare {
     #[serde(default)]
     stages: Option<Vec<toml::Spanned<String>>>,
     #[serde(default)]
-    layers: Option<Vec<u32>>,
+    layers: Option<toml::Spanned<Vec<u32>>>,
 }
 
 #[derive(Deserialize)]
@@ -442,21 +447,21 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
 
     let mut prompts = Vec::new();
     for p in raw.prompts {
+        let p_at = at(p.span());
+        let p = p.into_inner();
         let text = match (p.text, p.repeat_to) {
-            (Some(t), None) => t,
+            (Some(t), None) if !t.is_empty() => t,
             (Some(t), Some(n)) if !t.is_empty() => t.repeat(n.div_ceil(t.len())),
             _ => {
                 return Err(err(format!(
-                    "{}: prompt '{}' needs a non-empty `text`",
-                    file.display(),
+                    "{p_at}: prompt '{}' needs a non-empty `text`",
                     p.id
                 )))
             }
         };
         if prompts.iter().any(|q: &Prompt| q.id == p.id) {
             return Err(err(format!(
-                "{}: two prompts are named '{}'; ids must be unique",
-                file.display(),
+                "{p_at}: two prompts are named '{}'; ids must be unique",
                 p.id
             )));
         }
@@ -467,10 +472,12 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
             parse_special: p.parse_special,
             chat: p.chat,
             decode: p.decode,
+            at: Some(p_at),
         });
     }
 
     let (mut stages, mut layers, mut compare) = (Stage::ALL.to_vec(), None, true);
+    let mut layers_at = None;
     if let Some(c) = raw.compare {
         compare = c.enabled;
         if let Some(names) = c.stages {
@@ -495,7 +502,10 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
             stages.sort_by_key(|s| s.order());
             stages.dedup();
         }
-        layers = c.layers;
+        if let Some(l) = c.layers {
+            layers_at = Some(at(l.span()));
+            layers = Some(l.into_inner());
+        }
     }
 
     let tolerance = match raw.tolerance {
@@ -641,6 +651,7 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
         compare,
         stages,
         layers,
+        layers_at,
         tolerance,
         tokenize,
         metamorphic,

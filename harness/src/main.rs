@@ -185,8 +185,11 @@ impl TimeoutArgs {
 #[derive(Args, Clone)]
 struct PromptArgs {
     /// Prompt text.
-    #[arg(long, short = 'p', visible_alias = "text")]
-    prompt: String,
+    #[arg(long, short = 'p', visible_alias = "text", required_unless_present = "prompt_file")]
+    prompt: Option<String>,
+    /// The prompt text from a file (exactly its bytes; for long prompts).
+    #[arg(long, value_name = "FILE", conflicts_with = "prompt")]
+    prompt_file: Option<PathBuf>,
     /// Do not add BOS.
     #[arg(long)]
     no_bos: bool,
@@ -199,14 +202,23 @@ struct PromptArgs {
 }
 
 impl PromptArgs {
-    fn prompt(&self, decode: usize) -> harness::case::Prompt {
-        harness::case::Prompt {
+    fn prompt(&self, decode: usize) -> Result<harness::case::Prompt> {
+        let text = match (&self.prompt, &self.prompt_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("reading --prompt-file {}", f.display()))?,
+            (None, None) => bail!("give --prompt TEXT or --prompt-file FILE"),
+        };
+        if text.is_empty() {
+            bail!("the prompt is empty: give some text");
+        }
+        Ok(harness::case::Prompt {
             add_bos: !self.no_bos,
             parse_special: self.parse_special,
             chat: self.chat,
             decode,
-            ..harness::case::Prompt::text(&self.prompt)
-        }
+            ..harness::case::Prompt::text(&text)
+        })
     }
 }
 
@@ -347,6 +359,15 @@ struct DiffArgs {
     /// Layers to compare (comma-separated; default all).
     #[arg(long, value_delimiter = ',')]
     layers: Vec<u32>,
+    /// NMSE limit for every stage (default: the measured tolerance table, cases/README.md).
+    #[arg(long)]
+    nmse: Option<f64>,
+    /// KL limit for the logits (default: the measured tolerance table).
+    #[arg(long)]
+    kl: Option<f64>,
+    /// NMSE limit for one stage, STAGE=LIMIT (repeatable), e.g. attn_q=1e-3.
+    #[arg(long, value_name = "STAGE=LIMIT")]
+    stage_nmse: Vec<String>,
     #[command(flatten)]
     threads: ThreadArgs,
     #[command(flatten)]

@@ -410,6 +410,21 @@ pub fn drive_generation(
             "generate with an empty prompt".into(),
         ));
     }
+    if let Sampling::Seeded {
+        temperature, top_p, ..
+    } = req.sampling
+    {
+        if !(temperature.is_finite() && temperature >= 0.0) {
+            return Err(Error::InvalidRequest(format!(
+                "temperature {temperature}: give a finite value ≥ 0"
+            )));
+        }
+        if !(top_p.is_finite() && (0.0..=1.0).contains(&top_p)) {
+            return Err(Error::InvalidRequest(format!(
+                "top_p {top_p}: give a probability in [0, 1]"
+            )));
+        }
+    }
     let steps_wanted = req.max_tokens.saturating_sub(1);
     limits.check(&req.prompt, 0)?;
     if let Some(f) = &req.forced {

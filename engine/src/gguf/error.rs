@@ -14,6 +14,9 @@ pub enum GgufError {
         source: std::io::Error,
     },
 
+    #[error("gguf: {0} is not a regular file (a folder, FIFO or device): give a GGUF file")]
+    NotAFile(PathBuf),
+
     #[error("gguf: write failed: {0}")]
     Write(#[source] std::io::Error),
 

@@ -103,6 +103,14 @@ impl GgufFile {
             path: path.to_path_buf(),
             source,
         };
+        // Checked before opening: opening a FIFO blocks until someone writes to it, and a
+        // folder opens fine and only fails at the map ("No such device").
+        if !std::fs::metadata(path)
+            .map_err(|e| io("open", e))?
+            .is_file()
+        {
+            return Err(GgufError::NotAFile(path.to_path_buf()));
+        }
         let file = File::open(path).map_err(|e| io("open", e))?;
         let len = file.metadata().map_err(|e| io("stat", e))?.len();
         let backing = if len == 0 {

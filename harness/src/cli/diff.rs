@@ -30,11 +30,31 @@ pub(crate) fn diff(a: DiffArgs) -> Result<ExitCode> {
     let mut o = probes::open(&reference, &path, threads, &opts, watchdog)?;
     spin.set("running both and judging every stage");
     let req = DiffRequest {
-        prompt: a.prompt.prompt(a.decode),
+        prompt: a.prompt.prompt(a.decode)?,
         stages,
         layers: (!a.layers.is_empty()).then(|| a.layers.clone()),
     };
-    let tol = harness::tolerance::ToleranceOverrides::default();
+    let mut tol = harness::tolerance::ToleranceOverrides {
+        nmse: a.nmse,
+        kl: a.kl,
+        ..Default::default()
+    };
+    for s in &a.stage_nmse {
+        let (name, v) = s
+            .split_once('=')
+            .with_context(|| format!("--stage-nmse {s}: write STAGE=LIMIT, e.g. attn_q=1e-3"))?;
+        let stage = probe::Stage::from_name(name).with_context(|| {
+            format!("--stage-nmse {s}: unknown stage '{name}' (valid: {})", probe::Stage::valid_names())
+        })?;
+        let v: f64 = v
+            .parse()
+            .with_context(|| format!("--stage-nmse {s}: '{v}' is not a number"))?;
+        tol.stages.insert(
+            stage,
+            harness::tolerance::StageOverride { nmse: Some(v) },
+        );
+    }
+    tol.validate().map_err(anyhow::Error::msg)?;
     let labels = Labels::new(engine.label(), reference.label());
     let r = run_diff(e.as_mut(), o.as_mut(), labels, &req, &tol)?;
     drop(spin);

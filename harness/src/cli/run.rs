@@ -26,7 +26,7 @@ pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
     if !caps.generate {
         bail!("{spec} cannot generate (it declares no `generate` capability)");
     }
-    let prompt = a.prompt.prompt(0);
+    let prompt = a.prompt.prompt(0)?;
     let prompt = if caps.tokenize {
         prompt.tokenize(p.as_mut())?
     } else {

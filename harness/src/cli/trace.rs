@@ -21,7 +21,7 @@ pub(crate) fn trace(a: TraceArgs) -> Result<ExitCode> {
     }
     spin.set(&format!("tracing every stage with {spec}"));
     let req = TraceRequest {
-        prompt: a.prompt.prompt(a.decode),
+        prompt: a.prompt.prompt(a.decode)?,
         raw: a.raw,
     };
     let m = record(p.as_mut(), &spec.label(), &path, &req, &a.out)

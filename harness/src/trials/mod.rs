@@ -195,7 +195,24 @@ pub fn expand(case: Result<Case, CaseError>, runs: &Runs, oracle: OracleMode) ->
     }
     // Shapes for the per-stage and per-position trials come from the engine.
     let (n_layer, positions) = match shape_of(&case, runs) {
-        Ok(s) => s,
+        Ok((n_layer, positions, n_ctx)) => {
+            // Values that parse but cannot run on this model: one failing trial that says
+            // where, instead of dozens of identical runtime failures.
+            if let Some(message) = runnable(&case, n_layer, &positions, n_ctx) {
+                return vec![TrialSpec {
+                    name: format!("case::{id}"),
+                    case: None,
+                    kind: Kind::CaseError(CaseError {
+                        id: id.clone(),
+                        file: case.file.clone(),
+                        message,
+                    }),
+                    label: None,
+                    ignored: None,
+                }];
+            }
+            (n_layer, positions)
+        }
         Err(e) => {
             // Without shapes we cannot name per-stage trials; one trial reports why.
             if !case.prompts.is_empty() {
@@ -371,13 +388,47 @@ fn capability_gap(case: &Case, kind: &Kind, runs: &Runs, oracle: OracleMode) -> 
     }
 }
 
-/// Layer count and each prompt's token count, from the engine.
-fn shape_of(case: &Case, runs: &Runs) -> Result<(u32, Vec<usize>), String> {
+/// Why a case cannot run on its model (layers it does not have, prompts that tokenize to
+/// nothing or outgrow the context), with the place in the case file.
+fn runnable(case: &Case, n_layer: u32, positions: &[usize], n_ctx: usize) -> Option<String> {
+    let place = |at: &Option<String>| at.clone().unwrap_or_else(|| case.file.display().to_string());
+    if let Some(l) = case.layers.iter().flatten().find(|&&l| l >= n_layer) {
+        return Some(format!(
+            "{}: layers: layer {l} does not exist; the model has {n_layer} (0..{})\nfix: list layers below {n_layer}, or drop `layers` for all",
+            place(&case.layers_at),
+            n_layer.saturating_sub(1)
+        ));
+    }
+    for (p, &n) in case.prompts.iter().zip(positions) {
+        if n == 0 {
+            return Some(format!(
+                "{}: prompt '{}' tokenizes to nothing (add_bos = {})\nfix: give text that has tokens, or add_bos = true",
+                place(&p.at),
+                p.id,
+                p.add_bos
+            ));
+        }
+        if n + p.decode > n_ctx {
+            return Some(format!(
+                "{}: prompt '{}': {n} tokens + decode {} exceed the context of {n_ctx}\nfix: decode at most {}",
+                place(&p.at),
+                p.id,
+                p.decode,
+                n_ctx.saturating_sub(n)
+            ));
+        }
+    }
+    None
+}
+
+/// Layer count, each prompt's token count and the context, from the engine.
+fn shape_of(case: &Case, runs: &Runs) -> Result<(u32, Vec<usize>, usize), String> {
     if let Some(why) = &case.unavailable {
         return Err(why.clone());
     }
     let mut e = runs.lease(case, &ProbeSpec::Engine)?;
     let n_layer = e.info().n_layer;
+    let n_ctx = e.info().n_ctx as usize;
     let mut counts = Vec::new();
     for p in &case.prompts {
         counts.push(
@@ -386,7 +437,7 @@ fn shape_of(case: &Case, runs: &Runs) -> Result<(u32, Vec<usize>), String> {
                 .len(),
         );
     }
-    Ok((n_layer, counts))
+    Ok((n_layer, counts, n_ctx))
 }
 
 /// The one check every trial goes through.
@@ -441,17 +492,38 @@ fn with_diff(
     f(&d)
 }
 
-/// `bitprobe diff …` that reproduces a prompt's comparison.
+/// `bitprobe diff …` that reproduces a prompt's comparison exactly: the model, both probes,
+/// the prompt (in a file under `target/bitprobe-repro/` when it is long or not one line),
+/// how it is tokenized, the decode steps, stages, layers, threads, tolerances, tokenizer and
+/// fault — everything that changes the verdict.
 pub fn repro(case: &Case, p: &Prompt) -> String {
-    let model = match &case.model {
+    let mut cmd = String::from("bitprobe diff");
+    match &case.model {
         crate::probes::ModelSpec::Preset { name, seed } => {
-            format!("--preset {name} --preset-seed {seed}")
+            write!(cmd, " --preset {name} --preset-seed {seed}").ok();
         }
         crate::probes::ModelSpec::Path(path) => {
-            format!("--model {}", shell_quote(&path.display().to_string()))
+            write!(cmd, " --model {}", shell_quote(&path.display().to_string())).ok();
         }
-    };
-    let mut cmd = format!("bitprobe diff {model} --prompt {}", shell_quote(&p.text));
+    }
+    if !case.engine.is_engine() {
+        write!(cmd, " --engine {}", shell_quote(&case.engine.spec())).ok();
+    }
+    if case.reference != ProbeSpec::ORACLE {
+        write!(cmd, " --reference {}", shell_quote(&case.reference.spec())).ok();
+    }
+    if p.text.len() > 120 || p.text.contains('\n') {
+        let dir = crate::snapshot::workspace_root().join("target/bitprobe-repro");
+        let file = dir.join(format!("{}__{}.txt", case.id.replace('/', "__"), p.id));
+        let written = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&file, &p.text));
+        match written {
+            Ok(()) => write!(cmd, " --prompt-file {}", shell_quote(&file.display().to_string())),
+            Err(_) => write!(cmd, " --prompt {}", shell_quote(&p.text)),
+        }
+        .ok();
+    } else {
+        write!(cmd, " --prompt {}", shell_quote(&p.text)).ok();
+    }
     if !p.add_bos {
         cmd.push_str(" --no-bos");
     }
@@ -464,6 +536,32 @@ pub fn repro(case: &Case, p: &Prompt) -> String {
     if p.decode > 0 {
         write!(cmd, " --decode {}", p.decode).ok();
     }
+    if case.stages.len() != probe::Stage::ALL.len() {
+        let names: Vec<&str> = case.stages.iter().map(|s| s.name()).collect();
+        write!(cmd, " --stages {}", names.join(",")).ok();
+    }
+    if let Some(layers) = &case.layers {
+        let l: Vec<String> = layers.iter().map(u32::to_string).collect();
+        write!(cmd, " --layers {}", l.join(",")).ok();
+    }
+    write!(cmd, " -t {}", case.threads).ok();
+    if let Some(t) = case.timeout {
+        write!(cmd, " --timeout {t}").ok();
+    }
+    if let Some(n) = case.tolerance.nmse {
+        write!(cmd, " --nmse {n:e}").ok();
+    }
+    if let Some(k) = case.tolerance.kl {
+        write!(cmd, " --kl {k:e}").ok();
+    }
+    for (stage, o) in &case.tolerance.stages {
+        if let Some(n) = o.nmse {
+            write!(cmd, " --stage-nmse {stage}={n:e}").ok();
+        }
+    }
+    if case.tokenizer != crate::case::TokenizerChoice::Gguf {
+        write!(cmd, " --tokenizer {}", shell_quote(&case.tokenizer.to_string())).ok();
+    }
     if let Some(f) = &case.fault {
         write!(cmd, " --inject-fault {f}").ok();
     }
@@ -471,11 +569,13 @@ pub fn repro(case: &Case, p: &Prompt) -> String {
 }
 
 fn shell_quote(s: &str) -> String {
-    let s = if s.len() > 120 {
-        format!("{}…", &s[..s.floor_char_boundary(120)])
-    } else {
-        s.to_string()
-    };
+    if !s.is_empty()
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+".contains(c))
+    {
+        return s.to_string();
+    }
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
