@@ -13,7 +13,7 @@
 
 use crate::kernels::act::{relu_sqr, silu};
 use crate::kernels::attention::{attention, AttnShape};
-use crate::kernels::elementwise::rms_norm_rows;
+use crate::kernels::elementwise::{rms_norm_rows, store_f16};
 use crate::kernels::matmul::{matmul, Scratch, WeightView};
 use crate::kernels::rope::rope_neox;
 use crate::model::{Arch, Model};
@@ -92,6 +92,27 @@ pub enum Fault {
     /// `token_embd` read transposed: element (t, j) taken from j·n_vocab + t (issue 6).
     #[cfg(feature = "faults")]
     EmbdTransposed,
+    /// One 128-value I2_S block per matrix (row 0, block 0) decoded with its signs flipped:
+    /// a block-decode error whose NMSE at its origin is under the I2_S limit (issue 18).
+    #[cfg(feature = "faults")]
+    I2sBlockNegated,
+    /// `ffn_norm` multiplies by the layer's `attn_norm` gamma (issue 18: a norm using the
+    /// wrong gamma, under the limit where it starts).
+    #[cfg(feature = "faults")]
+    NormWrongGamma,
+    /// K/V rounded toward zero when stored as F16 instead of to nearest even: an
+    /// f16-rounding-level error that stays inside every tolerance (issue 18; only
+    /// bit-exactness catches it).
+    #[cfg(feature = "faults")]
+    KvTruncated,
+    /// RMSNorm's sum of squares accumulated in f32 instead of ggml's double (issue 18;
+    /// exactness-only).
+    #[cfg(feature = "faults")]
+    RmsSumF32,
+    /// SiLU evaluated in f64 and rounded, instead of ggml's f32 `expf` path (issue 18;
+    /// exactness-only).
+    #[cfg(feature = "faults")]
+    SiluF64,
 }
 
 #[cfg(feature = "faults")]
@@ -100,7 +121,7 @@ mod gallery;
 #[cfg(feature = "faults")]
 impl Fault {
     /// Every fault, in the order of [`Fault::NAMES`].
-    pub const ALL: [Fault; 20] = [
+    pub const ALL: [Fault; 25] = [
         Fault::I2sBlock256,
         Fault::I2sBitOrder,
         Fault::I2sCodeMap,
@@ -121,6 +142,11 @@ impl Fault {
         Fault::CausalOffByOne,
         Fault::KvWrongPosition,
         Fault::EmbdTransposed,
+        Fault::I2sBlockNegated,
+        Fault::NormWrongGamma,
+        Fault::KvTruncated,
+        Fault::RmsSumF32,
+        Fault::SiluF64,
     ];
 
     /// Names of the faults this build can inject (`from_name` also takes them kebab-cased).
@@ -145,6 +171,11 @@ impl Fault {
         "causal_off_by_one",
         "kv_wrong_position",
         "embd_transposed",
+        "i2s_block_negated",
+        "norm_wrong_gamma",
+        "kv_truncated",
+        "rms_sum_f32",
+        "silu_f64",
     ];
 }
 
@@ -213,10 +244,32 @@ impl Fault {
     #[inline(always)]
     pub fn norm(self, x: &[f32], gamma: &[f32], eps: f32, out: &mut [f32], width: usize) {
         #[cfg(feature = "faults")]
-        if self == Fault::Layernorm {
-            return gallery::layer_norm_rows(x, gamma, eps, out, width);
+        match self {
+            Fault::Layernorm => return gallery::layer_norm_rows(x, gamma, eps, out, width),
+            Fault::RmsSumF32 => return gallery::rms_norm_f32_rows(x, gamma, eps, out, width),
+            _ => {}
         }
         rms_norm_rows(x, gamma, eps, out, width)
+    }
+
+    /// The gamma `ffn_norm` multiplies by: the layer's own.
+    #[inline(always)]
+    pub fn ffn_norm_gamma<'a>(self, ffn_norm: &'a [f32], _attn_norm: &'a [f32]) -> &'a [f32] {
+        #[cfg(feature = "faults")]
+        if self == Fault::NormWrongGamma {
+            return _attn_norm;
+        }
+        ffn_norm
+    }
+
+    /// K or V rows into the F16 cache.
+    #[inline(always)]
+    pub fn store_kv(self, src: &[f32], dst: &mut [f16]) {
+        #[cfg(feature = "faults")]
+        if self == Fault::KvTruncated {
+            return gallery::store_f16_truncated(src, dst);
+        }
+        store_f16(src, dst)
     }
 
     #[inline(always)]
@@ -234,6 +287,7 @@ impl Fault {
             (Fault::AttnSubNormSkipped, Stage::AttnSubNorm)
             | (Fault::FfnSubNormSkipped, Stage::FfnSubNorm) => return out.copy_from_slice(x),
             (Fault::Layernorm, _) => return gallery::layer_norm_rows(x, gamma, eps, out, width),
+            (Fault::RmsSumF32, _) => return gallery::rms_norm_f32_rows(x, gamma, eps, out, width),
             _ => {}
         }
         rms_norm_rows(x, gamma, eps, out, width)
@@ -250,6 +304,7 @@ impl Fault {
                 | Fault::I2sScaleIgnored
                 | Fault::I2sScaleInverted
                 | Fault::NoActQuant
+                | Fault::I2sBlockNegated
         ) && matches!(w, WeightView::I2S { .. })
         {
             return gallery::matmul_i2s(self, w, x, out);
@@ -312,6 +367,7 @@ impl Fault {
         match (self, arch) {
             (Fault::SiluForRelu2, Arch::Bitnet158) => return silu(gate, out),
             (Fault::Relu2ForSilu, Arch::Bitnet) => return relu_sqr(gate, out),
+            (Fault::SiluF64, Arch::Bitnet) => return gallery::silu_f64(gate, out),
             _ => {}
         }
         match arch {

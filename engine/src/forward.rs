@@ -5,7 +5,7 @@
 
 use crate::faults::Fault;
 use crate::kernels::attention::{ggml_n_kv, AttnShape};
-use crate::kernels::elementwise::{add_assign, get_rows, scale, store_f16};
+use crate::kernels::elementwise::{add_assign, get_rows, scale};
 use crate::kernels::matmul::Scratch as MatmulScratch;
 use crate::model::Model;
 use half::f16;
@@ -195,11 +195,11 @@ impl Session {
             let (kc, vc) = (&mut self.k_cache[l], &mut self.v_cache[l]);
             for i in 0..n {
                 let at = fault.kv_position(pos0 + i, self.n_prefill);
-                store_f16(
+                fault.store_kv(
                     &k[i * dkv..(i + 1) * dkv],
                     &mut kc[at * dkv..(at + 1) * dkv],
                 );
-                store_f16(
+                fault.store_kv(
                     &v[i * dkv..(i + 1) * dkv],
                     &mut vc[at * dkv..(at + 1) * dkv],
                 );
@@ -236,7 +236,8 @@ impl Session {
             tap.take(Stage::FfnInp, li, x, &[d]);
 
             // ffn_norm: xn = RMSNorm(x) · blk.l.ffn_norm
-            fault.norm(x, m.gamma(&w.ffn_norm), eps, xn, d);
+            let gamma = fault.ffn_norm_gamma(m.gamma(&w.ffn_norm), m.gamma(&w.attn_norm));
+            fault.norm(x, gamma, eps, xn, d);
             tap.take(Stage::FfnNorm, li, xn, &[d]);
 
             // gate, up = xn · Wgate, xn · Wup

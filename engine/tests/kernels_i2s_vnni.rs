@@ -148,7 +148,9 @@ fn dot_row_equals_reference() {
             let qp = pair_order(&q);
             for r in 0..3 {
                 let row = &w[r * cols / 4..];
-                // SAFETY: VNNI checked; the row holds cols/4 bytes, qp cols.
+                // SAFETY: `has_vnni()` returned true above; `w` has 3·cols/4 + 32 bytes
+                // (`random_packed`), so row r < 3 holds ≥ cols/4; `qp` has cols values;
+                // every entry of COLS is a multiple of 128.
                 let got = unsafe { i2s_vnni::x86::dot_row(row.as_ptr(), qp.as_ptr(), cols) } as i64;
                 let exact = i2s::vec_dot_exact(row, &q) + q.iter().map(|&v| v as i64).sum::<i64>();
                 assert_eq!(got, exact, "cols={cols} amp={amp}");
@@ -182,7 +184,9 @@ fn panel_gemm_equals_reference() {
         let qp: Vec<i8> = qs.iter().flat_map(|q| pair_order(q)).collect();
         let mut panel = vec![0u8; n_rows * cols];
         let mut got = vec![i32::MIN; n_rows * n_tok];
-        // SAFETY: VNNI checked; buffer sizes as documented.
+        // SAFETY: `has_vnni()` returned true above; `w` has n_rows·cols/4 + 32 bytes
+        // (`random_packed`), `panel` n_rows·cols (a separate buffer), `qp` n_tok·cols
+        // values; every `cols` here is a multiple of 128.
         unsafe {
             i2s_vnni::x86::unpack_panel(w.as_ptr(), n_rows, cols, panel.as_mut_ptr());
             i2s_vnni::x86::gemm_panel(

@@ -1,5 +1,7 @@
-//! Measures the evidence behind the default tolerances: every comparing case in `cases/`,
-//! engine against oracle, worst NMSE per (stage kind, weight type) and worst logits KL.
+//! Measures the evidence behind the default tolerances and noise floors: every comparing
+//! case in `cases/`, engine against oracle — worst NMSE per (stage kind, weight type), worst
+//! NMSE per (stage, layer, weight type) (the noise floors the origin finder uses), worst
+//! logits KL and worst logits max |Δ| per weight type (the near-tie margin).
 //!
 //! The engine mirrors bitnet.cpp's summation order exactly, so on a machine like the one the
 //! oracle was built for every row is bit-exact. The defaults must also accept an engine that
@@ -23,12 +25,20 @@ fn main() {
     // (kind, weight type) → (worst nmse, where)
     let mut worst: BTreeMap<(String, WeightType), (f64, String)> = BTreeMap::new();
     let mut worst_kl: BTreeMap<WeightType, (f64, String)> = BTreeMap::new();
+    // (weight type, stage, layer) → worst nmse: the floor table.
+    let mut floors: BTreeMap<(WeightType, usize, Option<u32>), (f64, String)> = BTreeMap::new();
+    let mut worst_dlogit: BTreeMap<WeightType, (f64, String)> = BTreeMap::new();
     let mut top1 = (0usize, 0usize);
     for file in case::discover(&root) {
         let Ok(c) = case::load(&file, &root) else {
             continue;
         };
-        if !c.compare || c.prompts.is_empty() || c.fault.is_some() || c.unavailable.is_some() {
+        if !c.compare
+            || c.prompts.is_empty()
+            || c.fault.is_some()
+            || c.unavailable.is_some()
+            || !c.engine.is_engine()
+        {
             continue;
         }
         let path = c.model.resolve().expect("model");
@@ -63,6 +73,12 @@ fn main() {
                 };
                 let kind = format!("{:?}", StageKind::of(id.stage, id.layer));
                 let at = format!("{} {} {} pos {}", c.id, p.id, id, row.position);
+                let f = floors
+                    .entry((wt, id.stage.order(), id.layer))
+                    .or_insert((0.0, String::new()));
+                if m.nmse > f.0 {
+                    *f = (m.nmse, at.clone());
+                }
                 let e = worst.entry((kind, wt)).or_insert((0.0, String::new()));
                 if m.nmse > e.0 {
                     *e = (m.nmse, at);
@@ -87,7 +103,11 @@ fn main() {
                 );
                 let e = worst_kl.entry(wt).or_insert((0.0, String::new()));
                 if m.kl > e.0 {
-                    *e = (m.kl, at);
+                    *e = (m.kl, at.clone());
+                }
+                let d = worst_dlogit.entry(wt).or_insert((0.0, String::new()));
+                if m.max_abs > d.0 {
+                    *d = (m.max_abs, at);
                 }
             }
         }
@@ -102,6 +122,18 @@ fn main() {
     println!("|---|---|---|");
     for (t, (v, at)) in &worst_kl {
         println!("| {t} | {v:.2e} | {at} |");
+    }
+    println!("\n| weight type | worst logits max abs diff | where |");
+    println!("|---|---|---|");
+    for (t, (v, at)) in &worst_dlogit {
+        println!("| {t} | {v:.3e} | {at} |");
+    }
+    println!("\n| weight type | stage | layer | worst NMSE (floor) | where |");
+    println!("|---|---|---|---|---|");
+    for ((t, order, layer), (v, at)) in &floors {
+        let stage = probe::Stage::ALL[*order];
+        let l = layer.map_or("-".to_string(), |l| l.to_string());
+        println!("| {t} | {stage} | {l} | {v:.2e} | {at} |");
     }
     println!("\ntop-1 agreement: {}/{} positions", top1.0, top1.1);
 }

@@ -43,6 +43,9 @@ pub struct Case {
     pub tokenize: Option<TokenizeSpec>,
     pub metamorphic: Metamorphic,
     pub snapshot: bool,
+    /// The engine must be bit-exact with the reference (it mirrors it): `exact::` trials,
+    /// whose failure names the first value that is not.
+    pub exact: bool,
     /// For gallery cases: the harness must fail, first at this stage.
     pub expect: Option<Expect>,
 }
@@ -193,6 +196,8 @@ pub struct Expect {
     pub first_divergence: Site,
     /// Where it must show; `None` = anywhere.
     pub phase: Option<ExpectPhase>,
+    /// The position it must show at (prompt position, or a decode step's position).
+    pub position: Option<u32>,
     /// The first stage that must not be bit-exact (for faults that stay under the tolerance
     /// where they start and are only caught downstream, e.g. `blk.0.attn_q`).
     pub first_inexact: Option<Site>,
@@ -255,6 +260,8 @@ struct RawExpect {
     #[serde(default)]
     phase: Option<toml::Spanned<String>>,
     #[serde(default)]
+    position: Option<u32>,
+    #[serde(default)]
     first_inexact: Option<toml::Spanned<String>>,
 }
 
@@ -305,6 +312,8 @@ struct RawCase {
     metamorphic: Option<RawMetamorphic>,
     #[serde(default = "yes")]
     snapshot: bool,
+    #[serde(default)]
+    exact: bool,
     #[serde(default)]
     expect: Option<RawExpect>,
 }
@@ -618,6 +627,7 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
             Some(Expect {
                 first_divergence: site(&e.first_divergence)?,
                 phase,
+                position: e.position,
                 first_inexact: e.first_inexact.as_ref().map(site).transpose()?,
             })
         }
@@ -656,6 +666,7 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
         tokenize,
         metamorphic,
         snapshot: raw.snapshot,
+        exact: raw.exact,
         expect,
     })
 }

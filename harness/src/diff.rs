@@ -61,9 +61,17 @@ impl DiffReport {
         }
     }
 
-    /// The earliest failure, in evaluation order.
-    pub fn first_divergence(&self) -> Option<&Judged> {
+    /// The earliest failure, in evaluation order: where the verdict fails.
+    pub fn first_failure(&self) -> Option<&Judged> {
         judge::first_failure(&self.judged)
+    }
+
+    /// Where the divergence starts: the earliest value on the path to the first failure that
+    /// is clearly above a correct engine's noise floor ([`judge::origin`]); the first failure
+    /// itself when nothing before it is. `None` when nothing fails.
+    pub fn first_divergence(&self) -> Option<&Judged> {
+        self.first_failure()
+            .map(|f| judge::origin(&self.judged, f, self.weight_type))
     }
 
     pub fn pass(&self) -> bool {
@@ -96,14 +104,33 @@ impl DiffReport {
 
     /// `blk.0.attn_q at prompt, position 3: …`: a divergence as one line.
     pub fn describe(&self, j: &Judged) -> String {
-        let detail = match j.site {
-            Site::Stage(_) => j.summary(&self.labels),
-            _ => j.note(&self.labels).unwrap_or_default(),
+        let line = |j: &Judged| {
+            let detail = match j.site {
+                Site::Stage(_) => j.summary(&self.labels),
+                _ => j.note(&self.labels).unwrap_or_default(),
+            };
+            format!(
+                "{} at {}, position {}: {detail}",
+                j.site, j.phase, j.position
+            )
         };
-        format!(
-            "{} at {}, position {}: {detail}",
-            j.site, j.phase, j.position
-        )
+        match self.first_failure() {
+            Some(f)
+                if !std::ptr::eq(f, j)
+                    && self.first_divergence().is_some_and(|o| std::ptr::eq(o, j)) =>
+            {
+                let floor = j.site.stage().map_or(f64::NAN, |id| {
+                    crate::floors::floor(self.weight_type, id.stage, id.layer)
+                });
+                format!(
+                    "{} — starts here, {:.1e}× a correct engine's worst there ({floor:.1e}); fails at {}",
+                    line(j),
+                    j.measure.nmse().unwrap_or(f64::NAN) / floor,
+                    line(f)
+                )
+            }
+            _ => line(j),
+        }
     }
 
     /// The report as JSON, with the first divergence spelled out.
@@ -125,14 +152,9 @@ impl DiffReport {
 
 /// The largest top-2 logit margin of the reference at which a different generated token is
 /// a near-tie rather than a bug, when A gives tokens only (no logits to weigh the flip
-/// against): a correct engine's logits may move this much. Measured as the worst max |Δlogit|
-/// of a correct engine that sums in another order (`BITPROBE_LLAMAFILE=off`) over the
-/// starter cases, ×2 — evidence in cases/README.md ("Tolerances").
+/// against): the same measured margin as for logits ([`crate::tolerance::default_margin`]).
 pub fn token_near_tie_margin(wt: WeightType) -> f64 {
-    match wt {
-        WeightType::I2S | WeightType::TQ1_0 | WeightType::TQ2_0 => 0.5,
-        WeightType::F16 | WeightType::F32 => 0.01,
-    }
+    crate::tolerance::default_margin(wt)
 }
 
 /// Runs both probes and judges everything both can give. `a` is under test, `b` the

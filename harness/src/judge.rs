@@ -10,7 +10,7 @@
 //! [`Labels`] name them for people.
 
 use crate::compare::{compare, compare_logits, LogitsMetrics, TensorMetrics};
-use crate::tolerance::LogitsTolerance;
+use crate::tolerance::{LogitsTolerance, WeightType};
 use probe::{StageId, StageTensor, Token};
 use serde::Serialize;
 use std::fmt;
@@ -298,9 +298,9 @@ impl Judged {
                     m.margin_oracle,
                     m.max_abs,
                     if self.outcome == Outcome::NearTie {
-                        " — a near-tie"
+                        format!(" — a near-tie ({b}'s margin ≤ {:.2e}, the most a correct engine's logits move)", self.limit.margin.unwrap_or(f64::NAN))
                     } else {
-                        " — not a near-tie"
+                        format!(" — not a near-tie: {b} preferred its top-1 by more than {:.2e}, and the logits otherwise agree", self.limit.margin.unwrap_or(f64::NAN))
                     }
                 ))
             }
@@ -441,26 +441,30 @@ pub fn tensor(
     j
 }
 
-/// Whether a top-1 flip is explained by the logits' own difference: B's top-2 margin is at
-/// most twice the largest logit difference.
-pub fn near_tie(m: &LogitsMetrics) -> bool {
-    m.margin_oracle <= 2.0 * m.max_abs
+/// Whether a top-1 flip is a near-tie: B's top-2 margin is at most twice the largest logit
+/// difference (the difference explains the flip) *and* at most the margin a correct
+/// engine's logits can move (`tol.margin`, measured): where B was sure, a flip is a bug
+/// however far off the logits are.
+pub fn near_tie(m: &LogitsMetrics, tol: LogitsTolerance) -> bool {
+    m.margin_oracle <= 2.0 * m.max_abs && m.margin_oracle <= tol.margin
 }
 
 /// A's logits row against B's at one position.
 pub fn logits(phase: Phase, position: u32, a: &[f32], b: &[f32], tol: LogitsTolerance) -> Judged {
     let m = compare_logits(a, b);
     let over = !(m.kl <= tol.kl && m.nmse <= tol.nmse);
+    // NaN/Inf first, then the metrics against their limits, then the near-tie rule: a flip
+    // is excused only where the logits otherwise agree.
     let outcome = if m.nan_engine + m.nan_oracle + m.inf_mismatch > 0 {
         Outcome::Fail(Failure::NonFinite)
-    } else if !m.top1_agree() && !near_tie(&m) {
-        Outcome::Fail(Failure::Top1Flip)
     } else if over {
         Outcome::Fail(Failure::OverLimit)
-    } else if !m.top1_agree() {
+    } else if m.top1_agree() {
+        Outcome::Pass
+    } else if near_tie(&m, tol) {
         Outcome::NearTie
     } else {
-        Outcome::Pass
+        Outcome::Fail(Failure::Top1Flip)
     };
     Judged {
         phase,
@@ -471,7 +475,7 @@ pub fn logits(phase: Phase, position: u32, a: &[f32], b: &[f32], tol: LogitsTole
         limit: Limit {
             nmse: Some(tol.nmse),
             kl: Some(tol.kl),
-            margin: None,
+            margin: Some(tol.margin),
         },
         outcome,
     }
@@ -619,6 +623,38 @@ pub fn hash(
 /// decode token.
 pub fn first_failure(judged: &[Judged]) -> Option<&Judged> {
     judged.iter().filter(|j| !j.pass()).min_by_key(|j| j.key())
+}
+
+/// Where the trouble starts: the earliest value on the path to `failing` (an earlier phase, or
+/// the same phase at a position no later, earlier in evaluation order) that is clearly above
+/// what a correct engine shows there — [`crate::floors::ORIGIN_FACTOR`] times its noise floor
+/// — or that could not be compared at all. `failing` itself when nothing before it is. A bug
+/// whose error at its true origin is just under the limit is named there, not where the
+/// limit is first crossed.
+pub fn origin<'a>(judged: &'a [Judged], failing: &'a Judged, wt: WeightType) -> &'a Judged {
+    let upstream = |j: &Judged| {
+        j.key() < failing.key() && (j.phase < failing.phase || j.position <= failing.position)
+    };
+    judged
+        .iter()
+        .filter(|j| upstream(j) && above_floor(j, wt))
+        .min_by_key(|j| j.key())
+        .unwrap_or(failing)
+}
+
+/// Whether a stage value is clearly above its noise floor (or not comparable).
+pub fn above_floor(j: &Judged, wt: WeightType) -> bool {
+    let Site::Stage(id) = j.site else {
+        return false;
+    };
+    match &j.measure {
+        Measure::Tensor(m) if m.non_finite_failure().is_some() || !m.nmse.is_finite() => true,
+        Measure::Tensor(m) => {
+            m.nmse >= crate::floors::ORIGIN_FACTOR * crate::floors::floor(wt, id.stage, id.layer)
+        }
+        Measure::Absent { .. } | Measure::Shape { .. } => true,
+        _ => false,
+    }
 }
 
 /// The first value that is not bit-exact (values compared, bits differ): the sharpest
@@ -797,7 +833,11 @@ mod tests {
 
     #[test]
     fn logits_non_finite_first_then_flip_then_limit() {
-        let tol = LogitsTolerance { kl: 1.0, nmse: 1.0 };
+        let tol = LogitsTolerance {
+            kl: 1.0,
+            nmse: 1.0,
+            margin: 1.0,
+        };
         let b = [0.0, 5.0, 4.9, 1.0];
         // Inf (not only NaN) in the logits fails first.
         let j = logits(Phase::Prompt, 0, &[0.0, f32::INFINITY, 4.9, 1.0], &b, tol);
@@ -826,7 +866,11 @@ mod tests {
             0,
             &[1.0, 0.0],
             &[0.0, 1.0],
-            LogitsTolerance { kl: 0.0, nmse: 0.0 },
+            LogitsTolerance {
+                kl: 0.0,
+                nmse: 0.0,
+                margin: 1.0,
+            },
         );
         let v = vec![lg.clone(), bad.clone()];
         assert_eq!(first_failure(&v), Some(&bad));

@@ -6,6 +6,7 @@ pub mod case;
 pub mod compare;
 pub mod conformance;
 pub mod diff;
+pub mod floors;
 pub mod inspect;
 pub mod judge;
 pub mod probes;

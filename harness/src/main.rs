@@ -185,7 +185,12 @@ impl TimeoutArgs {
 #[derive(Args, Clone)]
 struct PromptArgs {
     /// Prompt text.
-    #[arg(long, short = 'p', visible_alias = "text", required_unless_present = "prompt_file")]
+    #[arg(
+        long,
+        short = 'p',
+        visible_alias = "text",
+        required_unless_present = "prompt_file"
+    )]
     prompt: Option<String>,
     /// The prompt text from a file (exactly its bytes; for long prompts).
     #[arg(long, value_name = "FILE", conflicts_with = "prompt")]

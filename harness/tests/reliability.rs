@@ -35,7 +35,11 @@ fn scratch(name: &str) -> PathBuf {
 
 fn broken_probe() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("examples/broken_probe")
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/broken_probe")
 }
 
 fn children_of(pid: u32) -> Vec<u32> {
@@ -58,8 +62,10 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    })
 }
 
 #[test]
@@ -77,23 +83,37 @@ fn threads_beyond_the_cores_are_capped_with_a_warning() {
 fn a_fifo_a_folder_or_a_missing_file_as_the_model_is_one_clear_error() {
     let dir = scratch("fifo");
     let fifo = dir.join("model.gguf");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     for cmd in [&["run", "-p", "Hi", "-m"][..], &["inspect"][..]] {
         let mut args: Vec<&str> = cmd.to_vec();
         args.push(fifo.to_str().unwrap());
         let (o, took) = bitprobe(&args);
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-        assert!(String::from_utf8_lossy(&o.stderr).contains("not a regular file"), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("not a regular file"),
+            "{}",
+            text(&o)
+        );
         assert!(took < Duration::from_secs(20), "{cmd:?} took {took:?}");
     }
     let (o, _) = bitprobe(&["run", "-p", "Hi", "-m", dir.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(err.contains("not a regular file") && !err.contains("No such device"), "{err}");
+    assert!(
+        err.contains("not a regular file") && !err.contains("No such device"),
+        "{err}"
+    );
     let missing = dir.join("nope.gguf");
     let (o, _) = bitprobe(&["run", "-p", "Hi", "-m", missing.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(err.contains("does not exist"), "{err}");
-    assert!(err.matches("No such file").count() <= 1, "said twice: {err}");
+    assert!(
+        err.matches("No such file").count() <= 1,
+        "said twice: {err}"
+    );
 }
 
 #[test]
@@ -108,7 +128,10 @@ fn a_corrupt_file_gets_bitprobes_precise_error_not_a_reference_abort() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("version 7"), "{err}");
-    assert!(!err.contains("ggml.c") && !err.contains("[New LWP"), "{err}");
+    assert!(
+        !err.contains("ggml.c") && !err.contains("[New LWP"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -117,7 +140,11 @@ fn non_finite_sampling_settings_are_refused_and_the_server_lives() {
         "run", "--preset", "tiny-i2s", "-p", "Hi", "--probe", "oracle", "--temp", "inf",
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--temp inf"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--temp inf"),
+        "{}",
+        text(&o)
+    );
     // On the wire, a NaN temperature (serialized as null) is an error reply, not a dead server.
     std::env::set_var("BITPROBE_ORACLE_BIN", env!("CARGO_BIN_EXE_bitprobe-oracle"));
     let model = engine::forge::forged("tiny-i2s", 1).unwrap();
@@ -138,7 +165,10 @@ fn non_finite_sampling_settings_are_refused_and_the_server_lives() {
     };
     let e = p.generate(&g).unwrap_err();
     assert!(matches!(e, probe::Error::InvalidRequest(_)), "{e}");
-    assert!(p.tokenize("Hi", true, false).is_ok(), "the server still answers");
+    assert!(
+        p.tokenize("Hi", true, false).is_ok(),
+        "the server still answers"
+    );
 }
 
 #[test]
@@ -178,10 +208,15 @@ fn case_values_that_cannot_run_are_one_trial_with_file_line_col() {
     );
     let t = expand(&layers);
     assert_eq!(t.len(), 1, "one trial, not dozens");
-    let harness::trials::Outcome::Fail(m) = harness::trials::check(&harness::runs::Runs::default(), &t[0]) else {
+    let harness::trials::Outcome::Fail(m) =
+        harness::trials::check(&harness::runs::Runs::default(), &t[0])
+    else {
         panic!()
     };
-    assert!(m.contains("layers.toml:3:10") && m.contains("layer 7 does not exist"), "{m}");
+    assert!(
+        m.contains("layers.toml:3:10") && m.contains("layer 7 does not exist"),
+        "{m}"
+    );
 
     let decode = write(
         "decode.toml",
@@ -189,10 +224,15 @@ fn case_values_that_cannot_run_are_one_trial_with_file_line_col() {
     );
     let t = expand(&decode);
     assert_eq!((t.len(), t[0].name.as_str()), (1, "case::decode"));
-    let harness::trials::Outcome::Fail(m) = harness::trials::check(&harness::runs::Runs::default(), &t[0]) else {
+    let harness::trials::Outcome::Fail(m) =
+        harness::trials::check(&harness::runs::Runs::default(), &t[0])
+    else {
         panic!()
     };
-    assert!(m.contains("decode.toml:3:1") && m.contains("exceed the context"), "{m}");
+    assert!(
+        m.contains("decode.toml:3:1") && m.contains("exceed the context"),
+        "{m}"
+    );
 
     for (name, body, want) in [
         (
@@ -230,7 +270,17 @@ fn diff_prints_a_summary_unless_asked_for_every_row() {
 fn ctrl_c_on_bitprobe_alone_stops_its_probe_servers() {
     let spec = format!("cmd:{} --defect hang", broken_probe().display());
     let mut child = bin()
-        .args(["diff", "--engine", &spec, "--preset", "tiny-i2s", "-p", "Hi", "--timeout", "300"])
+        .args([
+            "diff",
+            "--engine",
+            &spec,
+            "--preset",
+            "tiny-i2s",
+            "-p",
+            "Hi",
+            "--timeout",
+            "300",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -246,7 +296,11 @@ fn ctrl_c_on_bitprobe_alone_stops_its_probe_servers() {
     };
     assert!(!servers.is_empty(), "no probe server started");
     std::thread::sleep(Duration::from_millis(500));
-    assert!(Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     let t = Instant::now();
@@ -261,13 +315,31 @@ fn ctrl_c_on_bitprobe_alone_stops_its_probe_servers() {
 fn an_interrupted_trace_leaves_the_previous_trace_whole() {
     let dir = scratch("trace");
     let out = dir.join("t");
-    let (o, _) = bitprobe(&["trace", "--preset", "tiny-i2s", "-p", "Hello", "-o", out.to_str().unwrap()]);
+    let (o, _) = bitprobe(&[
+        "trace",
+        "--preset",
+        "tiny-i2s",
+        "-p",
+        "Hello",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let before = harness::trace::read(&out).unwrap().tensors.len();
     // A second trace into the same folder whose probe hangs in forward; killed meanwhile.
     let spec = format!("cmd:{} --defect hang", broken_probe().display());
     let mut child = bin()
-        .args(["trace", "--probe", &spec, "--preset", "tiny-i2s", "-p", "Hello", "-o", out.to_str().unwrap()])
+        .args([
+            "trace",
+            "--probe",
+            &spec,
+            "--preset",
+            "tiny-i2s",
+            "-p",
+            "Hello",
+            "-o",
+            out.to_str().unwrap(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -291,7 +363,11 @@ fn a_failing_case_s_reproduce_line_reproduces_its_first_divergence() {
     )
     .unwrap();
     let runs = harness::runs::Runs::default();
-    let trials = harness::trials::expand(harness::case::load(&f, &dir), &runs, harness::trials::OracleMode::On);
+    let trials = harness::trials::expand(
+        harness::case::load(&f, &dir),
+        &runs,
+        harness::trials::OracleMode::On,
+    );
     let failing = trials
         .iter()
         .find_map(|t| match harness::trials::check(&runs, t) {
@@ -308,15 +384,23 @@ fn a_failing_case_s_reproduce_line_reproduces_its_first_divergence() {
         .find_map(|l| l.strip_prefix("first divergence of this prompt: "))
         .unwrap();
     let site = first.split(" at ").next().unwrap();
-    assert!(line.contains("--prompt-file") && line.contains("--layers 1") && line.contains("--nmse"), "{line}");
+    assert!(
+        line.contains("--prompt-file") && line.contains("--layers 1") && line.contains("--nmse"),
+        "{line}"
+    );
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!("{} {line} --json", env!("CARGO_BIN_EXE_bitprobe")))
         .env("BITPROBE_ORACLE_BIN", env!("CARGO_BIN_EXE_bitprobe-oracle"))
         .output()
         .unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
-    assert_eq!(r["first_divergence"]["stage"], site, "{}", r["first_divergence"]);
+    let r: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(
+        r["first_divergence"]["stage"], site,
+        "{}",
+        r["first_divergence"]
+    );
     assert_eq!(
         r["first_divergence"]["detail"].as_str().unwrap(),
         first,

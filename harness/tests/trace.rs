@@ -491,3 +491,45 @@ fn the_cli_writes_and_compares_traces() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("trace.json"));
 }
+
+#[test]
+fn the_numpy_snippet_in_trace_format_md_writes_a_valid_trace() {
+    // The snippet as printed, driven by a few lines that feed it an engine trace's values.
+    let doc =
+        std::fs::read_to_string(harness::snapshot::workspace_root().join("docs/trace-format.md"))
+            .unwrap();
+    let start = doc.find("## Writing a trace from numpy").unwrap();
+    let code = &doc[start..];
+    let code = &code[code.find("```python\n").unwrap() + 10..];
+    let code = &code[..code.find("```").unwrap()];
+    let (src, out) = (scratch("snippet-src"), scratch("snippet-out"));
+    let model = engine::forge::forged("tiny-i2s", 1).unwrap();
+    let mut e = open(ProbeSpec::Engine, &model);
+    let m = record(e.as_mut(), "engine", &model, &request(2, true), &src).unwrap();
+    let driver = format!(
+        "{code}\nimport glob, sys\nsrc, out = sys.argv[1], sys.argv[2]\nm = json.load(open(os.path.join(src, 'trace.json')))\nprompt, dec = {{}}, {{}}\nfor name in m['files']:\n    r = json.load(open(os.path.join(src, name)))\n    a = np.load(os.path.join(src, r['data']))\n    st = r['stage'].split('.')\n    stage, layer = (st[2], int(st[1])) if st[0] == 'blk' else (st[0], None)\n    if r.get('phase') == 'decode':\n        dec.setdefault(r['step'], {{}})[(stage, layer)] = a\n    else:\n        prompt[(stage, layer, r['position'])] = a\nsteps = [(d['step'], d['position'], d['input'], d['chosen'], dec.get(d['step'], {{}})) for d in m['decode']]\nwrite_trace(out, m['tokens'], prompt, steps, weight_type='I2_S')\n"
+    );
+    let script = src.join("drive.py");
+    std::fs::write(&script, driver).unwrap();
+    let numpy = harness::snapshot::workspace_root().join(".cache/python/numpy");
+    let o = Command::new("python3")
+        .arg(&script)
+        .arg(&src)
+        .arg(&out)
+        .env("PYTHONPATH", &numpy)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "numpy from scripts/setup.sh ({}):\n{}",
+        numpy.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let d = trace_diff(
+        &read(&out).unwrap(),
+        &read(&src).unwrap(),
+        &TraceDiffOptions::default(),
+    );
+    assert!(d.pass(), "{:?}", d.report.first_divergence());
+    assert_eq!(d.report.stages().count(), m.files.as_ref().unwrap().len());
+}

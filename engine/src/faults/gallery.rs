@@ -122,7 +122,10 @@ pub(super) fn matmul_i2s(fault: Fault, w: &WeightView, x: &[f32], out: &mut [f32
         .into_par_iter()
         .map(|r| {
             let row = &data[r * rb..(r + 1) * rb];
-            let wr: Vec<i32> = (0..cols).map(|i| weight_at(fault, row, i)).collect();
+            let mut wr: Vec<i32> = (0..cols).map(|i| weight_at(fault, row, i)).collect();
+            if fault == Fault::I2sBlockNegated && r == 0 {
+                wr[..i2s::BLOCK].iter_mut().for_each(|w| *w = -*w);
+            }
             (0..nt)
                 .map(|t| {
                     if fault == Fault::NoActQuant {
@@ -263,5 +266,38 @@ fn soft_max_no_max_row(row: &mut [f32], scale: f32, nc: usize) {
     let inv = (1.0 / sum) as f32;
     for w in row.iter_mut() {
         *w *= inv;
+    }
+}
+
+/// RMSNorm with the sum of squares in f32 (ggml's `ggml_vec_norm`-style sum is a double):
+/// the same formula as `kernels::norm::rms_norm`, one accumulator narrower.
+pub(super) fn rms_norm_f32_rows(x: &[f32], gamma: &[f32], eps: f32, out: &mut [f32], width: usize) {
+    for (xr, or) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        let sum: f32 = xr.iter().map(|&v| v * v).sum();
+        let scale = 1.0f32 / (sum / width as f32 + eps).sqrt();
+        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(gamma) {
+            *o = v * scale * g;
+        }
+    }
+}
+
+/// F32 → F16 rounding toward zero (truncating the mantissa) instead of to nearest even.
+pub(super) fn store_f16_truncated(src: &[f32], dst: &mut [f16]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        let r = f16::from_f32(s);
+        // Round-to-nearest went up in magnitude when it lies beyond s: step one ulp back.
+        *d = if r.to_f32().abs() > s.abs() && r.to_bits() & 0x7fff != 0 {
+            f16::from_bits(r.to_bits() - 1)
+        } else {
+            r
+        };
+    }
+}
+
+/// SiLU in f64, rounded to f32 once.
+pub(super) fn silu_f64(x: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        let v = v as f64;
+        *o = (v / (1.0 + (-v).exp())) as f32;
     }
 }

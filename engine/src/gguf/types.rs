@@ -7,9 +7,6 @@
 //! additions to that enum; their byte size is *not* `n / block_size * type_size` but follows
 //! the special cases in `ggml_nbytes` (see [`GgmlType::data_size`]).
 
-// `n % k == 0` rather than `is_multiple_of` (stable only since 1.87; MSRV is 1.85).
-#![allow(clippy::manual_is_multiple_of)]
-
 use std::fmt;
 
 /// A ggml tensor element type, as stored in a GGUF tensor info (`u32` id).
@@ -241,7 +238,7 @@ impl GgmlType {
             GgmlType::TL2 => None,
             t => {
                 let bs = t.block_size();
-                if n_elements % bs != 0 {
+                if !n_elements.is_multiple_of(bs) {
                     return None;
                 }
                 (n_elements / bs).checked_mul(t.type_size())

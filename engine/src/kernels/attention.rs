@@ -114,8 +114,11 @@ pub fn attention_with(
             multiple: n_head_kv,
         });
     }
-    let qrow = n_head * head_dim;
-    if qrow == 0 || q.len() % qrow != 0 {
+    // Sizes are checked products: outputs and the trace are written through raw pointers,
+    // so none of them may wrap.
+    let overflow = || -> usize { panic!("attention: sizes of {shape:?} overflow usize") };
+    let qrow = n_head.checked_mul(head_dim).unwrap_or_else(overflow);
+    if qrow == 0 || !q.len().is_multiple_of(qrow) {
         return Err(KernelError::NotMultiple {
             what: "q length",
             value: q.len(),
@@ -124,13 +127,14 @@ pub fn attention_with(
     }
     let nt = q.len() / qrow;
     check_len("attention output", out.len(), q.len(), "f32")?;
-    let kvrow = n_head_kv * head_dim;
-    let n_used = n_past + nt;
+    let kvrow = n_head_kv * head_dim; // ≤ qrow: n_head_kv divides n_head
+    let n_used = n_past.checked_add(nt).unwrap_or_else(overflow);
+    let n_cache = n_used.checked_mul(kvrow).unwrap_or_else(overflow);
     for (what, c) in [("k_cache", k_cache), ("v_cache", v_cache)] {
-        if c.len() < n_used * kvrow {
+        if c.len() < n_cache {
             return Err(KernelError::Size {
                 what,
-                expected: n_used * kvrow,
+                expected: n_cache,
                 got: c.len(),
                 unit: "f16",
             });
@@ -151,11 +155,13 @@ pub fn attention_with(
 
     let (kq_ptr, pr_ptr) = match trace {
         Some(t) => {
+            // n_head·nt ≤ q.len(); the product with n_kv is checked.
+            let n_trace = (n_head * nt).checked_mul(n_kv).unwrap_or_else(overflow);
             t.n_kv = n_kv;
             t.kq.clear();
-            t.kq.resize(n_head * nt * n_kv, 0.0);
+            t.kq.resize(n_trace, 0.0);
             t.probs.clear();
-            t.probs.resize(n_head * nt * n_kv, 0.0);
+            t.probs.resize(n_trace, 0.0);
             (
                 Some(SendPtr(t.kq.as_mut_ptr())),
                 Some(SendPtr(t.probs.as_mut_ptr())),
@@ -200,7 +206,11 @@ pub fn attention_with(
             }
             let tbase = (h * nt + t) * n_kv;
             if let Some(p) = kq_ptr {
-                // SAFETY: each (h, t) row of the trace is written by this task only.
+                // SAFETY: the trace buffers were resized to n_head·nt·n_kv above, and
+                // tbase + n_scores ≤ (h·nt + t + 1)·n_kv ≤ n_head·nt·n_kv because
+                // n_scores ≤ n_used ≤ n_kv (checked); `row` holds n_scores values. Row
+                // (h, t) of the trace belongs to this task alone (one task per (t, h)), and
+                // `row` is thread-local, so the ranges do not overlap.
                 unsafe {
                     std::ptr::copy_nonoverlapping(row.as_ptr(), p.ptr().add(tbase), n_scores)
                 };
@@ -208,7 +218,7 @@ pub fn attention_with(
             let probs = &mut row[..visible];
             super::softmax::soft_max_ext_row_with(simd, probs, None, scale, n_kv);
             if let Some(p) = pr_ptr {
-                // SAFETY: as above.
+                // SAFETY: as above, with visible ≤ n_used ≤ n_kv values from `probs`.
                 unsafe {
                     std::ptr::copy_nonoverlapping(probs.as_ptr(), p.ptr().add(tbase), visible)
                 };
@@ -218,7 +228,10 @@ pub fn attention_with(
                     *p = f16::from_f32(*p).to_f32();
                 }
             }
-            // SAFETY: each (t, h) output slice is written by this task only.
+            // SAFETY: t < nt and h < n_head, so the slice ends at most at nt·qrow =
+            // q.len() = out.len() (checked); the (t, h) slice is this task's alone (one task
+            // per (t, h), head_dim apart), and `out` is otherwise unused until the parallel
+            // loop has joined.
             let o = unsafe {
                 std::slice::from_raw_parts_mut(optr.ptr().add(t * qrow + h * head_dim), head_dim)
             };
@@ -250,7 +263,9 @@ thread_local! {
 }
 
 pub(crate) fn bytes_of(c: &[f16]) -> &[u8] {
-    // SAFETY: f16 is a plain 2-byte value; any byte pattern is a valid u8.
+    // SAFETY: `f16` is a `repr(transparent)` u16, so `len` values are exactly `2·len`
+    // initialised bytes at the same address; u8 needs no alignment, and the result borrows
+    // `c` (same lifetime, shared), so it cannot outlive or alias a write to it.
     unsafe { std::slice::from_raw_parts(c.as_ptr() as *const u8, c.len() * 2) }
 }
 
@@ -286,13 +301,19 @@ pub(crate) fn kqv(
         KqvOrder::VecDotF16 => (64, n_kv & !63),
         KqvOrder::TinyBlas => (sgemm::KN, n_kv),
     };
+    // Callers pass clamped levels already; clamping again (idempotent) keeps this
+    // crate-visible safe function sound for any `simd` a caller might hand it.
+    let simd = simd.clamp();
     let lanes_used = p.len().min(np);
     acc.clear();
     acc.resize(lanes * hd, 0.0);
     let vrow = |j: usize| &vb[2 * (j * kvrow + off)..2 * (j * kvrow + off + hd)];
     match simd {
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 | Simd::Avx512 if hd % 8 == 0 => unsafe {
+        // SAFETY: `simd` is clamped, and every level from Avx2 up has AVX2/FMA/F16C. Each
+        // `acc` slice is hd floats, `vrow(j)` 2·hd bytes (both bounds-checked slices), and
+        // hd % 8 == 0, as `fma_row_avx2` requires.
+        Simd::Avx2 | Simd::Avx512 if hd.is_multiple_of(8) => unsafe {
             for (j, &pj) in p[..lanes_used].iter().enumerate() {
                 let l = j % lanes;
                 fma_row_avx2(&mut acc[l * hd..(l + 1) * hd], vrow(j), pj);
@@ -309,8 +330,9 @@ pub(crate) fn kqv(
         }
     }
     #[cfg(target_arch = "x86_64")]
-    if matches!(simd, Simd::Avx2 | Simd::Avx512) && hd % 8 == 0 {
-        // SAFETY: AVX2/F16C are implied by the (clamped) level; sizes as below.
+    if matches!(simd, Simd::Avx2 | Simd::Avx512) && hd.is_multiple_of(8) {
+        // SAFETY: AVX2/FMA/F16C are implied by the clamped level; hd % 8 == 0 as tested;
+        // the buffer sizes it relies on are asserted on entry to `reduce_lanes_avx2`.
         unsafe { reduce_lanes_avx2(order, acc, hd, p, lanes_used, vb, kvrow, off, out) };
         return;
     }
@@ -346,7 +368,11 @@ fn f16_le(b: &[u8], i: usize) -> f32 {
 /// The end of [`kqv`] for eight dimensions at a time: the same lane sums, the same
 /// [`reduce16`] tree and (for [`KqvOrder::VecDotF16`]) the same f64 tail, each an
 /// elementwise operation across dimensions, so the bits equal the scalar loop's.
-/// Safety: the CPU has AVX2 and F16C; `hd % 8 == 0` (the buffer sizes are asserted).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C, and `hd % 8 == 0`: the 8-wide steps at `d` then stay
+/// below `hd`. The buffer sizes the loads rely on (`acc` lanes·hd, `out` hd, `vb` up to row
+/// `p.len() − 1` plus `off + hd` halves) are asserted here, so they need not be trusted.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
@@ -366,8 +392,11 @@ unsafe fn reduce_lanes_avx2(
         KqvOrder::VecDotF16 => 64,
         KqvOrder::TinyBlas => sgemm::KN,
     };
-    assert!(acc.len() >= lanes * hd && out.len() >= hd);
-    assert!(vb.len() >= 2 * (p.len().saturating_sub(1) * kvrow + off + hd));
+    // Checked arithmetic: these asserts are what keep the raw loads below in bounds.
+    assert!(lanes.checked_mul(hd).is_some_and(|n| acc.len() >= n) && out.len() >= hd);
+    let v_end = (p.len().saturating_sub(1).checked_mul(kvrow))
+        .and_then(|n| n.checked_add(off)?.checked_add(hd)?.checked_mul(2));
+    assert!(v_end.is_some_and(|n| vb.len() >= n));
     for d in (0..hd).step_by(8) {
         let a = |l: usize| _mm256_loadu_ps(acc.as_ptr().add(l * hd + d));
         let v: [__m256; 16] = std::array::from_fn(|l| match order {
@@ -403,6 +432,10 @@ unsafe fn reduce_lanes_avx2(
 }
 
 /// `acc[d] = fma(v[d], p, acc[d])`, eight at a time (elementwise: same bits as scalar).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `acc.len() % 8 == 0` and `v.len() ≥ 2·acc.len()` (the
+/// loop reads 16 bytes of `v` and 8 floats of `acc` at each `d < acc.len()`, step 8).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn fma_row_avx2(acc: &mut [f32], v: &[u8], p: f32) {

@@ -37,6 +37,9 @@ pub fn round_to_f16(x: &[f32], out: &mut [f32]) {
 pub fn vec_dot_f16(w_row: &[f16], x_f16: &[f16]) -> f32 {
     assert_eq!(w_row.len(), x_f16.len());
     let x: Vec<f32> = x_f16.iter().map(|v| v.to_f32()).collect();
+    // SAFETY: `f16` is a `repr(transparent)` u16: the `len` values are exactly `2·len`
+    // initialised bytes at the same address, u8 needs no alignment, and the byte view
+    // borrows `w_row`, so it cannot outlive it or alias a write.
     let bytes = unsafe { std::slice::from_raw_parts(w_row.as_ptr() as *const u8, w_row.len() * 2) };
     vec_dot_f16_bytes(bytes, &x)
 }
@@ -52,9 +55,12 @@ pub fn vec_dot_f16_stream_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
         2 * x.len()
     );
     match simd.clamp() {
-        // SAFETY (both): the level was clamped to what the CPU has; the row is long enough.
+        // SAFETY: `clamp` only yields a level `Simd::detect` found on this CPU (Avx2 = AVX2
+        // + FMA + F16C; Avx512 adds F/BW/VL); the assert above gives the `2·x.len()` bytes
+        // of `w_row` the kernel reads. Its prefetches past the row never fault.
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => unsafe { x86::dot_f16_avx2::<true>(w_row.as_ptr(), x) },
+        // SAFETY: as for Avx2.
         #[cfg(target_arch = "x86_64")]
         Simd::Avx512 => unsafe { x86::dot_f16_avx512::<true>(w_row.as_ptr(), x) },
         _ => dot_f16_scalar(w_row, x),
@@ -77,8 +83,11 @@ pub fn vec_dot_f16_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
     );
     match simd.clamp() {
         Simd::Scalar => dot_f16_scalar(w_row, x),
+        // SAFETY: `clamp` only yields a level `Simd::detect` found on this CPU; the assert
+        // above gives the `2·x.len()` bytes of `w_row` the kernel reads.
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => unsafe { x86::dot_f16_avx2::<false>(w_row.as_ptr(), x) },
+        // SAFETY: as for Avx2.
         #[cfg(target_arch = "x86_64")]
         Simd::Avx512 => unsafe { x86::dot_f16_avx512::<false>(w_row.as_ptr(), x) },
         #[allow(unreachable_patterns)]
@@ -95,6 +104,8 @@ pub fn vec_dot_f32_bytes(w_row: &[u8], x: &[f32]) -> f32 {
 /// Dot of two f32 slices (see [`vec_dot_f32_bytes`]).
 pub fn vec_dot_f32(w_row: &[f32], x: &[f32]) -> f32 {
     assert_eq!(w_row.len(), x.len());
+    // SAFETY: the `len` f32 values are exactly `4·len` initialised bytes at the same
+    // address (no padding), u8 needs no alignment, and the view borrows `w_row`.
     let bytes = unsafe { std::slice::from_raw_parts(w_row.as_ptr() as *const u8, w_row.len() * 4) };
     vec_dot_f32_bytes(bytes, x)
 }
@@ -109,8 +120,11 @@ pub fn vec_dot_f32_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
     );
     match simd.clamp() {
         Simd::Scalar => dot_f32_scalar(w_row, x),
+        // SAFETY: `clamp` only yields a level `Simd::detect` found on this CPU; the assert
+        // above gives the `4·x.len()` bytes of `w_row` the kernel reads (unaligned loads).
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => unsafe { x86::dot_f32_avx2(w_row.as_ptr(), x) },
+        // SAFETY: as for Avx2.
         #[cfg(target_arch = "x86_64")]
         Simd::Avx512 => unsafe { x86::dot_f32_avx512(w_row.as_ptr(), x) },
         #[allow(unreachable_patterns)]
@@ -193,6 +207,12 @@ pub(crate) mod x86 {
 
     /// Reduces 16 lanes given as two 8-lane halves (`lo` = lanes 0..8) in the oracle's
     /// `_mm512_reduce_add_ps` order.
+    ///
+    /// # Safety
+    /// The CPU has AVX (implied by [`crate::kernels::Simd::Avx2`]). Register-only, no memory
+    /// access; it has no `target_feature` of its own and is always inlined into the
+    /// `#[target_feature]` kernels here and in `sgemm`, which the runtime dispatch only calls
+    /// at a level `Simd::detect` found.
     #[inline(always)]
     pub(crate) unsafe fn reduce16_halves(lo: __m256, hi: __m256) -> f32 {
         let t3 = _mm256_add_ps(hi, lo);
@@ -201,6 +221,11 @@ pub(crate) mod x86 {
         _mm_cvtss_f32(_mm_add_ss(t8, _mm_movehdup_ps(t8)))
     }
 
+    /// [`reduce16_halves`] of the two 256-bit halves of a 512-bit vector.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F (implied by [`crate::kernels::Simd::Avx512`]); register-only,
+    /// always inlined into the AVX-512 kernels, which only run at that detected level.
     #[inline(always)]
     pub(crate) unsafe fn reduce16_zmm(v: __m512) -> f32 {
         reduce16_halves(
@@ -209,12 +234,23 @@ pub(crate) mod x86 {
         )
     }
 
+    /// Loads 8 f16 (16 unaligned bytes) at `p`, widened to f32.
+    ///
+    /// # Safety
+    /// `p` points to 16 readable bytes; the CPU has AVX and F16C (only called from
+    /// [`dot_f16_avx2`], into which it is inlined).
     #[inline(always)]
     unsafe fn ld_f16x8(p: *const u8) -> __m256 {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
 
     /// As [`dot_f16_avx512`], in two 8-lane halves per 16-lane accumulator.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C (callers dispatch here only at a clamped
+    /// [`crate::kernels::Simd::Avx2`] or above); `w` points to `2·x.len()` readable bytes.
+    /// The loop reads 128 bytes of `w` and 64 floats of `x` per step while `i < n & !63`,
+    /// then the tail through a `2·n`-byte slice, so nothing past those lengths.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_f16_avx2<const PREFETCH: bool>(w: *const u8, x: &[f32]) -> f32 {
         let n = x.len();
@@ -249,6 +285,11 @@ pub(crate) mod x86 {
     /// `ggml_vec_dot_f16`'s AVX-512 order. With `PREFETCH`, it also prefetches the weight
     /// bytes [`PREFETCH_BYTES`] ahead of the ones it reads (for long row streams such as
     /// the F16 head; the arithmetic is the same).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL plus AVX2/FMA/F16C (callers dispatch here only at a
+    /// clamped [`crate::kernels::Simd::Avx512`]); `w` points to `2·x.len()` readable bytes
+    /// (reads as in [`dot_f16_avx2`]). Prefetches may point past `w`: they never fault.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
     pub unsafe fn dot_f16_avx512<const PREFETCH: bool>(w: *const u8, x: &[f32]) -> f32 {
         let n = x.len();
@@ -278,6 +319,12 @@ pub(crate) mod x86 {
         s as f32
     }
 
+    /// `ggml_vec_dot_f32`'s AVX-512 order in two 8-lane halves per 16-lane accumulator.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C (dispatch at a clamped level ≥ Avx2); `w` points to
+    /// `4·x.len()` readable bytes (any alignment: unaligned loads). The loop reads 64 f32
+    /// of each while `i < n & !63`, the tail goes through a `4·n`-byte slice.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_f32_avx2(w: *const u8, x: &[f32]) -> f32 {
         let n = x.len();
@@ -306,6 +353,11 @@ pub(crate) mod x86 {
         s
     }
 
+    /// `ggml_vec_dot_f32`'s AVX-512 order.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL (dispatch at a clamped Avx512); `w` points to
+    /// `4·x.len()` readable bytes (reads as in [`dot_f32_avx2`]).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
     pub unsafe fn dot_f32_avx512(w: *const u8, x: &[f32]) -> f32 {
         let n = x.len();

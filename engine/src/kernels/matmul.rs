@@ -88,15 +88,21 @@ impl<'a> WeightView<'a> {
     }
 
     /// Bytes the view needs (I2_S: packed data plus the 4-byte scale).
+    ///
+    /// Panics if that number overflows `usize` (as overflow checks would; [`validate`]
+    /// relies on it not wrapping, since the I2_S kernels read the rows through raw pointers).
+    ///
+    /// [`validate`]: WeightView::validate
     pub fn needed_bytes(&self) -> usize {
         let (rows, cols) = (self.rows(), self.cols());
-        match self {
-            WeightView::F32 { .. } => rows * cols * 4,
-            WeightView::F16 { .. } => rows * cols * 2,
-            WeightView::I2S { .. } => rows * cols / 4 + 4,
-            WeightView::TQ1 { .. } => rows * tq1::row_bytes(cols),
-            WeightView::TQ2 { .. } => rows * tq2::row_bytes(cols),
-        }
+        let need = match self {
+            WeightView::F32 { .. } => rows.checked_mul(cols).and_then(|n| n.checked_mul(4)),
+            WeightView::F16 { .. } => rows.checked_mul(cols).and_then(|n| n.checked_mul(2)),
+            WeightView::I2S { .. } => rows.checked_mul(cols).map(|n| n / 4 + 4),
+            WeightView::TQ1 { .. } => rows.checked_mul(tq1::row_bytes(cols)),
+            WeightView::TQ2 { .. } => rows.checked_mul(tq2::row_bytes(cols)),
+        };
+        need.unwrap_or_else(|| panic!("weight view of {rows} × {cols}: size overflows usize"))
     }
 
     fn data(&self) -> &'a [u8] {
@@ -117,7 +123,7 @@ impl<'a> WeightView<'a> {
             WeightView::TQ1 { .. } | WeightView::TQ2 { .. } => QK_K,
             _ => 1,
         };
-        if cols % block != 0 {
+        if !cols.is_multiple_of(block) {
             return Err(KernelError::NotMultiple {
                 what: "weight cols",
                 value: cols,
@@ -220,7 +226,7 @@ pub fn matmul_with(
     let simd = simd.clamp();
     w.validate()?;
     let (rows, cols) = (w.rows(), w.cols());
-    if cols == 0 || x.len() % cols != 0 {
+    if cols == 0 || !x.len().is_multiple_of(cols) {
         return Err(KernelError::NotMultiple {
             what: "activation length",
             value: x.len(),
@@ -228,7 +234,11 @@ pub fn matmul_with(
         });
     }
     let nt = x.len() / cols;
-    check_len("matmul output", out.len(), nt * rows, "f32")?;
+    // Checked: the output is written through a raw pointer, so the product must not wrap.
+    let n_out = nt
+        .checked_mul(rows)
+        .unwrap_or_else(|| panic!("matmul: {nt} tokens × {rows} rows overflows usize"));
+    check_len("matmul output", out.len(), n_out, "f32")?;
     if nt == 0 || rows == 0 {
         return Ok(());
     }
@@ -248,7 +258,10 @@ pub fn matmul_with(
                     let v = &mut vals[..t1 - t0];
                     f(r, t0, v);
                     for (k, &val) in v.iter().enumerate() {
-                        // SAFETY: (t0+k, r) is written by this task only; in bounds.
+                        // SAFETY: t0 + k < nt and r < rows, and `out.len() == nt·rows`
+                        // (checked above), so the element is in bounds. Each task owns rows
+                        // r0..r1 (disjoint task ranges), so no other task writes or reads
+                        // it, and `out` is not touched otherwise until `run` returns.
                         unsafe { *optr.ptr().add((t0 + k) * rows + r) = val };
                     }
                     t0 = t1;
@@ -273,7 +286,10 @@ pub fn matmul_with(
             let scale = i2s::scale(data, rows * cols);
             #[cfg(target_arch = "x86_64")]
             if simd == Simd::Avx512 && i2s_vnni::has_vnni() && cols <= i2s_vnni::MAX_COLS {
-                matmul_i2s_vnni(data, rows, cols, nt, scale, scratch, optr);
+                // SAFETY: `simd` is clamped and `has_vnni` detected VNNI, as tested here;
+                // the view was validated, the scratch rows were filled for all nt tokens
+                // just above, and `optr` is `out` (nt·rows, checked), unused until we return.
+                unsafe { matmul_i2s_vnni(data, rows, cols, nt, scale, scratch, optr) };
                 return Ok(());
             }
             let (q8, scales, sums) = (
@@ -286,7 +302,8 @@ pub fn matmul_with(
                 let row = &data[r * rb..(r + 1) * rb];
                 for (k, o) in v.iter_mut().enumerate() {
                     let t = t0 + k;
-                    let dot = i2s_dot(simd, row, &q8[t * cols..(t + 1) * cols]);
+                    // SAFETY: `simd` was clamped on entry; `row` is cols/4 bytes, `q` cols.
+                    let dot = unsafe { i2s_dot(simd, row, &q8[t * cols..(t + 1) * cols]) };
                     *o = i2s::finish(dot, sums[t], scales[t], scale);
                 }
             });
@@ -326,7 +343,9 @@ pub fn matmul_with(
                     for t in 0..nt {
                         let v =
                             dot::vec_dot_f16_stream_with(simd, row, &xh[t * cols..(t + 1) * cols]);
-                        // SAFETY: (t, r) is in bounds; rows r0..r1 belong to this task only.
+                        // SAFETY: t < nt, r < r1 ≤ rows and `out.len() == nt·rows`, so in
+                        // bounds; `par_row_ranges` gives each task disjoint rows r0..r1,
+                        // so this element has no other reader or writer.
                         unsafe { *optr.ptr().add(t * rows + r) = v };
                     }
                 }
@@ -378,8 +397,15 @@ pub fn matmul_with(
 /// sums: tokens whose i16 lanes cannot wrap go through the exact VNNI kernels — row by row
 /// for a single such token (decode), unpacked panels for several (prefill) — and the
 /// others through ggml's wrap-exact dot, row by row. Same bits either way.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/VNNI ([`i2s_vnni::has_vnni`] and a clamped
+/// [`Simd::Avx512`]); `data` is a validated I2_S view of `rows × cols` (`cols % 128 == 0`,
+/// `cols ≤ MAX_COLS`, at least `rows·cols/4` bytes); `scratch.q8`, `act_scales` and
+/// `act_sums` hold `nt` quantized rows; `optr` points to `nt·rows` writable f32 that nothing
+/// else accesses during the call.
 #[cfg(target_arch = "x86_64")]
-fn matmul_i2s_vnni(
+unsafe fn matmul_i2s_vnni(
     data: &[u8],
     rows: usize,
     cols: usize,
@@ -418,14 +444,18 @@ fn matmul_i2s_vnni(
     par_row_ranges(rows, per_task, |r0, r1| {
         let store = |t: usize, r: usize, dot: i32| {
             let v = i2s::finish(dot, sums[t], scales[t], scale);
-            // SAFETY: (t, r) is in bounds, and rows r0..r1 belong to this task only.
+            // SAFETY: t is an entry of `fast` or `slow`, so < nt; every use passes
+            // r0 ≤ r < r1 ≤ rows (gemm_panel emits r < r1 − r0, offset by r0), and `optr`
+            // has nt·rows elements (our contract). `par_row_ranges` gives tasks disjoint
+            // rows, so no other task touches this element.
             unsafe { *optr.ptr().add(t * rows + r) = v };
         };
         if fast.len() == 1 {
             prefetch_start(data[r0 * rb..].as_ptr(), (r1 - r0) * rb);
             for r in r0..r1 {
-                // SAFETY: the caller checked VNNI; the row holds cols/4 bytes (validated
-                // view) and q8p one pair-order row of cols values.
+                // SAFETY: VNNI is present (our contract); `data.len() ≥ rows·cols/4`, so
+                // `data[r·rb..]` holds the row's cols/4 bytes, and q8p holds ≥ nt·cols ≥
+                // cols values (row 0 = the one fast token); cols % 128 == 0, ≤ MAX_COLS.
                 store(fast[0], r, unsafe {
                     x86::dot_row(data[r * rb..].as_ptr(), q8p.as_ptr(), cols)
                 });
@@ -434,8 +464,10 @@ fn matmul_i2s_vnni(
             PANEL.with(|panel| {
                 let mut panel = panel.borrow_mut();
                 grow(&mut panel, (r1 - r0) * cols);
-                // SAFETY: VNNI checked by the caller; rows r0..r1 hold (r1−r0)·cols/4 bytes,
-                // the panel (r1−r0)·cols, q8p fast.len()·cols.
+                // SAFETY: VNNI: as for `dot_row` above. `data[r0·rb..]` holds rows r0..r1,
+                // (r1−r0)·cols/4 bytes (validated view); the panel was grown to
+                // (r1−r0)·cols bytes and is this thread's own (thread-local, borrowed
+                // mutably); q8p holds ≥ nt·cols ≥ fast.len()·cols values; cols % 128 == 0.
                 unsafe {
                     x86::unpack_panel(data[r0 * rb..].as_ptr(), r1 - r0, cols, panel.as_mut_ptr());
                     x86::gemm_panel(
@@ -452,19 +484,30 @@ fn matmul_i2s_vnni(
         for &t in slow {
             let q = &q8[t * cols..(t + 1) * cols];
             for r in r0..r1 {
-                store(t, r, i2s_dot(Simd::Avx512, &data[r * rb..(r + 1) * rb], q));
+                // SAFETY: AVX-512 is present (our contract); the row is cols/4 bytes, `q`
+                // cols values.
+                let dot = unsafe { i2s_dot(Simd::Avx512, &data[r * rb..(r + 1) * rb], q) };
+                store(t, r, dot);
             }
         }
     });
 }
 
+/// ggml's wrap-exact I2_S dot ([`i2s::vec_dot_i2_i8_with`] without its per-call clamp and
+/// checks: this runs once per output element).
+///
+/// # Safety
+/// `simd` is supported by this CPU (a [`Simd::clamp`]ed level), and `row.len() ≥
+/// q.len()/4`.
 #[inline(always)]
-fn i2s_dot(simd: Simd, row: &[u8], q: &[i8]) -> i32 {
+unsafe fn i2s_dot(simd: Simd, row: &[u8], q: &[i8]) -> i32 {
     match simd {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `simd` was clamped to what the CPU supports.
+        // SAFETY: the caller guarantees the level; `row` covers the (q.len()/128)·32 bytes
+        // the kernel reads.
         Simd::Avx512 => unsafe { i2s::x86::vec_dot_i2_i8_avx512(row, q) },
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: as for Avx512.
         Simd::Avx2 => unsafe { i2s::x86::vec_dot_i2_i8_avx2(row, q) },
         _ => i2s::vec_dot_i2_i8_scalar(row, q),
     }

@@ -5,12 +5,8 @@
 //! closely. Scalar, AVX2 and AVX-512 versions of a kernel are bit-identical to each other
 //! ([`simd::Simd`] picks one at run time), and no result depends on the thread count.
 
-// Loops index like the C they mirror; `is_multiple_of` needs Rust 1.87 (workspace: 1.85).
-#![allow(
-    clippy::needless_range_loop,
-    clippy::manual_is_multiple_of,
-    clippy::manual_div_ceil
-)]
+// Loops index like the C they mirror.
+#![allow(clippy::needless_range_loop)]
 
 pub mod act;
 pub mod attention;
@@ -74,7 +70,8 @@ pub const PREFETCH_BYTES: usize = 4096;
 #[inline(always)]
 pub(crate) fn prefetch(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetch instructions never fault, whatever the address.
+    // SAFETY: `prefetcht0` is SSE, part of the x86_64 baseline, and a prefetch is only a
+    // hint: it never faults and never reads into the program, whatever the address.
     unsafe {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
     };
@@ -94,8 +91,15 @@ pub(crate) fn prefetch_range(p: *const u8, len: usize) {
 /// A raw pointer that rayon tasks may share to write disjoint elements of one output.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr<T>(pub *mut T);
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
+// SAFETY: the wrapper only lets the address cross threads; it does no access itself. Every
+// dereference is an `unsafe` block in a kernel (matmul, attention) whose own SAFETY comment
+// shows that concurrent rayon tasks touch disjoint elements, and the pointee (the kernel's
+// `&mut` output) outlives the parallel loop, which joins before the kernel returns. Values
+// of T are written from other threads, hence `T: Send`.
+unsafe impl<T: Send> Send for SendPtr<T> {}
+// SAFETY: as for Send: shared `&SendPtr` only hands out the pointer (`ptr`); the disjoint
+// writes through it are argued at each use.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
 
 impl<T> SendPtr<T> {
     /// The pointer (a method, so closures capture the whole wrapper, not the raw field).

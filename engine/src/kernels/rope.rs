@@ -14,11 +14,11 @@
 /// Dimensions past `n_rot` are left as they are.
 pub fn rope_neox(x: &mut [f32], head_dim: usize, pos: i32, n_rot: usize, freq_base: f32) {
     assert!(
-        n_rot % 2 == 0 && n_rot <= head_dim,
+        n_rot.is_multiple_of(2) && n_rot <= head_dim,
         "rope: n_rot {n_rot}, head_dim {head_dim}"
     );
     assert!(
-        x.len() % head_dim == 0,
+        x.len().is_multiple_of(head_dim),
         "rope: {} not a multiple of head_dim {head_dim}",
         x.len()
     );

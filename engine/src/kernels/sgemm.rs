@@ -40,7 +40,7 @@ pub const KN: usize = 16;
 /// with `GGML_LLAMAFILE=OFF` (every matmul through ggml's `vec_dot`), read once.
 #[inline]
 pub fn accepts(n: usize, k: usize) -> bool {
-    enabled() && n >= 2 && k % KN == 0
+    enabled() && n >= 2 && k.is_multiple_of(KN)
 }
 
 /// Whether the llamafile path is mirrored at all (see [`accepts`]).
@@ -60,9 +60,11 @@ pub fn dot_f16_with(simd: Simd, a: &[u8], b: &[f32]) -> f32 {
     check(a.len(), 2, b.len());
     match simd.clamp() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `simd` was clamped to what the CPU supports; lengths checked above.
+        // SAFETY: `clamp` only yields a level `Simd::detect` found on this CPU; `check`
+        // asserted `b.len() % 16 == 0` and `a.len() ≥ 2·b.len()`, what the kernel reads.
         Simd::Avx512 => unsafe { x86::dot_f16_avx512(a.as_ptr(), b) },
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: as for Avx512.
         Simd::Avx2 => unsafe { x86::dot_f16_avx2(a.as_ptr(), b) },
         _ => dot_f16_scalar(a, b),
     }
@@ -73,9 +75,11 @@ pub fn dot_f32_with(simd: Simd, a: &[u8], b: &[f32]) -> f32 {
     check(a.len(), 4, b.len());
     match simd.clamp() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
+        // SAFETY: `clamp` only yields a level `Simd::detect` found on this CPU; `check`
+        // asserted `b.len() % 16 == 0` and `a.len() ≥ 4·b.len()`, what the kernel reads.
         Simd::Avx512 => unsafe { x86::dot_f32_avx512(a.as_ptr(), b) },
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: as for Avx512.
         Simd::Avx2 => unsafe { x86::dot_f32_avx2(a.as_ptr(), b) },
         _ => dot_f32_scalar(a, b),
     }
@@ -83,7 +87,10 @@ pub fn dot_f32_with(simd: Simd, a: &[u8], b: &[f32]) -> f32 {
 
 #[inline(always)]
 fn check(a_bytes: usize, elem: usize, k: usize) {
-    assert!(k % KN == 0, "tinyBLAS: k = {k} is not a multiple of {KN}");
+    assert!(
+        k.is_multiple_of(KN),
+        "tinyBLAS: k = {k} is not a multiple of {KN}"
+    );
     assert!(
         a_bytes >= elem * k,
         "tinyBLAS: A row has {a_bytes} bytes, need {}",
@@ -118,7 +125,13 @@ mod x86 {
     use super::super::dot::x86::{reduce16_halves, reduce16_zmm};
     use std::arch::x86_64::*;
 
-    // The 16 lanes as two 8-lane halves (lanes 0..8, 8..16); same FMAs, same tree.
+    /// The 16 lanes as two 8-lane halves (lanes 0..8, 8..16); same FMAs, same tree.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C (only [`super::dot_f16_with`] calls this, at a
+    /// clamped level ≥ Avx2); `b.len() % 16 == 0` and `a` points to `2·b.len()` readable
+    /// bytes: each step `l` (step 16, `l < b.len()`) reads 32 bytes of `a` at `2·l` and 16
+    /// floats of `b` at `l`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_f16_avx2(a: *const u8, b: &[f32]) -> f32 {
         let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -132,6 +145,11 @@ mod x86 {
         reduce16_halves(lo, hi)
     }
 
+    /// 16-lane tinyBLAS dot of an f16 row with f32 `b`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL (only [`super::dot_f16_with`] calls this, at a clamped
+    /// Avx512); `b.len() % 16 == 0` and `a` points to `2·b.len()` readable bytes.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn dot_f16_avx512(a: *const u8, b: &[f32]) -> f32 {
         let mut acc = _mm512_setzero_ps();
@@ -143,6 +161,12 @@ mod x86 {
         reduce16_zmm(acc)
     }
 
+    /// As [`dot_f16_avx2`] for an f32 row.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C (only [`super::dot_f32_with`] calls this, at a
+    /// clamped level ≥ Avx2); `b.len() % 16 == 0` and `a` points to `4·b.len()` readable
+    /// bytes (any alignment: unaligned loads).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_f32_avx2(a: *const u8, b: &[f32]) -> f32 {
         let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -158,6 +182,11 @@ mod x86 {
         reduce16_halves(lo, hi)
     }
 
+    /// 16-lane tinyBLAS dot of an f32 row with `b`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL (only [`super::dot_f32_with`] calls this, at a clamped
+    /// Avx512); `b.len() % 16 == 0` and `a` points to `4·b.len()` readable bytes.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn dot_f32_avx512(a: *const u8, b: &[f32]) -> f32 {
         let mut acc = _mm512_setzero_ps();

@@ -118,6 +118,8 @@ pub fn soft_max_ext_row_with(
 #[inline]
 fn exp_chunk(simd: Simd, x: &[f32], max: f32, out: &mut [f32]) {
     match simd.clamp() {
+        // SAFETY: `clamp` only yields a level `Simd::detect` found, and Avx2 and above
+        // include FMA, the only feature `exp_chunk_fma` enables. It does no raw memory access.
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 | Simd::Avx512 => unsafe { exp_chunk_fma(x, max, out) },
         _ => exp_chunk_generic(x, max, out),
@@ -132,6 +134,9 @@ fn exp_chunk_generic(x: &[f32], max: f32, out: &mut [f32]) {
 }
 
 /// The same code with FMA instructions instead of libm `fmaf` calls (identical results).
+///
+/// # Safety
+/// The CPU has FMA. (Safe code otherwise: slices only, no pointers.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma")]
 unsafe fn exp_chunk_fma(x: &[f32], max: f32, out: &mut [f32]) {
@@ -142,11 +147,14 @@ unsafe fn exp_chunk_fma(x: &[f32], max: f32, out: &mut [f32]) {
 pub fn silu_row_fast(x: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if Simd::current() >= Simd::Avx2 {
+        /// # Safety
+        /// The CPU has FMA. (Safe code otherwise: slices only, no pointers.)
         #[target_feature(enable = "fma")]
         unsafe fn f(x: &[f32], out: &mut [f32]) {
             silu_row(x, out)
         }
-        // SAFETY: Avx2 implies FMA.
+        // SAFETY: `Simd::current` is clamped to what `Simd::detect` found, and its Avx2
+        // level requires FMA (with AVX2 and F16C), so FMA is present here.
         return unsafe { f(x, out) };
     }
     silu_row(x, out)

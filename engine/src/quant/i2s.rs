@@ -73,7 +73,7 @@ pub fn dequantize(bytes: &[u8], n: usize) -> Vec<f32> {
 pub fn quantize(src: &[f32]) -> Vec<u8> {
     let n = src.len();
     assert!(
-        n % BLOCK == 0,
+        n.is_multiple_of(BLOCK),
         "I2_S: {n} values is not a multiple of {BLOCK}"
     );
     let mut max = 0f64;
@@ -123,6 +123,8 @@ pub fn quantize_row_i8_s_with(simd: Simd, x: &[f32], q: &mut [i8]) -> (f32, i32)
     );
     match simd.clamp() {
         Simd::Scalar => quantize_row_i8_s_scalar(x, q),
+        // SAFETY: `clamp` only yields a level `Simd::detect` found, and Avx2 and above have
+        // AVX2/FMA/F16C; `x.len() == q.len()` was asserted above.
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 | Simd::Avx512 => unsafe { x86::quantize_row_i8_s_avx2(x, q) },
         #[allow(unreachable_patterns)]
@@ -168,7 +170,7 @@ pub fn vec_dot_i2_i8(row: &[u8], q: &[i8]) -> i32 {
 /// [`vec_dot_i2_i8`] at an explicit SIMD level (clamped to what the CPU has).
 pub fn vec_dot_i2_i8_with(simd: Simd, row: &[u8], q: &[i8]) -> i32 {
     assert!(
-        q.len() % BLOCK == 0,
+        q.len().is_multiple_of(BLOCK),
         "I2_S dot: {} not a multiple of 128",
         q.len()
     );
@@ -180,8 +182,11 @@ pub fn vec_dot_i2_i8_with(simd: Simd, row: &[u8], q: &[i8]) -> i32 {
     );
     match simd.clamp() {
         Simd::Scalar => vec_dot_i2_i8_scalar(row, q),
+        // SAFETY: `clamp` only yields a level `Simd::detect` found on this CPU; the asserts
+        // above give `row.len() ≥ q.len()/4`, the bytes the kernel reads.
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => unsafe { x86::vec_dot_i2_i8_avx2(row, q) },
+        // SAFETY: as for Avx2.
         #[cfg(target_arch = "x86_64")]
         Simd::Avx512 => unsafe { x86::vec_dot_i2_i8_avx512(row, q) },
         #[allow(unreachable_patterns)]
@@ -227,6 +232,11 @@ pub fn vec_dot_exact(row: &[u8], q: &[i8]) -> i64 {
 pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
+    /// Sum of the eight i32 lanes of `a` (wrapping).
+    ///
+    /// # Safety
+    /// The CPU has AVX2. Register-only; always inlined into the `avx2` kernels below, which
+    /// run only at a detected level ≥ Avx2.
     #[inline(always)]
     unsafe fn hsum_i32_8(a: __m256i) -> i32 {
         let s = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
@@ -236,6 +246,10 @@ pub(crate) mod x86 {
     }
 
     /// i16 lane sums of one 128-value block, added into `acc` (the body of bitnet's loop).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 (always inlined into the kernels below); `w` points to 32 readable
+    /// bytes and `y` to 128 readable values.
     #[inline(always)]
     unsafe fn block_avx2(acc: __m256i, w: *const u8, y: *const i8) -> __m256i {
         let mask = _mm256_set1_epi8(3);
@@ -252,6 +266,13 @@ pub(crate) mod x86 {
         _mm256_add_epi16(acc, _mm256_add_epi16(p2, p3))
     }
 
+    /// [`super::vec_dot_i2_i8`] on AVX2: bitnet's `__AVX2__` loop.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C (callers dispatch at a clamped level ≥ Avx2), and
+    /// `row.len() ≥ (q.len()/128)·32`: block `blk < q.len()/128` reads `row[32·blk..][..32]`
+    /// and `q[128·blk..][..128]` (a `q.len()` that is not a multiple of 128 only drops its
+    /// tail, it is never over-read).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn vec_dot_i2_i8_avx2(row: &[u8], q: &[i8]) -> i32 {
         let nb = q.len() / 128;
@@ -271,6 +292,13 @@ pub(crate) mod x86 {
         hsum_i32_8(accu)
     }
 
+    /// [`super::vec_dot_i2_i8`] with 512-bit `vpmaddubsw`, two blocks per step.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL (callers dispatch at a clamped Avx512), and
+    /// `row.len() ≥ (q.len()/128)·32`: a pair step at `blk` (`blk + 2 ≤ b1 ≤ nb`) reads 64
+    /// bytes at `32·blk` and 256 values at `128·blk`; an odd last block goes to
+    /// [`block_avx2`] with its own 32 bytes and 128 values.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
     pub unsafe fn vec_dot_i2_i8_avx512(row: &[u8], q: &[i8]) -> i32 {
         let nb = q.len() / 128;
@@ -320,6 +348,12 @@ pub(crate) mod x86 {
         hsum_i32_8(accu)
     }
 
+    /// [`super::quantize_row_i8_s`] eight (max) and 32 (convert) values at a time.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C (callers dispatch at a clamped level ≥ Avx2), and
+    /// `q.len() ≥ x.len()`: the vector loops load `x[i..i + 8]` while `i + 8 ≤ n` and store
+    /// `q[i..i + 32]` while `i + 32 ≤ n` (`n = x.len()`); the tail uses checked indexing.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn quantize_row_i8_s_avx2(x: &[f32], q: &mut [i8]) -> (f32, i32) {
         let n = x.len();

@@ -114,7 +114,10 @@ pub mod x86 {
     ///
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL/VNNI ([`super::has_vnni`]); `row` holds `cols/4`
-    /// readable bytes and `qp` `cols`.
+    /// readable bytes and `qp` `cols`. (Pair `p < nb/2` reads 64 bytes at `64·p` and 256
+    /// values at `256·p`, an odd last block 32 bytes and 128 values after those, with
+    /// `nb = cols/128`; so nothing past `nb·32` bytes and `nb·128` values is read.)
+    /// `cols ≤` [`super::MAX_COLS`] is needed for the result, not for safety.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub unsafe fn dot_row(row: *const u8, qp: *const i8, cols: usize) -> i32 {
         let nb = cols / 128;
@@ -163,7 +166,10 @@ pub mod x86 {
     }
 
     /// `Σ code·q` of one block (32 packed bytes, activations in natural order).
-    /// Safety: as [`dot_row`], with 32 bytes at `w` and 128 values at `y`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/VNNI (only [`dot_row`] calls it); `w` points to 32
+    /// readable bytes and `y` to 128 readable values.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn dot_block_256(w: *const u8, y: *const i8) -> i32 {
@@ -190,8 +196,10 @@ pub mod x86 {
     /// code byte (0..=3) per weight in pair order, `cols` bytes per row into `out`.
     ///
     /// # Safety
-    /// As [`dot_row`]; `rows` holds `n_rows·cols/4` readable bytes, `out` `n_rows·cols`
-    /// writable ones.
+    /// The CPU has AVX-512 F/BW/VL/VNNI ([`super::has_vnni`]); `cols % 128 == 0`; `rows`
+    /// holds `n_rows·cols/4` readable bytes and `out` `n_rows·cols` writable ones, not
+    /// overlapping them. Row `r` reads `cols/4` bytes at `r·cols/4` and writes `cols` bytes
+    /// at `r·cols`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub unsafe fn unpack_panel(rows: *const u8, n_rows: usize, cols: usize, out: *mut u8) {
         let nb = cols / 128;
@@ -237,8 +245,13 @@ pub mod x86 {
     }
 
     /// `R × T` exact dots of unpacked code rows (`u`, stride `cols`) with pair-order
-    /// activation rows (`y`, stride `cols`): `out[r][t] = Σ code·q`. Safety: called from
-    /// [`gemm_panel`] only (its features and bounds); always inlined into it.
+    /// activation rows (`y`, stride `cols`): `out[r][t] = Σ code·q`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/VNNI (only [`gemm_panel`] calls it, and it is always
+    /// inlined there, so it runs with that function's features); `cols % 64 == 0`; `u`
+    /// holds `R·cols` readable bytes and `y` `T·cols` values: each step `c < cols` (step 64)
+    /// loads 64 bytes at `r·cols + c` and `t·cols + c`.
     #[inline(always)]
     unsafe fn tile<const R: usize, const T: usize>(
         u: *const u8,
@@ -275,7 +288,10 @@ pub mod x86 {
     /// [`super::TILE_ROWS`] × [`super::TILE_TOKENS`] (and smaller ones at the edges).
     ///
     /// # Safety
-    /// As [`dot_row`]; `u` holds `n_rows·cols` bytes, `y` `n_tok·cols`; `cols % 128 == 0`.
+    /// The CPU has AVX-512 F/BW/VL/VNNI ([`super::has_vnni`]); `cols % 128 == 0`; `u` holds
+    /// `n_rows·cols` readable bytes and `y` `n_tok·cols` values. Every [`tile`] call gets
+    /// `u` advanced to a row `r0 + r < n_rows` and `y` to a token `t0 + t < n_tok`, with
+    /// as many rows/tokens after it as the tile reads (`nr`, `nt` are clamped to the rest).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub unsafe fn gemm_panel<F: FnMut(usize, usize, i32)>(
         u: *const u8,

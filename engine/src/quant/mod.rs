@@ -9,12 +9,8 @@
 //!
 //! All functions take raw little-endian byte slices straight from the mmap (unaligned).
 
-// Loops index like the C they mirror; `is_multiple_of` needs Rust 1.87 (workspace: 1.85).
-#![allow(
-    clippy::needless_range_loop,
-    clippy::manual_is_multiple_of,
-    clippy::manual_div_ceil
-)]
+// Loops index like the C they mirror.
+#![allow(clippy::needless_range_loop)]
 
 pub mod i2s;
 pub mod i2s_vnni;

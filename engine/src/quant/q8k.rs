@@ -36,7 +36,7 @@ impl Default for BlockQ8K {
 /// we zero them).
 pub fn quantize_row_q8_k(x: &[f32], y: &mut [BlockQ8K]) {
     assert!(
-        x.len() % QK_K == 0,
+        x.len().is_multiple_of(QK_K),
         "Q8_K: {} values is not a multiple of {QK_K}",
         x.len()
     );

@@ -67,12 +67,14 @@ pub fn dequantize_row(bytes: &[u8], out: &mut [f32]) {
 /// base 3, most significant trit first, then `q = (q·256 + 242) / 243`.
 pub fn quantize_row(x: &[f32]) -> Vec<u8> {
     assert!(
-        x.len() % QK_K == 0,
+        x.len().is_multiple_of(QK_K),
         "TQ1_0: {} values is not a multiple of {QK_K}",
         x.len()
     );
     let mut out = Vec::with_capacity(row_bytes(x.len()));
     let code = |v: f32, id: f32| ((v * id).round() as i32 + 1) as u8;
+    // ggml's `(q·256 + (243 − 1)) / 243`, kept in its C form.
+    #[allow(clippy::manual_div_ceil)]
     let pack = |q: u8| ((q as u16 * 256 + 242) / 243) as u8;
     for xb in x.chunks_exact(QK_K) {
         let d = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
@@ -114,6 +116,8 @@ pub fn vec_dot_q8k_with(simd: Simd, row: &[u8], y: &[BlockQ8K]) -> f32 {
     match simd.clamp() {
         Simd::Scalar => vec_dot_q8k_scalar(row, y),
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: `clamp` only yields a level `Simd::detect` found, and Avx2 and above have
+        // AVX2/FMA/F16C; the kernel's raw loads are within fixed-size arrays.
         Simd::Avx2 | Simd::Avx512 => unsafe { vec_dot_q8k_avx2(row, y) },
         #[allow(unreachable_patterns)]
         _ => vec_dot_q8k_scalar(row, y),
@@ -144,6 +148,12 @@ pub fn trit_scalar_formula(q: u8) -> u8 {
     ((q as u16 * 3) >> 8) as u8
 }
 
+/// [`vec_dot_q8k`] with ggml's AVX2 integer and float steps.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C. Memory: the weight bytes go through checked slices;
+/// the loads read the local `codes` array (256 bytes, 8 × 32) and each `BlockQ8K`'s `qs`
+/// (256 i8, 8 × 32) and `bsums` (16 i16, one 32-byte load), all in bounds by their types.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn vec_dot_q8k_avx2(row: &[u8], y: &[BlockQ8K]) -> f32 {

@@ -45,7 +45,7 @@ pub fn dequantize_row(bytes: &[u8], out: &mut [f32]) {
 /// `lroundf(x·(1/d)) + 1`.
 pub fn quantize_row(x: &[f32]) -> Vec<u8> {
     assert!(
-        x.len() % QK_K == 0,
+        x.len().is_multiple_of(QK_K),
         "TQ2_0: {} values is not a multiple of {QK_K}",
         x.len()
     );
@@ -87,6 +87,8 @@ pub fn vec_dot_q8k_with(simd: Simd, row: &[u8], y: &[BlockQ8K]) -> f32 {
     match simd.clamp() {
         Simd::Scalar => vec_dot_q8k_scalar(row, y),
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: `clamp` only yields a level `Simd::detect` found, and Avx2 and above have
+        // AVX2/FMA/F16C; the assert above gives the `y.len()` blocks of `row` it reads.
         Simd::Avx2 | Simd::Avx512 => unsafe { vec_dot_q8k_avx2(row, y) },
         #[allow(unreachable_patterns)]
         _ => vec_dot_q8k_scalar(row, y),
@@ -103,6 +105,13 @@ pub fn vec_dot_q8k_scalar(row: &[u8], y: &[BlockQ8K]) -> f32 {
     hsum_float_8(&sumf)
 }
 
+/// [`vec_dot_q8k`] with ggml's AVX2 intrinsics.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C, and `row.len() ≥ y.len()·66`: block `i` loads 64 bytes
+/// at `66·i` (two 32-byte loads) and reads its f16 `d` through a checked slice. The
+/// `BlockQ8K` loads stay inside the block: `qs` (256 i8) at `4j + 0..128` for `j` in
+/// {0, 32}, `bsums` (16 i16) as one 32-byte load.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn vec_dot_q8k_avx2(row: &[u8], y: &[BlockQ8K]) -> f32 {

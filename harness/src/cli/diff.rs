@@ -44,15 +44,16 @@ pub(crate) fn diff(a: DiffArgs) -> Result<ExitCode> {
             .split_once('=')
             .with_context(|| format!("--stage-nmse {s}: write STAGE=LIMIT, e.g. attn_q=1e-3"))?;
         let stage = probe::Stage::from_name(name).with_context(|| {
-            format!("--stage-nmse {s}: unknown stage '{name}' (valid: {})", probe::Stage::valid_names())
+            format!(
+                "--stage-nmse {s}: unknown stage '{name}' (valid: {})",
+                probe::Stage::valid_names()
+            )
         })?;
         let v: f64 = v
             .parse()
             .with_context(|| format!("--stage-nmse {s}: '{v}' is not a number"))?;
-        tol.stages.insert(
-            stage,
-            harness::tolerance::StageOverride { nmse: Some(v) },
-        );
+        tol.stages
+            .insert(stage, harness::tolerance::StageOverride { nmse: Some(v) });
     }
     tol.validate().map_err(anyhow::Error::msg)?;
     let labels = Labels::new(engine.label(), reference.label());

@@ -17,6 +17,7 @@ pub struct GalleryResult {
     pub expected: Site,
     #[serde(serialize_with = "display_opt")]
     pub expected_phase: Option<ExpectPhase>,
+    pub expected_position: Option<u32>,
     /// The prompt whose diff is reported: the first that diverged (else the first prompt).
     pub prompt: String,
     /// The harness's first divergence, when it saw one, and its line.
@@ -82,10 +83,11 @@ pub fn gallery_run(runs: &Runs, case: &Case) -> Result<GalleryResult, String> {
         .expect
         .as_ref()
         .ok_or_else(|| format!("{}: a gallery case needs [expect]", case.file.display()))?;
+    // A diverging prompt; in a case that demands exactness, a prompt with any inexact value.
     let mut found = None;
     for p in &case.prompts {
         let d = runs.diff(case, p)?;
-        if !d.pass() {
+        if !d.pass() || (case.exact && judge::first_inexact(&d.judged).is_some()) {
             found = Some((p, d));
             break;
         }
@@ -104,6 +106,7 @@ pub fn gallery_run(runs: &Runs, case: &Case) -> Result<GalleryResult, String> {
         fault: case.fault.clone().unwrap_or_default(),
         expected: expect.first_divergence,
         expected_phase: expect.phase,
+        expected_position: expect.position,
         prompt,
         reported: None,
         nmse: None,
@@ -118,10 +121,14 @@ pub fn gallery_run(runs: &Runs, case: &Case) -> Result<GalleryResult, String> {
         r.first_inexact = Some(x.site);
         r.first_inexact_nmse = nmse_of(x);
     }
-    let fd = d.first_divergence().expect("found diverges");
+    let fd = d
+        .first_divergence()
+        .or_else(|| judge::first_inexact(&d.judged))
+        .expect("found diverges");
     r.prompt_clean = fd.phase != Phase::Prompt;
     r.nmse = nmse_of(fd);
-    let phase_ok = expect.phase.is_none_or(|p| p.matches(fd.phase));
+    let phase_ok = expect.phase.is_none_or(|p| p.matches(fd.phase))
+        && expect.position.is_none_or(|p| p == fd.position);
     let inexact_ok = expect
         .first_inexact
         .is_none_or(|want| r.first_inexact.is_some_and(|got| got.same_place(want)));

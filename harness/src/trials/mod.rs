@@ -12,6 +12,7 @@
 //! | `stage::<file>::<prompt>::<blk.N.stage>` | that stage at every prompt position |
 //! | `logits::<file>::<prompt>::pos<N>` | logits at position N: top-1, KL, NMSE |
 //! | `decode::<file>::<prompt>` | each greedy step through the KV cache: stages and logits |
+//! | `exact::<file>::<prompt>` | a case with `exact = true`: every value bit-exact with the reference; a failure names the first that is not |
 //! | `tokens::<file>::<prompt>` | an engine that only generates: its greedy tokens against the reference's, a near-tie excused by the reference's margin |
 //! | `meta::<file>::<prompt>::<check>::<probe>` | causality, prefill-vs-decode, determinism |
 //! | `snapshot::<file>` | the engine's tokens, stage hashes/RMS, top-5 and greedy tokens |
@@ -74,6 +75,9 @@ pub enum Kind {
     Tokens {
         prompt: usize,
     },
+    Exact {
+        prompt: usize,
+    },
     Meta {
         prompt: usize,
         check: Meta,
@@ -128,6 +132,7 @@ fn needs_oracle(case: &Case, k: &Kind) -> bool {
         | Kind::Stage { .. }
         | Kind::Logits { .. }
         | Kind::Decode { .. }
+        | Kind::Exact { .. }
         | Kind::Tokens { .. } => true,
         Kind::SnapshotMetrics | Kind::Gallery => true,
         Kind::Meta { side, .. } => !case.spec(*side).is_engine(),
@@ -169,7 +174,14 @@ pub fn expand(case: Result<Case, CaseError>, runs: &Runs, oracle: OracleMode) ->
                 (oracle == OracleMode::Off && needs_oracle(&case, &kind))
                     .then(|| "BITPROBE_ORACLE=off".to_string())
             })
-            .or_else(|| capability_gap(&case, &kind, runs, oracle));
+            .or_else(|| capability_gap(&case, &kind, runs, oracle))
+            .or_else(|| {
+                (matches!(kind, Kind::Exact { .. })
+                    && std::env::var("BITPROBE_LLAMAFILE").is_ok_and(|v| v == "off"))
+                .then(|| {
+                    "BITPROBE_LLAMAFILE=off makes the engine sum in another order on purpose: exactness does not apply".to_string()
+                })
+            });
         out.push(TrialSpec {
             name,
             case: Some(case.clone()),
@@ -283,6 +295,13 @@ pub fn expand(case: Result<Case, CaseError>, runs: &Runs, oracle: OracleMode) ->
             };
             push(name, kind, None);
         }
+        if case.exact && case.compare {
+            push(
+                format!("exact::{id}::{}", p.id),
+                Kind::Exact { prompt: pi },
+                None,
+            );
+        }
         let m = &case.metamorphic;
         for (on, check) in [
             (m.causality, Meta::Causality),
@@ -391,7 +410,10 @@ fn capability_gap(case: &Case, kind: &Kind, runs: &Runs, oracle: OracleMode) -> 
 /// Why a case cannot run on its model (layers it does not have, prompts that tokenize to
 /// nothing or outgrow the context), with the place in the case file.
 fn runnable(case: &Case, n_layer: u32, positions: &[usize], n_ctx: usize) -> Option<String> {
-    let place = |at: &Option<String>| at.clone().unwrap_or_else(|| case.file.display().to_string());
+    let place = |at: &Option<String>| {
+        at.clone()
+            .unwrap_or_else(|| case.file.display().to_string())
+    };
     if let Some(l) = case.layers.iter().flatten().find(|&&l| l >= n_layer) {
         return Some(format!(
             "{}: layers: layer {l} does not exist; the model has {n_layer} (0..{})\nfix: list layers below {n_layer}, or drop `layers` for all",
@@ -465,6 +487,9 @@ pub fn check(runs: &Runs, t: &TrialSpec) -> Outcome {
         Kind::Tokens { prompt } => with_diff(runs, case, *prompt, |d| {
             check_tokens(case, &case.prompts[*prompt], d)
         }),
+        Kind::Exact { prompt } => with_diff(runs, case, *prompt, |d| {
+            check_exact(case, &case.prompts[*prompt], d)
+        }),
         Kind::Meta {
             prompt,
             check,
@@ -517,7 +542,11 @@ pub fn repro(case: &Case, p: &Prompt) -> String {
         let file = dir.join(format!("{}__{}.txt", case.id.replace('/', "__"), p.id));
         let written = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&file, &p.text));
         match written {
-            Ok(()) => write!(cmd, " --prompt-file {}", shell_quote(&file.display().to_string())),
+            Ok(()) => write!(
+                cmd,
+                " --prompt-file {}",
+                shell_quote(&file.display().to_string())
+            ),
             Err(_) => write!(cmd, " --prompt {}", shell_quote(&p.text)),
         }
         .ok();
@@ -560,7 +589,12 @@ pub fn repro(case: &Case, p: &Prompt) -> String {
         }
     }
     if case.tokenizer != crate::case::TokenizerChoice::Gguf {
-        write!(cmd, " --tokenizer {}", shell_quote(&case.tokenizer.to_string())).ok();
+        write!(
+            cmd,
+            " --tokenizer {}",
+            shell_quote(&case.tokenizer.to_string())
+        )
+        .ok();
     }
     if let Some(f) = &case.fault {
         write!(cmd, " --inject-fault {f}").ok();
@@ -570,13 +604,34 @@ pub fn repro(case: &Case, p: &Prompt) -> String {
 
 fn shell_quote(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+".contains(c))
     {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Every value bit-exact: the engine mirrors the reference, so any difference — even one no
+/// tolerance would notice — is named at its first (phase, position, layer, stage).
+fn check_exact(case: &Case, p: &Prompt, d: &DiffReport) -> Result<(), String> {
+    match crate::judge::first_inexact(&d.judged) {
+        None if d.stages().next().is_some() => Ok(()),
+        None => Err("no stage values were compared: exactness needs a forward pass with stages on both sides".into()),
+        Some(j) => {
+            let mut m = format!(
+                "not bit-exact: the first value that differs is {}",
+                d.describe(j)
+            );
+            if let Some(f) = d.first_failure() {
+                write!(m, "\nand the first over its limit: {}", d.describe(f)).ok();
+            } else {
+                m.push_str("\n(every value is within its tolerance: only bit-exactness catches this)");
+            }
+            write!(m, "\nreproduce: {}", repro(case, p)).ok();
+            Err(m)
+        }
+    }
 }
 
 fn check_tokens(case: &Case, p: &Prompt, d: &DiffReport) -> Result<(), String> {
