@@ -22,6 +22,9 @@ pub struct Case {
     pub model: ModelSpec,
     /// Why this case's model is unavailable (path absent): its trials are ignored with this.
     pub unavailable: Option<String>,
+    /// `ignore = "reason"`: every trial of the case is ignored with this reason (an engine
+    /// that cannot load this model at all, recorded as such).
+    pub ignore: Option<String>,
     pub threads: usize,
     /// The implementation under test (`engine = "SPEC"`, default our engine) and the one it
     /// is judged against (`reference = "SPEC"`, default the vendored bitnet.cpp).
@@ -314,6 +317,8 @@ struct RawCase {
     snapshot: bool,
     #[serde(default)]
     exact: bool,
+    #[serde(default)]
+    ignore: Option<String>,
     #[serde(default)]
     expect: Option<RawExpect>,
 }
@@ -667,6 +672,7 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
         metamorphic,
         snapshot: raw.snapshot,
         exact: raw.exact,
+        ignore: raw.ignore,
         expect,
     })
 }

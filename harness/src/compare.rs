@@ -109,6 +109,10 @@ pub struct LogitsMetrics {
     /// Logit gap between each side's first and second choice: a small gap is a near-tie.
     pub margin_engine: f64,
     pub margin_oracle: f64,
+    /// How far below the oracle's top-1 the engine's top-1 sits in the oracle's logits (0 when
+    /// they agree; the oracle's top-2 margin when the engine chose the oracle's runner-up).
+    #[serde(default)]
+    pub gap_oracle: f64,
     /// NaN counts on each side, and Infs not faced by the same Inf (as in [`TensorMetrics`]).
     #[serde(default)]
     pub nan_engine: usize,
@@ -193,6 +197,10 @@ pub fn compare_logits(engine: &[f32], oracle: &[f32]) -> LogitsMetrics {
         nmse: t.nmse,
         margin_engine: margin(engine, &te),
         margin_oracle: margin(oracle, &to),
+        gap_oracle: match (to.first(), te.first()) {
+            (Some(&o), Some(&e)) => oracle[o as usize] as f64 - oracle[e as usize] as f64,
+            _ => 0.0,
+        },
         nan_engine: t.nan_engine,
         nan_oracle: t.nan_oracle,
         inf_mismatch: t.inf_mismatch,

@@ -271,25 +271,37 @@ pub fn run_diff(
             .chain(ga.steps.iter().map(|s| s.chosen))
             .collect();
     } else if steps > 0 && ca.generate && cb.generate && cb.decode_logits {
-        // Token level: A free-running, B with its logits at every step.
+        // Token level: B with its logits at every step; A teacher-forced with B's tokens when
+        // it can be (every step judged), else free-running (judged up to the first
+        // difference, after which the two sequences part).
         let mut g = GenerateRequest::greedy(tokens_b.clone(), steps + 1);
         g.keep_logits = true;
         let gb = b.generate(&g)?;
         g.keep_logits = false;
+        if ca.teacher_forced {
+            g.forced = Some(gb.steps.iter().map(|s| s.input).collect());
+        }
         let ga = a.generate(&g)?;
-        judged.extend(judge_free_running(
+        judged.extend(judge_generated(
             &ga.tokens,
             &gb,
             tokens_b.len() as u32,
             token_near_tie_margin(weight_type),
+            ca.teacher_forced,
         ));
         greedy_b = gb.tokens.clone();
         greedy_a = ga.tokens.clone();
-        not_compared.push(format!(
-            "decode steps through the KV cache, stage by stage: {} {}; its generated tokens are judged instead",
-            labels.a,
-            if ca.generate { "cannot be teacher-forced or give step logits" } else { "cannot generate" }
-        ));
+        not_compared.push(if ca.teacher_forced {
+            format!(
+                "decode steps, stage by stage: {} gives no step logits or stages; its teacher-forced choices are judged instead, every step",
+                labels.a
+            )
+        } else {
+            format!(
+                "decode steps, stage by stage: {} cannot be teacher-forced or give step logits; its free-running tokens are judged up to the first that differs",
+                labels.a
+            )
+        });
     } else if steps > 0 {
         not_compared.push(format!(
             "generation: {} or {} cannot generate with logits",
@@ -317,14 +329,16 @@ fn stage_list(stages: &[Stage]) -> String {
     }
 }
 
-/// A's free-running greedy tokens against B's: equal up to the first difference, which is
-/// judged against B's top-2 margin at that step; later tokens follow different sequences and
-/// are not compared.
-pub fn judge_free_running(
+/// A's generated tokens against B's, each judged against B's logits at the position that
+/// chose it (token i is chosen at position `prompt_len − 1 + i`). Teacher-forced (`forced`:
+/// A was fed B's tokens), every step is judged; free-running, up to the first difference,
+/// after which the two follow different sequences.
+pub fn judge_generated(
     a_tokens: &[Token],
     gb: &Generation,
     prompt_len: u32,
     near_tie_margin: f64,
+    forced: bool,
 ) -> Vec<Judged> {
     let mut out = Vec::new();
     let n_vocab = gb.prefill.n_vocab as usize;
@@ -336,7 +350,7 @@ pub fn judge_free_running(
         let Some(row) = row else { break };
         let j = judge::generated(
             i as u32,
-            prompt_len + i as u32,
+            (prompt_len + i as u32).saturating_sub(1),
             *ta,
             tb,
             row,
@@ -344,7 +358,7 @@ pub fn judge_free_running(
         );
         let differs = *ta != tb;
         out.push(j);
-        if differs {
+        if differs && !forced {
             break;
         }
     }

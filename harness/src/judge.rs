@@ -150,6 +150,9 @@ pub enum Measure {
         b: Token,
         margin_b: f64,
         runner_up_b: Token,
+        /// How far below B's choice A's token sits in B's logits, and its rank there (1 = top).
+        gap_b: f64,
+        rank_b: usize,
     },
     /// Both produced it with different element counts.
     Shape {
@@ -291,11 +294,12 @@ impl Judged {
             )),
             (Measure::Logits(m), Outcome::NearTie | Outcome::Fail(Failure::Top1Flip)) => {
                 Some(format!(
-                    "top-1 differs: {a} {} (margin {:.2e}), {b} {} (margin {:.2e}, max|Δ| {:.2e}){}",
+                    "top-1 differs: {a} {} (margin {:.2e}), {b} {} (margin {:.2e}; {a}'s choice {:.2e} below it; max|Δ| {:.2e}){}",
                     m.top1_engine,
                     m.margin_engine,
                     m.top1_oracle,
                     m.margin_oracle,
+                    m.gap_oracle,
                     m.max_abs,
                     if self.outcome == Outcome::NearTie {
                         format!(" — a near-tie ({b}'s margin ≤ {:.2e}, the most a correct engine's logits move)", self.limit.margin.unwrap_or(f64::NAN))
@@ -334,17 +338,21 @@ impl Judged {
                     b: tb,
                     margin_b,
                     runner_up_b,
+                    gap_b,
+                    rank_b,
                 },
                 outcome,
             ) => Some(format!(
-                "generated token differs: {a} {ta}, {b} {tb} (B's top-2 margin {margin_b:.3e}, its runner-up {runner_up_b}{}){}",
-                if runner_up_b == ta { " = A's choice" } else { "" },
+                "generated token differs: {a} {ta}, {b} {tb}; in {b}'s logits {a}'s token ranks #{rank_b}, {gap_b:.3e} below the top ({b}'s top-2 margin {margin_b:.3e}, runner-up {runner_up_b}){}",
                 match outcome {
                     Outcome::NearTie => format!(
-                        " — a near-tie on {b}'s side (margin ≤ {:.1e}): later tokens are not compared",
+                        " — a near-tie (≤ {:.2e}, the most a correct engine's logits move)",
                         self.limit.margin.unwrap_or(f64::NAN)
                     ),
-                    _ => format!(" — not a near-tie on {b}'s side"),
+                    _ => format!(
+                        " — not a near-tie: more than {:.2e}, the most a correct engine's logits move",
+                        self.limit.margin.unwrap_or(f64::NAN)
+                    ),
                 }
             )),
             (Measure::Tokens { at, a: ta, b: tb }, _) => Some(match self.site {
@@ -446,7 +454,7 @@ pub fn tensor(
 /// engine's logits can move (`tol.margin`, measured): where B was sure, a flip is a bug
 /// however far off the logits are.
 pub fn near_tie(m: &LogitsMetrics, tol: LogitsTolerance) -> bool {
-    m.margin_oracle <= 2.0 * m.max_abs && m.margin_oracle <= tol.margin
+    m.gap_oracle <= 2.0 * m.max_abs && m.gap_oracle <= tol.margin
 }
 
 /// A's logits row against B's at one position.
@@ -520,9 +528,10 @@ pub fn decode_inputs(step: u32, position: u32, a: Token, b: Token) -> Judged {
     }
 }
 
-/// One step of free-running greedy generation: the token A chose against B's, with B's
-/// logits at that step. A different token is excused as a near-tie when B's own top-2 margin
-/// is at most `near_tie_margin` (a correct engine's logits may move that much).
+/// One generation step: the token A chose against B's, with B's logits at that step (the
+/// logits at `position`, which chose the token). A different token is excused as a near-tie
+/// when A's token sits at most `near_tie_margin` below B's choice in B's logits (a correct
+/// engine's logits may move that much); a token B ranked far down is a bug.
 pub fn generated(
     step: u32,
     position: u32,
@@ -536,13 +545,13 @@ pub fn generated(
         top.first().copied().unwrap_or(b),
         top.get(1).copied().unwrap_or(b),
     );
-    let margin_b = match (b_logits.get(first as usize), b_logits.get(second as usize)) {
-        (Some(x), Some(y)) => (*x as f64) - (*y as f64),
-        _ => f64::INFINITY,
-    };
+    let at = |t: Token| b_logits.get(t as usize).map_or(f64::NAN, |x| *x as f64);
+    let margin_b = at(first) - at(second);
+    let gap_b = at(b) - at(a);
+    let rank_b = 1 + b_logits.iter().filter(|&&x| (x as f64) > at(a)).count();
     let outcome = if a == b {
         Outcome::Pass
-    } else if margin_b <= near_tie_margin {
+    } else if gap_b <= near_tie_margin {
         Outcome::NearTie
     } else {
         Outcome::Fail(Failure::Tokens)
@@ -561,6 +570,8 @@ pub fn generated(
             b,
             margin_b,
             runner_up_b: second,
+            gap_b,
+            rank_b,
         },
         limit: Limit {
             margin: Some(near_tie_margin),

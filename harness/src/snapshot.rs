@@ -114,7 +114,14 @@ pub fn metrics_text(runs: &Runs, case: &Case) -> Result<String, String> {
     for p in &case.prompts {
         let d = runs.diff(case, p)?;
         writeln!(s, "\n## prompt {}", p.id).ok();
-        writeln!(s, "tokens engine = oracle: {}", d.tokens_a == d.tokens_b).ok();
+        writeln!(
+            s,
+            "tokens {} = {}: {}",
+            d.labels.a,
+            d.labels.b,
+            d.tokens_a == d.tokens_b
+        )
+        .ok();
         let stages = judge::worst_by_stage(&d.judged);
         for st in &stages {
             if let Some(w) = st.prompt {
@@ -136,7 +143,7 @@ pub fn metrics_text(runs: &Runs, case: &Case) -> Result<String, String> {
         )
         .ok();
         if !d.greedy_b.is_empty() {
-            writeln!(s, "greedy: oracle {:?}", d.greedy_b).ok();
+            writeln!(s, "greedy: {} {:?}", d.labels.b, d.greedy_b).ok();
         }
     }
     Ok(s)

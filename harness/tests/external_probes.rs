@@ -222,3 +222,28 @@ fn the_example_numpy_engine_passes_and_its_bug_is_localized() {
     let (o, _) = bitprobe(&["conformance", &engine]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
+
+#[test]
+fn the_python_adapter_tests_pass() {
+    // adapters/python/tests: the wire library, the GGUF reader, the example engine and the
+    // ik_llama.cpp and pytritium adapters, against these bitprobe binaries.
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "unittest",
+            "discover",
+            "-s",
+            "adapters/python/tests",
+            "-p",
+            "test_*.py",
+        ])
+        .current_dir(root())
+        .env("BITPROBE_BIN", env!("CARGO_BIN_EXE_bitprobe"))
+        .env("BITPROBE_ORACLE_BIN", env!("CARGO_BIN_EXE_bitprobe-oracle"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\nOK"), "{err}");
+}

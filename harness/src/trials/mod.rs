@@ -166,6 +166,7 @@ pub fn expand(case: Result<Case, CaseError>, runs: &Runs, oracle: OracleMode) ->
         let ignored = case
             .unavailable
             .clone()
+            .or_else(|| case.ignore.clone())
             .or_else(|| {
                 (case.fault.is_some() && !faults_built())
                     .then(|| "needs the faults feature".to_string())
@@ -328,13 +329,19 @@ pub fn expand(case: Result<Case, CaseError>, runs: &Runs, oracle: OracleMode) ->
             }
         }
     }
-    if case.snapshot && !case.prompts.is_empty() && case.engine.is_engine() {
-        push(format!("snapshot::{id}"), Kind::Snapshot, None);
-        push(
-            format!("snapshot::{id}::metrics"),
-            Kind::SnapshotMetrics,
-            None,
-        );
+    if case.snapshot && !case.prompts.is_empty() {
+        // The engine-alone snapshot is of bitprobe's engine; the metrics snapshot records
+        // any pair (for two real implementations: how far apart they are, stage by stage).
+        if case.engine.is_engine() {
+            push(format!("snapshot::{id}"), Kind::Snapshot, None);
+        }
+        if case.compare {
+            push(
+                format!("snapshot::{id}::metrics"),
+                Kind::SnapshotMetrics,
+                None,
+            );
+        }
     }
     out
 }
