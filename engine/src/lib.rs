@@ -13,6 +13,7 @@
 //! - [`faults`]: the known-bug gallery (only with the `faults` feature);
 //! - [`EngineProbe`]: the `Probe` implementation.
 
+pub mod ceiling;
 pub mod engine_probe;
 pub mod faults;
 pub mod forge;

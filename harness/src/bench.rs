@@ -75,14 +75,28 @@ pub struct BenchReport {
     /// Bytes one decode step must read: every tensor's data (the tied head reads the whole
     /// embedding matrix; the embedding lookup itself reads one row, which is ignored).
     pub bytes_per_decode_step: u64,
-    /// Measured read bandwidth with `threads` threads, bytes/s.
+    /// Read bandwidth with `threads` threads, bytes/s: the best of 7 streaming passes
+    /// (`engine::ceiling::read_bandwidth`), with the passes' median and spread.
     pub read_bandwidth: f64,
+    pub read_bandwidth_median: f64,
+    pub read_bandwidth_spread: f64,
+    /// Weights a token multiplies through (every 2-D tensor's elements but the embedding
+    /// lookup's): one MAC each.
+    pub macs_per_token: u64,
+    /// int8 multiply-accumulates per second with `threads` threads
+    /// (`engine::ceiling::int8_macs`), best of 5.
+    pub int8_macs_per_second: f64,
 }
 
 impl BenchReport {
     /// tok/s a decode step could reach if it only had to read the weights once.
     pub fn decode_ceiling(&self) -> f64 {
         self.read_bandwidth / self.bytes_per_decode_step as f64
+    }
+
+    /// tok/s a prefill could reach if every weight cost one int8 MAC at the machine's peak.
+    pub fn prefill_ceiling(&self) -> f64 {
+        self.int8_macs_per_second / self.macs_per_token.max(1) as f64
     }
 }
 
@@ -145,28 +159,6 @@ fn one_run(
     Ok(p.info().implementation.clone())
 }
 
-/// Read bandwidth with `threads` threads over a buffer larger than any cache (512 MiB).
-pub fn read_bandwidth(threads: usize) -> f64 {
-    use rayon::prelude::*;
-    let buf: Vec<u64> = (0..(512usize << 20) / 8).map(|i| i as u64).collect();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .expect("thread pool");
-    let mut best = 0f64;
-    for _ in 0..3 {
-        let t = Instant::now();
-        let sum: u64 = pool.install(|| {
-            buf.par_chunks(1 << 16)
-                .map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x)))
-                .reduce(|| 0, u64::wrapping_add)
-        });
-        std::hint::black_box(sum);
-        best = best.max((buf.len() * 8) as f64 / t.elapsed().as_secs_f64());
-    }
-    best
-}
-
 /// Runs the benchmark over `probes` (the last one is the reference); `progress` gets one
 /// line per run.
 pub fn run(
@@ -177,6 +169,18 @@ pub fn run(
 ) -> Result<BenchReport, String> {
     let file = engine::gguf::GgufFile::open(model).map_err(|e| e.to_string())?;
     let bytes_per_decode_step: u64 = file.tensors().iter().map(|t| t.size).sum();
+    let macs_per_token: u64 = file
+        .tensors()
+        .iter()
+        .filter(|t| t.dims.len() == 2 && t.name != "token_embd.weight")
+        .map(|t| t.n_elements())
+        .sum::<u64>()
+        + file
+            .tensors()
+            .iter()
+            .find(|t| t.name == "token_embd.weight")
+            .filter(|_| file.tensor("output.weight").is_none())
+            .map_or(0, |t| t.n_elements());
     drop(file);
     let prompt = {
         let mut e = engine::EngineProbe::open(&probe::OpenRequest::new(model).threads(1))
@@ -208,7 +212,9 @@ pub fn run(
             ));
         }
     }
-    progress("measuring read bandwidth");
+    progress("measuring read bandwidth and int8 throughput");
+    let bw = engine::ceiling::read_bandwidth(req.threads);
+    let macs = engine::ceiling::int8_macs(req.threads);
     Ok(BenchReport {
         model: model.display().to_string(),
         threads: req.threads,
@@ -217,7 +223,11 @@ pub fn run(
         reps: req.reps,
         sides,
         bytes_per_decode_step,
-        read_bandwidth: read_bandwidth(req.threads),
+        read_bandwidth: bw.best,
+        read_bandwidth_median: bw.median,
+        read_bandwidth_spread: bw.spread,
+        macs_per_token,
+        int8_macs_per_second: macs.best,
     })
 }
 
@@ -228,8 +238,14 @@ pub fn table(r: &BenchReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "model {} · {} threads · prompt {} tokens · decode {} tokens · {} reps (round robin, after a warm-up)",
-        r.model, r.threads, r.prompt_tokens, r.decode_tokens, r.reps
+        "model {} · {} thread{} · prompt {} tokens · decode {} tokens · {} rep{} (round robin, after a warm-up)",
+        r.model,
+        r.threads,
+        if r.threads == 1 { "" } else { "s" },
+        r.prompt_tokens,
+        r.decode_tokens,
+        r.reps,
+        if r.reps == 1 { "" } else { "s" }
     );
     for s in &r.sides {
         let _ = writeln!(out, "  {:<16} {}", s.probe, s.implementation);
@@ -279,25 +295,39 @@ pub fn table(r: &BenchReport) -> String {
         }
         let _ = writeln!(out, "  {unit}");
     }
+    // Each side's median as a share of a ceiling.
+    let shares = |ceiling: f64, pick: fn(&Series) -> &[f64]| -> String {
+        r.sides
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} at {:.0}%",
+                    s.probe,
+                    100.0 * summarize(pick(&s.series)).median / ceiling
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let ceiling = r.decode_ceiling();
-    let shares: Vec<String> = r
-        .sides
-        .iter()
-        .map(|s| {
-            format!(
-                "{} at {:.0}%",
-                s.probe,
-                100.0 * summarize(&s.series.decode_tok_s).median / ceiling
-            )
-        })
-        .collect();
     let _ = writeln!(
         out,
-        "decode ceiling {:.2} tok/s = {:.2} GB/s read bandwidth / {:.3} GB per step · {}",
+        "decode ceiling  {:.2} tok/s = {:.2} GB/s read bandwidth (best of 7 streaming passes, median {:.2}, spread {:.0}%) / {:.3} GB per step · {}",
         ceiling,
         r.read_bandwidth / 1e9,
+        r.read_bandwidth_median / 1e9,
+        100.0 * r.read_bandwidth_spread,
         r.bytes_per_decode_step as f64 / 1e9,
-        shares.join(", ")
+        shares(ceiling, |s| &s.decode_tok_s)
+    );
+    let pc = r.prefill_ceiling();
+    let _ = writeln!(
+        out,
+        "prefill ceiling {:.1} tok/s = {:.1} G int8 MAC/s (register-only dot loop, best of 5) / {:.2} G weights per token · {}",
+        pc,
+        r.int8_macs_per_second / 1e9,
+        r.macs_per_token as f64 / 1e9,
+        shares(pc, |s| &s.prefill_tok_s)
     );
     out
 }

@@ -250,6 +250,23 @@ impl EngineOptionArgs {
     }
 }
 
+/// Opens a probe as every command does: the thread cap, the watchdog, our engine's options.
+fn open_probe(
+    spec: &ProbeSpec,
+    path: &std::path::Path,
+    threads: ThreadArgs,
+    timeout: TimeoutArgs,
+    engine: &EngineOptionArgs,
+) -> Result<probes::SharedProbe> {
+    Ok(probes::open(
+        spec,
+        path,
+        threads.get(),
+        &engine.options(),
+        timeout.watchdog()?,
+    )?)
+}
+
 /// A probe spec: what `--probe`, `--engine` and `--reference` take.
 const SPEC_HELP: &str = "engine (bitprobe's), oracle / bitnet.cpp-2024 (the vendored bitnet.cpp), \
     bitnet.cpp-2026, a name from probes.toml, or cmd:PROGRAM ARG… (any program speaking \

@@ -3,41 +3,11 @@
 //! token-level verdict, and the example numpy engine judged by `diff` (with and without its
 //! injected bug). Every run that could hang has a short watchdog and a bounded wall time.
 
+mod common;
+use common::*;
 use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
-
-fn bitprobe(args: &[&str]) -> (Output, Duration) {
-    let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_bitprobe"))
-        .args(args)
-        .env("BITPROBE_ORACLE_BIN", env!("CARGO_BIN_EXE_bitprobe-oracle"))
-        .output()
-        .unwrap();
-    (out, t.elapsed())
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// `target/<profile>/examples/broken_probe`, built by `cargo test` with the other examples.
-fn broken_probe() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let p = dir.join("examples").join("broken_probe");
-    assert!(
-        p.is_file(),
-        "{} is missing: `cargo test` builds the examples (cargo build -p harness --example broken_probe)",
-        p.display()
-    );
-    p
-}
+use std::process::Command;
+use std::time::Duration;
 
 fn root() -> PathBuf {
     harness::snapshot::workspace_root()

@@ -1,46 +1,11 @@
 //! Never hang, never mislead (issue 17): each test here failed before its fix, and every run
 //! that could hang is bounded in time.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_bitprobe"));
-    c.env("BITPROBE_ORACLE_BIN", env!("CARGO_BIN_EXE_bitprobe-oracle"));
-    c
-}
-
-fn bitprobe(args: &[&str]) -> (Output, Duration) {
-    let t = Instant::now();
-    let o = bin().args(args).output().unwrap();
-    (o, t.elapsed())
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("bitprobe-rel-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn broken_probe() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/broken_probe")
-}
 
 fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();

@@ -23,11 +23,9 @@ pub(crate) fn diff(a: DiffArgs) -> Result<ExitCode> {
             );
         }
     }
-    let (threads, watchdog) = (a.threads.get(), a.timeout.watchdog()?);
-    let opts = a.engine_options.options();
     let spin = cli::spinner(&format!("opening {engine} and {reference}"));
-    let mut e = probes::open(&engine, &path, threads, &opts, watchdog)?;
-    let mut o = probes::open(&reference, &path, threads, &opts, watchdog)?;
+    let mut e = open_probe(&engine, &path, a.threads, a.timeout, &a.engine_options)?;
+    let mut o = open_probe(&reference, &path, a.threads, a.timeout, &a.engine_options)?;
     spin.set("running both and judging every stage");
     let req = DiffRequest {
         prompt: a.prompt.prompt(a.decode)?,

@@ -19,18 +19,25 @@ use std::io::IsTerminal;
 /// `-t N`, capped at the machine's cores: more threads than cores only makes ggml's spinning
 /// workers fight (`-t 16` on 2 cores took 54 s for 4 tokens).
 pub(crate) fn threads(asked: usize) -> usize {
+    static WARNED: std::sync::Once = std::sync::Once::new();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    match asked {
-        0 => {
-            eprintln!("warning: -t 0: using 1 thread (give the number of threads you want)");
-            1
-        }
-        n if n > cores => {
-            eprintln!("warning: -t {n}: this machine has {cores} cores; using {cores}");
-            cores
-        }
-        n => n,
+    let (n, warning) = match asked {
+        0 => (
+            1,
+            Some("-t 0: using 1 thread (give the number of threads you want)".to_string()),
+        ),
+        n if n > cores => (
+            cores,
+            Some(format!(
+                "-t {n}: this machine has {cores} cores; using {cores}"
+            )),
+        ),
+        n => (n, None),
+    };
+    if let Some(w) = warning {
+        WARNED.call_once(|| eprintln!("warning: {w}"));
     }
+    n
 }
 
 /// Parses a probe spec against the default `probes.toml`.

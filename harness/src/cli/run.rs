@@ -14,13 +14,7 @@ pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
     }
     let spec = cli::spec(&a.probe)?;
     let path = a.model.resolve()?;
-    let mut p = probes::open(
-        &spec,
-        &path,
-        a.threads.get(),
-        &a.engine.options(),
-        a.timeout.watchdog()?,
-    )?;
+    let mut p = open_probe(&spec, &path, a.threads, a.timeout, &a.engine)?;
     let info = p.info().clone();
     let caps = info.caps();
     if !caps.generate {

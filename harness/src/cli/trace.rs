@@ -8,13 +8,7 @@ pub(crate) fn trace(a: TraceArgs) -> Result<ExitCode> {
     let spec = cli::spec(&a.probe)?;
     let path = a.model.resolve()?;
     let spin = cli::spinner(&format!("opening {spec}"));
-    let mut p = probes::open(
-        &spec,
-        &path,
-        a.threads.get(),
-        &a.engine.options(),
-        a.timeout.watchdog()?,
-    )?;
+    let mut p = open_probe(&spec, &path, a.threads, a.timeout, &a.engine)?;
     let caps = p.info().caps();
     if !(caps.forward && caps.tokenize) {
         bail!("{spec} cannot be traced: a trace needs `tokenize` and `forward` with stages (its capabilities: {caps:?})");
