@@ -217,6 +217,14 @@ pub fn governing_type(weight_types: &BTreeMap<String, u32>) -> WeightType {
             return t;
         }
     }
+    // ik_llama.cpp's ternary types (a probe running a converted model reports them): ternary
+    // weights with int8 activations, the numeric class of I2_S.
+    if weight_types
+        .keys()
+        .any(|k| k.eq_ignore_ascii_case("IQ2_BN") || k.eq_ignore_ascii_case("IQ1_BN"))
+    {
+        return WeightType::I2S;
+    }
     let f16 = weight_types
         .iter()
         .filter(|(k, _)| WeightType::parse(k) == Some(WeightType::F16))
