@@ -576,7 +576,11 @@ impl RemoteProbe {
         let stderr = child.stderr.take().expect("piped stderr");
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
         let tail = stderr_tail.clone();
-        let echo = std::env::var_os("BITPROBE_PROBE_LOG").is_some_and(|v| v != "0");
+        // Stream the server's stderr live when asked (`BITPROBE_PROBE_LOG=1`, or the oracle's
+        // own `BITPROBE_ORACLE_LOG=1`, which makes bitnet.cpp log to it).
+        let echo = ["BITPROBE_PROBE_LOG", "BITPROBE_ORACLE_LOG"]
+            .iter()
+            .any(|k| std::env::var_os(k).is_some_and(|v| v != "0"));
         let label = l.label.clone();
         let stderr_thread = std::thread::spawn(move || {
             for line in BufReader::new(stderr).split(b'\n') {
