@@ -376,15 +376,22 @@ fn a_failing_case_s_reproduce_line_reproduces_its_first_divergence() {
 #[test]
 fn bitnet_cpp_s_log_streams_live_when_asked() {
     let o = bin()
-        .args(["run", "--probe", "oracle", "--preset", "tiny-i2s", "-p", "Hi", "-n", "2"])
+        .args([
+            "run", "--probe", "oracle", "--preset", "tiny-i2s", "-p", "Hi", "-n", "2",
+        ])
         .env("BITPROBE_ORACLE_LOG", "1")
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("[bitnet.cpp oracle] llama_model_loader"), "{err}");
+    assert!(
+        err.contains("[bitnet.cpp oracle] llama_model_loader"),
+        "{err}"
+    );
     let quiet = bin()
-        .args(["run", "--probe", "oracle", "--preset", "tiny-i2s", "-p", "Hi", "-n", "2"])
+        .args([
+            "run", "--probe", "oracle", "--preset", "tiny-i2s", "-p", "Hi", "-n", "2",
+        ])
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&quiet.stderr).contains("llama_model_loader"));
