@@ -242,13 +242,15 @@ pub fn run_diff(
             tol,
             weight_type,
         ));
-    } else {
-        not_compared.push(format!(
-            "stages and logits: {} {}",
-            if ca.forward { &labels.b } else { &labels.a },
-            "gives no forward pass (tokens only)"
-        ));
     }
+    let no_forward = (!ca.forward || !cb.forward).then(|| {
+        if ca.forward {
+            labels.b.clone()
+        } else {
+            labels.a.clone()
+        }
+    });
+    let mut prompt_rows_from_generation = false;
 
     let (mut greedy_a, mut greedy_b) = (Vec::new(), Vec::new());
     let steps = req.prompt.decode;
@@ -265,6 +267,21 @@ pub fn run_diff(
         let gb = b.generate(&g)?;
         g.forced = Some(gb.steps.iter().map(|s| s.input).collect());
         let ga = a.generate(&g)?;
+        // Without a forward pass, the prompt rows come from the generation (every probe
+        // that declares `decode_logits` returns them with `keep_logits`): judged first, so a
+        // bug that shows at position 0 is named there, not at the first decode step.
+        let n = tokens_b.len();
+        if no_forward.is_some() && ga.prefill.n_tokens() == n && gb.prefill.n_tokens() == n {
+            judged.extend(judge_all_logits(
+                Phase::Prompt,
+                0,
+                &ga.prefill,
+                &gb.prefill,
+                tol,
+                weight_type,
+            ));
+            prompt_rows_from_generation = true;
+        }
         judged.extend(judge_generations(&ga, &gb, tol, weight_type));
         greedy_b = gb.tokens.clone();
         greedy_a = std::iter::once(ga.first)
@@ -307,6 +324,16 @@ pub fn run_diff(
             "generation: {} or {} cannot generate with logits",
             labels.a, labels.b
         ));
+    }
+    if let Some(who) = no_forward {
+        not_compared.insert(
+            0,
+            if prompt_rows_from_generation {
+                format!("stages: {who} gives no forward pass; the prompt's logits rows are judged from its generation")
+            } else {
+                format!("stages and logits: {who} gives no forward pass (tokens only)")
+            },
+        );
     }
     let mut report = DiffReport::new(labels, tokens_a, tokens_b, weight_type, judged);
     report.greedy_a = greedy_a;

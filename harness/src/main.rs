@@ -335,17 +335,21 @@ struct TokenizeArgs {
     /// A JSON array of texts to tokenize (with --compare: a summary of who disagrees).
     #[arg(long, requires = "compare")]
     inputs: Option<PathBuf>,
-    /// Engine, oracle and truth (the trained Llama-3 tokenizer, when the vocab is Llama-3's)
-    /// side by side, with the first difference marked.
+    /// The probe, the reference and truth (the trained Llama-3 tokenizer, when the vocab is
+    /// Llama-3's) side by side, with the first difference marked.
     #[arg(long)]
     compare: bool,
     /// With --compare: print `[[tokenize.known_deviation]]` entries for every input where the
-    /// oracle differs from truth, ready to paste into a case file.
+    /// probe or the reference differs from truth (without truth: where the probe differs from
+    /// the reference), ready to paste into a case file.
     #[arg(long, requires = "compare")]
     emit_known_deviations: bool,
-    /// Who tokenizes (without --compare).
+    /// Who tokenizes (with --compare: the probe judged against --reference).
     #[arg(long, default_value = "engine", value_name = "SPEC", long_help = SPEC_HELP)]
     probe: String,
+    /// With --compare: the implementation the probe is judged against.
+    #[arg(long, default_value = "oracle", value_name = "SPEC", long_help = SPEC_HELP, requires = "compare")]
+    reference: String,
     /// Do not add BOS.
     #[arg(long)]
     no_bos: bool,

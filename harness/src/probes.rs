@@ -8,7 +8,7 @@
 //! | `engine` | bitprobe's Rust engine, in-process (or `bitprobe serve-engine` for bench) |
 //! | `oracle`, `bitnet.cpp-2024` | the vendored bitnet.cpp (crates.io `bitnet-cpp-sys` 0.0.5) + our patches, `bitprobe-oracle` |
 //! | `bitnet.cpp-2026` | today's bitnet.cpp (crates.io `bitnet-llm-sys` 1.0.2) + its patches, `bitprobe-oracle-2026` |
-//! | a name from `probes.toml` | `[probe.NAME]`: `command = [...]`, optional `env`, `description`, `timeout` |
+//! | a name from `probes.toml` | `[probe.NAME]`: `command = [...]`, optional `env`, `description`, `timeout`, `available_if` |
 //! | `cmd:PROGRAM ARG…` | any command speaking the wire protocol (docs/wire-protocol.md) |
 //!
 //! Every probe but `engine` runs out of process: a crash, a hang (the [`Watchdog`]) or a
@@ -163,6 +163,10 @@ pub struct External {
     pub dir: Option<PathBuf>,
     /// Base deadline in seconds (see [`Watchdog::scaled`]).
     pub timeout: Option<u64>,
+    /// A command that says whether this machine can run the probe at all (a GPU, a build
+    /// step that was skipped): run once, in `dir`; if it cannot start or exits non-zero, the
+    /// cases that use the probe are ignored with its reason (see [`ProbeSpec::unavailable`]).
+    pub available_if: Option<Vec<String>>,
 }
 
 /// Which implementation answers.
@@ -201,6 +205,7 @@ impl ProbeSpec {
                 description: String::new(),
                 dir: None,
                 timeout: None,
+                available_if: None,
             }));
         }
         match registry.probes.get(s) {
@@ -241,6 +246,37 @@ impl ProbeSpec {
         *self == ProbeSpec::Engine
     }
 
+    /// Why this machine cannot run the probe, from its `available_if` command (run once per
+    /// process; `None`: it can, or nothing was declared). The reason names the probe, the
+    /// command and what it said, for a case's *ignored, because…*.
+    pub fn unavailable(&self) -> Option<String> {
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock};
+        let ProbeSpec::External(e) = self else {
+            return None;
+        };
+        let command = e.available_if.as_ref()?;
+        /// (command, folder) → why not, for each check already run.
+        type Checked = HashMap<(Vec<String>, Option<PathBuf>), Option<String>>;
+        static SEEN: OnceLock<Mutex<Checked>> = OnceLock::new();
+        let key = (command.clone(), e.dir.clone());
+        let mut seen = SEEN
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        seen.entry(key)
+            .or_insert_with(|| {
+                availability(command, e.dir.as_deref()).err().map(|why| {
+                    format!(
+                        "probe {} cannot run on this machine: `{}` {why}",
+                        e.name,
+                        command.join(" ")
+                    )
+                })
+            })
+            .clone()
+    }
+
     /// The engine's options (tokenizer, fault) apply to our engine only.
     pub fn takes_engine_options(&self) -> bool {
         self.is_engine()
@@ -266,6 +302,7 @@ impl ProbeSpec {
                     .split_first()
                     .ok_or_else(|| OpenError::Spec(format!("probe {}: empty command", e.name)))?;
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let program = resolve_program(program, e.dir.as_deref());
                 let mut l = Launch::new(&self.label(), program, &args)
                     .watchdog(e.timeout.map_or(watchdog, |t| Watchdog::scaled(t as f64)));
                 l.env = e.env.clone();
@@ -280,6 +317,62 @@ impl fmt::Display for ProbeSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.label())
     }
+}
+
+/// A program path with a folder in it (`adapters/x/bin`) is relative to the probe's folder
+/// (the probes.toml's), not to wherever bitprobe runs; a bare name is looked up on PATH.
+fn resolve_program(program: &str, dir: Option<&Path>) -> PathBuf {
+    match dir {
+        Some(d) if program.contains('/') && Path::new(program).is_relative() => d.join(program),
+        _ => PathBuf::from(program),
+    }
+}
+
+/// Runs an `available_if` command (at most a minute): `Err` says why it failed — it could
+/// not start, was killed, or exited non-zero with its last line of output.
+fn availability(command: &[String], dir: Option<&Path>) -> Result<(), String> {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let (program, args) = command.split_first().ok_or("is empty")?;
+    let mut cmd = Command::new(resolve_program(program, dir));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        format!("cannot start: {e} (scripts/setup.sh installs the probes in probes.toml)")
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("did not finish within 60 s".into());
+            }
+            Err(e) => return Err(format!("cannot be waited for: {e}")),
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let last = |b: &[u8]| {
+        String::from_utf8_lossy(b)
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.trim().to_string())
+    };
+    let said = last(&out.stdout)
+        .or_else(|| last(&out.stderr))
+        .map_or(String::new(), |l| format!(": {l}"));
+    Err(format!("failed ({status}){said}"))
 }
 
 /// A short name for a `cmd:` probe: the script an interpreter runs (`example_engine.py`), or
@@ -365,6 +458,8 @@ struct RawExternal {
     description: String,
     #[serde(default)]
     timeout: Option<u64>,
+    #[serde(default)]
+    available_if: Option<Vec<String>>,
 }
 
 impl Registry {
@@ -412,6 +507,12 @@ impl Registry {
                     path.display()
                 ));
             }
+            if p.available_if.as_ref().is_some_and(Vec::is_empty) {
+                return Err(format!(
+                    "{}: [probe.{name}] has an empty available_if: give a command, or remove the key",
+                    path.display()
+                ));
+            }
             if matches!(
                 name.as_str(),
                 "engine" | "oracle" | "bitnet.cpp" | "bitnet.cpp-2024" | "bitnet.cpp-2026"
@@ -431,6 +532,7 @@ impl Registry {
                     description: p.description,
                     dir: dir.clone(),
                     timeout: p.timeout,
+                    available_if: p.available_if,
                 },
             );
         }
@@ -506,6 +608,7 @@ mod tests {
                 description: String::new(),
                 dir: None,
                 timeout: None,
+                available_if: None,
             },
         );
         for (s, label) in [
@@ -558,5 +661,33 @@ mod tests {
             vec![("A".to_string(), "1".to_string())]
         );
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn available_if_says_why_a_probe_cannot_run() {
+        let with = |cmd: &[&str]| {
+            ProbeSpec::External(External {
+                name: "gpu-thing".into(),
+                command: vec!["x".into()],
+                env: vec![],
+                description: String::new(),
+                dir: Some(std::env::temp_dir()),
+                timeout: None,
+                available_if: Some(cmd.iter().map(|s| s.to_string()).collect()),
+            })
+        };
+        assert_eq!(with(&["true"]).unavailable(), None);
+        let why = with(&["sh", "-c", "echo checking; echo no Vulkan device; exit 3"])
+            .unavailable()
+            .unwrap();
+        assert!(
+            why.contains("gpu-thing") && why.contains("no Vulkan device") && why.contains('3'),
+            "{why}"
+        );
+        let why = with(&["target/not-built/bitprobe-x", "--gpu"])
+            .unavailable()
+            .unwrap();
+        assert!(why.contains("cannot start"), "{why}");
+        assert_eq!(ProbeSpec::Engine.unavailable(), None);
     }
 }

@@ -37,6 +37,13 @@ pub(crate) fn list() -> Result<ExitCode> {
             for (name, e) in &r.probes {
                 println!("  {name:<18} {}", e.description);
                 println!("  {:<18} command: {}", "", e.command.join(" "));
+                if let Some(check) = &e.available_if {
+                    let verdict = match ProbeSpec::External(e.clone()).unavailable() {
+                        None => "available".to_string(),
+                        Some(why) => format!("NOT AVAILABLE — {why}"),
+                    };
+                    println!("  {:<18} {} → {verdict}", "", check.join(" "));
+                }
             }
         }
     }

@@ -1,4 +1,4 @@
-//! `bitprobe tokenize`: one probe's ids, or engine, oracle and truth side by side.
+//! `bitprobe tokenize`: one probe's ids, or a probe, its reference and truth side by side.
 
 use crate::*;
 
@@ -35,17 +35,25 @@ pub(crate) fn tokenize(a: TokenizeArgs) -> Result<ExitCode> {
 /// One column of the side-by-side table: who, ids, pieces.
 type Column<'a> = (&'a str, Vec<u32>, Vec<Vec<u8>>);
 
-/// Engine, oracle and (for Llama-3 vocabularies) truth on one text or a list of texts.
+/// The probe (`--probe`), the reference (`--reference`) and, for Llama-3 vocabularies, truth
+/// on one text or a list of texts.
 pub(crate) fn tokenize_compare(a: &TokenizeArgs, path: &std::path::Path) -> Result<ExitCode> {
     let w = a.timeout.watchdog()?;
-    let mut e = probes::open(
-        &ProbeSpec::Engine,
-        path,
-        1,
-        &engine_options(&a.tokenizer),
-        w,
-    )?;
-    let mut o = probes::open(&ProbeSpec::ORACLE, path, 1, &[], w)?;
+    let (spec_e, spec_o) = (cli::spec(&a.probe)?, cli::spec(&a.reference)?);
+    let open = |spec: &ProbeSpec| -> Result<Box<dyn probe::Probe>> {
+        let opts = if spec.takes_engine_options() {
+            engine_options(&a.tokenizer)
+        } else {
+            Vec::new()
+        };
+        let p = probes::open(spec, path, 1, &opts, w)?;
+        if !p.info().caps().tokenize {
+            bail!("{spec} cannot tokenize (it declares no `tokenize` capability)");
+        }
+        Ok(p)
+    };
+    let (mut e, mut o) = (open(&spec_e)?, open(&spec_o)?);
+    let (le, lo) = (spec_e.label(), spec_o.label());
     let truth = if e.info().n_vocab == 128_256 {
         Some(harness::trials::truth().map_err(anyhow::Error::msg)?)
     } else {
@@ -73,14 +81,20 @@ pub(crate) fn tokenize_compare(a: &TokenizeArgs, path: &std::path::Path) -> Resu
             counts[2] += ne(&ei, ti) as usize;
         }
         if a.emit_known_deviations {
-            if let Some(ti) = &ti {
-                if oi != *ti {
+            // Against truth where there is one, else the probe against the reference.
+            let base = ti.as_ref().unwrap_or(&oi);
+            let sides = [("engine", &le, &ei), ("oracle", &lo, &oi)];
+            for (side, label, ids) in sides.into_iter().take(if ti.is_some() { 2 } else { 1 }) {
+                if ids != base {
                     println!("[[tokenize.known_deviation]]");
-                    println!("probe = \"oracle\"");
+                    println!("probe = \"{side}\"   # {label}");
                     println!("input = {}", toml::Value::String(text.clone()));
                     println!("parse_special = {ps}");
-                    println!("ids = {oi:?}");
-                    println!("reason = \"GGUF has no tokenizer.ggml.pre: llama.cpp falls back to its default pre-tokenizer\"\n");
+                    println!("ids = {ids:?}");
+                    println!(
+                        "reason = \"{label} differs from {}: say why\"\n",
+                        if ti.is_some() { "truth" } else { lo.as_str() }
+                    );
                 }
             }
             continue;
@@ -90,8 +104,8 @@ pub(crate) fn tokenize_compare(a: &TokenizeArgs, path: &std::path::Path) -> Resu
         }
         println!("{text:?}");
         let mut cols: Vec<Column> = vec![
-            ("engine", ei.clone(), e.pieces(&ei)?),
-            ("oracle", oi.clone(), o.pieces(&oi)?),
+            (&le, ei.clone(), e.pieces(&ei)?),
+            (&lo, oi.clone(), o.pieces(&oi)?),
         ];
         if let (Some(t), Some(ti)) = (&truth, &ti) {
             cols.push(("truth", ti.clone(), t.pieces(ti)));
@@ -121,13 +135,7 @@ pub(crate) fn tokenize_compare(a: &TokenizeArgs, path: &std::path::Path) -> Resu
                 let who: Vec<String> = cols
                     .iter()
                     .skip(1)
-                    .map(|c| {
-                        format!(
-                            "{} {} engine",
-                            c.0,
-                            if c.1 == cols[0].1 { "=" } else { "≠" }
-                        )
-                    })
+                    .map(|c| format!("{} {} {le}", c.0, if c.1 == cols[0].1 { "=" } else { "≠" }))
                     .collect();
                 println!("  first difference at token {i}: {}", who.join(", "));
             }
@@ -136,11 +144,11 @@ pub(crate) fn tokenize_compare(a: &TokenizeArgs, path: &std::path::Path) -> Resu
     if !single || a.emit_known_deviations {
         let total = texts.len();
         eprintln!(
-            "{total} inputs: engine ≠ oracle on {}{}",
+            "{total} inputs: {le} ≠ {lo} on {}{}",
             counts[0],
             if truth.is_some() {
                 format!(
-                    ", oracle ≠ truth on {}, engine ≠ truth on {}",
+                    ", {lo} ≠ truth on {}, {le} ≠ truth on {}",
                     counts[1], counts[2]
                 )
             } else {

@@ -167,6 +167,8 @@ pub fn expand(case: Result<Case, CaseError>, runs: &Runs, oracle: OracleMode) ->
             .unavailable
             .clone()
             .or_else(|| case.ignore.clone())
+            .or_else(|| case.engine.unavailable())
+            .or_else(|| case.reference.unavailable())
             .or_else(|| {
                 (case.fault.is_some() && !faults_built())
                     .then(|| "needs the faults feature".to_string())
@@ -391,7 +393,16 @@ fn capability_gap(case: &Case, kind: &Kind, runs: &Runs, oracle: OracleMode) -> 
                 b.stages.contains(&stage.stage),
             )
         }),
-        Kind::Logits { .. } => lacks("per-position logits", a.forward, b.forward),
+        // Without a forward pass, the prompt rows come with a generation's step logits.
+        Kind::Logits { prompt, .. } => {
+            let from_generation =
+                case.prompts[*prompt].decode > 0 && full_decode(&a) && full_decode(&b);
+            lacks(
+                "per-position logits",
+                a.forward || from_generation,
+                b.forward || from_generation,
+            )
+        }
         Kind::Decode { .. } => lacks(
             "teacher-forced decode with step logits",
             full_decode(&a),
