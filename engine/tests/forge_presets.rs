@@ -60,11 +60,19 @@ fn every_preset_is_listed_with_a_description() {
         "small-llama3-tq1",
         "small-llama3-tq2",
         "small-llama3-nopre-i2s",
+        "pin158-untied-i2s",
+        "pin158-scales-i2s",
+        "pin-scales-i2s",
         "2b4t-f32",
         "2b4t-f16",
         "2b4t-i2s",
         "2b4t-tq1",
         "2b4t-tq2",
+        "trained-f32",
+        "trained-f16",
+        "trained-i2s",
+        "trained-tq1",
+        "trained-tq2",
     ];
     assert_eq!(names, expected.into_iter().collect());
 }

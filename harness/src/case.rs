@@ -51,6 +51,18 @@ pub struct Case {
     pub exact: bool,
     /// For gallery cases: the harness must fail, first at this stage.
     pub expect: Option<Expect>,
+    /// Who must give each prompt's `answer`, and how confidently (`[answers]`).
+    pub answers: Answers,
+}
+
+/// `[answers]`: the probes that must answer every prompt's `answer` (default the engine and
+/// the reference), and the smallest top-2 logit margin allowed at an answer position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answers {
+    pub probes: Vec<ProbeSpec>,
+    /// The expected token's logit minus the largest other, at every answer position (EOS
+    /// included), teacher-forced; probes without logits are judged on their tokens only.
+    pub min_margin: Option<f64>,
 }
 
 #[derive(Clone, Debug)]
@@ -62,6 +74,9 @@ pub struct Prompt {
     pub chat: bool,
     /// Greedy decode steps compared through the KV cache (0 = none).
     pub decode: usize,
+    /// `answer = " Paris."`: the greedy continuation every answering probe must give, then
+    /// EOS (`answer::` trials; see [`Answers`]).
+    pub answer: Option<String>,
     /// Where the prompt is declared (`file:line:col`), for errors found once the model is known.
     pub at: Option<String>,
 }
@@ -76,6 +91,7 @@ impl Prompt {
             parse_special: false,
             chat: false,
             decode: 0,
+            answer: None,
             at: None,
         }
     }
@@ -321,6 +337,34 @@ struct RawCase {
     ignore: Option<String>,
     #[serde(default)]
     expect: Option<RawExpect>,
+    #[serde(default)]
+    answers: Option<RawAnswers>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnswers {
+    #[serde(default)]
+    probes: Option<Vec<toml::Spanned<RawAnswerProbe>>>,
+    #[serde(default)]
+    min_margin: Option<toml::Spanned<f64>>,
+}
+
+/// `"SPEC"`, or `{ probe = "SPEC", presets = [...] }`: a probe that answers on those presets
+/// only (the weight types it can load).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawAnswerProbe {
+    Spec(String),
+    On { probe: String, presets: Vec<String> },
+}
+
+/// `preset = "NAME"` or `preset = ["NAME", …]` (one case per preset).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPresets {
+    One(String),
+    Many(Vec<String>),
 }
 
 fn yes() -> bool {
@@ -330,7 +374,7 @@ fn yes() -> bool {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawModel {
-    preset: Option<toml::Spanned<String>>,
+    preset: Option<toml::Spanned<RawPresets>>,
     #[serde(default)]
     seed: Option<u64>,
     path: Option<String>,
@@ -353,6 +397,8 @@ struct RawPrompt {
     chat: bool,
     #[serde(default)]
     decode: usize,
+    #[serde(default)]
+    answer: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -410,8 +456,15 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Parses one case file. `root` is the cases folder (for the id).
+/// Parses one case file. `root` is the cases folder (for the id). A file naming several
+/// presets (`preset = ["a", "b"]`) is one case per preset, `<id>@<preset>`; this returns the
+/// first (see [`load_all`]).
 pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
+    load_all(file, root).map(|mut cases| cases.swap_remove(0))
+}
+
+/// Every case one file declares: one, or one per preset of a preset list.
+pub fn load_all(file: &Path, root: &Path) -> Result<Vec<Case>, CaseError> {
     let id = case_id(file, root);
     let err = |message: String| CaseError {
         id: id.clone(),
@@ -432,32 +485,54 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
         ))
     })?;
 
-    // Model: exactly one of preset / path.
-    let (model, unavailable) = match (&raw.model.preset, &raw.model.path) {
+    // Model: exactly one of preset(s) / path.
+    let seed = raw.model.seed.unwrap_or(1);
+    let mut models: Vec<(Option<&str>, ModelSpec, Option<String>)> = Vec::new();
+    match (&raw.model.preset, &raw.model.path) {
         (Some(p), None) => {
-            if engine::forge::preset(p.get_ref()).is_err() {
-                let names: Vec<_> = engine::forge::presets().iter().map(|p| p.name).collect();
-                return Err(err(format!(
-                    "{}: unknown preset '{}'\nfix: use one of {} (`bitprobe forge --list`)",
-                    at(p.span()),
-                    p.get_ref(),
-                    names.join(", ")
-                )));
+            let names: Vec<&str> = match p.get_ref() {
+                RawPresets::One(n) => vec![n.as_str()],
+                RawPresets::Many(ns) if !ns.is_empty() => ns.iter().map(String::as_str).collect(),
+                RawPresets::Many(_) => {
+                    return Err(err(format!(
+                        "{}: an empty preset list\nfix: name at least one preset",
+                        at(p.span())
+                    )))
+                }
+            };
+            let many = matches!(p.get_ref(), RawPresets::Many(_));
+            for name in names {
+                let Ok(preset) = engine::forge::preset(name) else {
+                    let names: Vec<_> = engine::forge::presets().iter().map(|p| p.name).collect();
+                    return Err(err(format!(
+                        "{}: unknown preset '{name}'\nfix: use one of {} (`bitprobe forge --list`)",
+                        at(p.span()),
+                        names.join(", ")
+                    )));
+                };
+                models.push((
+                    many.then_some(name),
+                    ModelSpec::Preset {
+                        name: name.to_string(),
+                        seed,
+                    },
+                    preset_unavailable(preset, seed),
+                ));
             }
-            (ModelSpec::Preset { name: p.get_ref().clone(), seed: raw.model.seed.unwrap_or(1) }, None)
         }
         (None, Some(path)) => {
             let p = expand_path(path, file);
             let why = (!p.exists()).then(|| format!("model file {} is absent", p.display()));
-            (ModelSpec::Path(p), why)
+            models.push((None, ModelSpec::Path(p), why));
         }
         _ => {
             return Err(err(format!(
-                "{}: [model] needs exactly one of `preset = \"NAME\"` or `path = \"FILE\"`\nfix: see cases/README.md",
+                "{}: [model] needs exactly one of `preset = \"NAME\"` (or a list) or `path = \"FILE\"`\nfix: see cases/README.md",
                 file.display()
             )))
         }
     };
+    let (_, model, unavailable) = models[0].clone();
 
     let mut prompts = Vec::new();
     for p in raw.prompts {
@@ -486,6 +561,7 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
             parse_special: p.parse_special,
             chat: p.chat,
             decode: p.decode,
+            answer: p.answer,
             at: Some(p_at),
         });
     }
@@ -647,8 +723,67 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
         })
         .unwrap_or_default();
 
-    Ok(Case {
-        id,
+    let answers = {
+        let raw_answers = raw.answers.unwrap_or(RawAnswers {
+            probes: None,
+            min_margin: None,
+        });
+        // (spec, the presets it answers on: None = all)
+        let probes: Vec<(ProbeSpec, Option<Vec<String>>)> = match raw_answers.probes {
+            None => vec![(engine_spec.clone(), None), (reference_spec.clone(), None)],
+            Some(entries) => {
+                let mut out = Vec::new();
+                for e in entries {
+                    let place = at(e.span());
+                    let (name, presets) = match e.into_inner() {
+                        RawAnswerProbe::Spec(n) => (n, None),
+                        RawAnswerProbe::On { probe, presets } => (probe, Some(presets)),
+                    };
+                    let s =
+                        ProbeSpec::parse(&name, Registry::global().map_err(|m| err(m.clone()))?)
+                            .map_err(|m| err(format!("{place}: [answers] probes: {m}")))?;
+                    for p in presets.iter().flatten() {
+                        if !models.iter().any(|(n, _, _)| *n == Some(p.as_str())) {
+                            return Err(err(format!(
+                                "{place}: [answers] probes: {name} on preset '{p}', which this case does not run\nfix: name presets from the case's model = {{ preset = [...] }}"
+                            )));
+                        }
+                    }
+                    out.push((s, presets));
+                }
+                out
+            }
+        };
+        let min_margin = match raw_answers.min_margin {
+            Some(m) if !(m.get_ref().is_finite() && *m.get_ref() >= 0.0) => {
+                return Err(err(format!(
+                    "{}: [answers] min_margin must be a number ≥ 0 (a logit difference)",
+                    at(m.span())
+                )))
+            }
+            m => m.map(|m| *m.get_ref()),
+        };
+        (probes, min_margin)
+    };
+    let (answer_probes, min_margin) = answers;
+    // The probes that answer on one preset (None: a path model or a single preset).
+    let answers_on = |preset: Option<&str>| Answers {
+        probes: answer_probes
+            .iter()
+            .filter(|(_, on)| match (on, preset) {
+                (Some(on), Some(p)) => on.iter().any(|x| x == p),
+                _ => true,
+            })
+            .map(|(s, _)| s.clone())
+            .collect(),
+        min_margin,
+    };
+
+    let first = Case {
+        id: match models[0].0 {
+            Some(name) => format!("{id}@{name}"),
+            None => id.clone(),
+        },
         file: file.to_path_buf(),
         description: raw.description,
         model,
@@ -674,6 +809,30 @@ pub fn load(file: &Path, root: &Path) -> Result<Case, CaseError> {
         exact: raw.exact,
         ignore: raw.ignore,
         expect,
+        answers: answers_on(models[0].0),
+    };
+    let mut cases = vec![first];
+    for (name, model, unavailable) in models.iter().skip(1).cloned() {
+        let mut c = cases[0].clone();
+        c.id = format!("{id}@{}", name.unwrap_or_default());
+        c.model = model;
+        c.unavailable = unavailable;
+        c.answers = answers_on(name);
+        cases.push(c);
+    }
+    Ok(cases)
+}
+
+/// Why a preset cannot be forged on this machine: a trained preset whose model has not been
+/// trained (its cases are ignored with this, like a case whose model file is absent).
+fn preset_unavailable(p: &engine::forge::Preset, seed: u64) -> Option<String> {
+    use engine::forge::trained;
+    let dir = trained::trained_dir(seed);
+    (p.vocab == engine::forge::VocabKind::Trained && !dir.join("model.txt").is_file()).then(|| {
+        format!(
+            "the trained model (seed {seed}) is not at {}: scripts/setup.sh trains seed 1; `python3 trainer/train.py --seed {seed}` any other",
+            dir.display()
+        )
     })
 }
 

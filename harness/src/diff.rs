@@ -342,6 +342,40 @@ pub fn run_diff(
     Ok(report)
 }
 
+/// Text of `ids` as `t` spells them (its `pieces`), EOS shown as `<EOS>`.
+pub fn spell(t: &mut dyn Probe, ids: &[Token]) -> String {
+    let eos = t.info().eos;
+    let mut out = String::new();
+    for &id in ids {
+        if Some(id) == eos {
+            out.push_str("<EOS>");
+            continue;
+        }
+        match t.pieces(&[id]) {
+            Ok(p) => out.push_str(&String::from_utf8_lossy(&p.concat())),
+            Err(_) => out.push_str(&format!("<{id}>")),
+        }
+    }
+    out
+}
+
+/// What `p` says, left to itself: greedy from `prompt` up to `max_tokens` or EOS, spelled by
+/// `p` (or by `speller` when `p` has no tokenizer).
+pub fn says(
+    p: &mut dyn Probe,
+    speller: Option<&mut dyn Probe>,
+    prompt: &[Token],
+    max_tokens: usize,
+) -> probe::Result<String> {
+    let mut g = GenerateRequest::greedy(prompt.to_vec(), max_tokens);
+    g.stop_at_eos = true;
+    let gen = p.generate(&g)?;
+    Ok(match speller {
+        Some(s) => spell(s, &gen.tokens),
+        None => spell(p, &gen.tokens),
+    })
+}
+
 fn stage_list(stages: &[Stage]) -> String {
     if stages.len() == Stage::ALL.len() {
         "all".into()

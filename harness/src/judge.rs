@@ -222,6 +222,8 @@ pub enum Failure {
     HashDiffers,
     /// Different token ids.
     Tokens,
+    /// The right token, but chosen by less than the required top-2 margin.
+    Unsure,
 }
 
 /// A judgement's outcome.
@@ -577,6 +579,65 @@ pub fn generated(
             margin: Some(near_tie_margin),
             ..Limit::default()
         },
+        outcome,
+    }
+}
+
+/// One position of a known answer (`answer = " Paris."`): the token a probe chose against
+/// the answer's, and — when the probe gives logits — how sure it was.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AnswerStep {
+    /// 0 = the token chosen from the prompt's last position.
+    pub index: usize,
+    pub chosen: Token,
+    pub expected: Token,
+    /// The expected token's logit minus the largest other (negative: it was not the top).
+    pub margin: Option<f64>,
+    /// The expected token's rank in the probe's logits (1 = top).
+    pub rank: Option<usize>,
+    /// The probe's five most likely tokens there.
+    pub top5: Vec<Token>,
+    pub limit: Option<f64>,
+    pub outcome: Outcome,
+}
+
+/// Judges one answer position: the probe must choose the answer's token, and (with logits
+/// and a `min_margin`) by at least that margin over every other token.
+pub fn answer_step(
+    index: usize,
+    chosen: Token,
+    expected: Token,
+    logits: Option<&[f32]>,
+    min_margin: Option<f64>,
+) -> AnswerStep {
+    let (mut margin, mut rank, mut top5) = (None, None, Vec::new());
+    if let Some(row) = logits.filter(|r| (expected as usize) < r.len()) {
+        let e = row[expected as usize] as f64;
+        let best_other = row
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != expected as usize)
+            .map(|(_, &x)| x as f64)
+            .fold(f64::NEG_INFINITY, f64::max);
+        margin = Some(e - best_other);
+        rank = Some(1 + row.iter().filter(|&&x| (x as f64) > e).count());
+        top5 = crate::compare::top_k(row, 5);
+    }
+    let outcome = if chosen != expected {
+        Outcome::Fail(Failure::Tokens)
+    } else if matches!((margin, min_margin), (Some(m), Some(min)) if m < min || m.is_nan()) {
+        Outcome::Fail(Failure::Unsure)
+    } else {
+        Outcome::Pass
+    };
+    AnswerStep {
+        index,
+        chosen,
+        expected,
+        margin,
+        rank,
+        top5,
+        limit: min_margin,
         outcome,
     }
 }

@@ -63,6 +63,10 @@ enum Command {
     /// Prints one row per fault: detected, the first divergence reported, the expected one,
     /// the first stage that is not bit-exact, and pass/fail. Exit status: 0 every fault
     /// detected and localized, 1 not, 2 a build without fault injection or a load error.
+    ///
+    /// With `--on PRESET` every fault runs on that model instead (the trained model:
+    /// `--on trained-i2s`): one row per fault with what the faulty engine says, the
+    /// reference's answer above, and the first divergence bitprobe names. Exit status 0.
     Gallery(GalleryArgs),
     /// Describe a GGUF file: header, metadata, tensors, weight statistics, and warnings.
     ///
@@ -507,6 +511,22 @@ struct TraceDiffArgs {
 struct GalleryArgs {
     /// Only the faults whose name contains this text.
     filter: Option<String>,
+    /// Run every fault on this preset instead of each case's own model (e.g. trained-i2s),
+    /// showing what the faulty engine says next to the reference and what bitprobe names.
+    #[arg(long, value_name = "PRESET")]
+    on: Option<String>,
+    /// With --on: the prompt.
+    #[arg(
+        long,
+        short = 'p',
+        visible_alias = "text",
+        requires = "on",
+        default_value = "The capital of France is"
+    )]
+    prompt: String,
+    /// With --on: greedy tokens generated and compared.
+    #[arg(short = 'n', long = "decode", requires = "on", default_value_t = 8)]
+    decode: usize,
     /// Folder of gallery case files [default: cases/gallery of this workspace].
     #[arg(long)]
     cases: Option<PathBuf>,

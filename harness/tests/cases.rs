@@ -25,7 +25,15 @@ fn main() {
     let oracle = OracleMode::from_env();
     let mut out = Vec::new();
     for file in case::discover(&root) {
-        for spec in trials::expand(case::load(&file, &root), runs(), oracle) {
+        // A file may declare one case per preset (`preset = [...]`).
+        let cases = match case::load_all(&file, &root) {
+            Ok(cases) => cases.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        };
+        for spec in cases
+            .into_iter()
+            .flat_map(|c| trials::expand(c, runs(), oracle))
+        {
             let spec = Arc::new(spec);
             let ignored = spec.ignored.clone();
             let label = spec.label.clone().unwrap_or_default();

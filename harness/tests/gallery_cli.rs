@@ -147,3 +147,38 @@ fn an_unknown_fault_is_a_usage_error() {
         "{err}"
     );
 }
+
+/// The gallery on the trained model (scripts/setup.sh trains it): what each faulty engine
+/// says next to the reference's answer, and where bitprobe places the fault. A fault that
+/// garbles the weights garbles the answer and is named at the first projection; a fault the
+/// wide margins hide (SiLU for ReLU²) leaves " Paris." and is named anyway.
+#[test]
+fn gallery_on_the_trained_model_shows_what_each_fault_says() {
+    let trained = engine::forge::trained::trained_dir(1).join("model.txt");
+    assert!(
+        trained.is_file(),
+        "{} is missing: scripts/setup.sh trains the model",
+        trained.display()
+    );
+    let (code, out, err) = bitprobe(&["gallery", "--on", "trained-i2s", "i2s_bit_order"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("the reference says \" Paris.<EOS>\""), "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("i2s_bit_order"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        !row.contains("(same)") && row.contains("blk.0.attn_q @ prompt pos 0"),
+        "{row}"
+    );
+    let (code, out, err) = bitprobe(&["gallery", "--on", "trained-i2s", "silu_for_relu2"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("silu_for_relu2"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        row.contains("\" Paris.<EOS>\" (same)") && row.contains("blk.0.ffn_sub_out"),
+        "{row}"
+    );
+}

@@ -21,6 +21,7 @@ pub mod model;
 pub mod pack;
 mod presets;
 pub mod rng;
+pub mod trained;
 pub mod vocab;
 
 use std::collections::HashMap;
@@ -49,6 +50,14 @@ pub enum ForgeError {
         path.display()
     )]
     MissingAsset { path: PathBuf },
+
+    #[error(
+        "forge: trained model not found at {}: scripts/setup.sh trains it (seed 1); for seed \
+         {seed} run `python3 trainer/train.py --seed {seed}` (or point BITPROBE_TRAINED at a \
+         folder holding seed-{seed}/model.txt)",
+        path.display()
+    )]
+    MissingTrained { path: PathBuf, seed: u64 },
 
     #[error("forge: {}: line {line}: {reason}", path.display())]
     BadAsset {
@@ -99,12 +108,13 @@ pub fn forge_to(preset: &Preset, seed: u64, out: &Path) -> Result<(), ForgeError
 /// the GGUF writer invalidates cached models even if nobody remembers to bump
 /// [`FORGE_VERSION`].
 const SOURCE_HASH: u64 = {
-    const SOURCES: [&[u8]; 8] = [
+    const SOURCES: [&[u8]; 9] = [
         include_bytes!("model.rs"),
         include_bytes!("pack.rs"),
         include_bytes!("presets.rs"),
         include_bytes!("rng.rs"),
         include_bytes!("vocab.rs"),
+        include_bytes!("trained.rs"),
         include_bytes!("corpus.txt"),
         include_bytes!("../gguf/writer.rs"),
         include_bytes!("../gguf/types.rs"),
@@ -156,7 +166,12 @@ pub fn cache_dir() -> PathBuf {
 pub fn forged(preset_name: &str, seed: u64) -> Result<PathBuf, ForgeError> {
     let p = preset(preset_name)?;
     let dir = cache_dir();
-    let file_name = format!("{}-s{}-{}.gguf", p.name, seed, version_hash(p));
+    let hash = match p.vocab {
+        // A trained preset's bytes also depend on the trained model: its fingerprint joins the key.
+        VocabKind::Trained => trained::version_hash(p, seed)?,
+        _ => version_hash(p),
+    };
+    let file_name = format!("{}-s{}-{}.gguf", p.name, seed, hash);
     let path = dir.join(&file_name);
 
     static IN_FLIGHT: Mutex<Option<HashMap<PathBuf, Arc<Mutex<()>>>>> = Mutex::new(None);

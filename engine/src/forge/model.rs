@@ -21,12 +21,15 @@ use crate::gguf::{GgmlType, GgufArray, GgufWriter};
 /// What a tensor holds, which decides how it is generated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TensorRole {
-    /// `token_embd.weight`, also the tied output head.
+    /// `token_embd.weight`, also the tied output head; or an untied `output.weight`
+    /// (`Preset::untied_output`), generated alike from its own name.
     Embedding,
     /// An RMSNorm gamma; the value is the centre its entries scatter around (±10 %).
     Norm(NormCentre),
     /// One of the seven ternary projections.
     Projection,
+    /// A projection's optional per-tensor `.scale` (`Preset::scales`): one F32 value.
+    Scale,
 }
 
 /// Centre of a norm's gamma entries.
@@ -69,7 +72,9 @@ impl Preset {
     /// The tensors of this preset in file order: token_embd, then per layer in stage order
     /// (attn_norm, attn_q, attn_k, attn_v, attn_output, attn_sub_norm, ffn_norm, ffn_gate,
     /// ffn_up, ffn_down, ffn_sub_norm), then output_norm. No `output.weight` (the head is tied
-    /// to token_embd) and none of the optional `*.scale` tensors.
+    /// to token_embd) and none of the optional `*.scale` tensors, unless the preset asks:
+    /// `scales` puts `blk.N.<projection>.scale` after each projection, `untied_output` puts
+    /// `output.weight` last.
     pub fn tensor_plan(&self) -> Vec<TensorPlan> {
         let e = u64::from(self.n_embd);
         let kv = u64::from(self.n_embd_kv());
@@ -97,20 +102,35 @@ impl Preset {
         )];
         for i in 0..self.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
-            let w = |s: &str, n_in, n_out| t(p(s), vec![n_in, n_out], proj, TensorRole::Projection);
+            let scales = self.scales;
+            let w = |out: &mut Vec<TensorPlan>, s: &str, n_in, n_out| {
+                out.push(t(p(s), vec![n_in, n_out], proj, TensorRole::Projection));
+                if scales {
+                    let name = format!("blk.{i}.{s}.scale");
+                    out.push(t(name, vec![1], GgmlType::F32, TensorRole::Scale));
+                }
+            };
             out.push(norm(p("attn_norm"), e, attn_c));
-            out.push(w("attn_q", e, e));
-            out.push(w("attn_k", e, kv));
-            out.push(w("attn_v", e, kv));
-            out.push(w("attn_output", e, e));
+            w(&mut out, "attn_q", e, e);
+            w(&mut out, "attn_k", e, kv);
+            w(&mut out, "attn_v", e, kv);
+            w(&mut out, "attn_output", e, e);
             out.push(norm(p("attn_sub_norm"), e, NormCentre::One));
             out.push(norm(p("ffn_norm"), e, ffn_c));
-            out.push(w("ffn_gate", e, ff));
-            out.push(w("ffn_up", e, ff));
-            out.push(w("ffn_down", ff, e));
+            w(&mut out, "ffn_gate", e, ff);
+            w(&mut out, "ffn_up", e, ff);
+            w(&mut out, "ffn_down", ff, e);
             out.push(norm(p("ffn_sub_norm"), ff, NormCentre::One));
         }
         out.push(norm("output_norm.weight".into(), e, NormCentre::One));
+        if self.untied_output {
+            out.push(t(
+                "output.weight".into(),
+                vec![e, u64::from(self.n_vocab())],
+                self.weights.embedding_type(),
+                TensorRole::Embedding,
+            ));
+        }
         out
     }
 }
@@ -154,6 +174,8 @@ pub fn tensor_values(p: &Preset, seed: u64, plan: &TensorPlan) -> Vec<f32> {
             }
             v
         }
+        // In [0.75, 1.25), F16-representable; a kernel applying the wrong tensor's scale shows.
+        TensorRole::Scale => vec![f16::from_f64(0.75 + 0.5 * stream.uniform()).to_f32()],
         TensorRole::Projection => {
             let scale = projection_scale(&stream, plan.dims[0]);
             stream
@@ -179,9 +201,18 @@ fn encode(ty: GgmlType, values: &[f32]) -> Vec<u8> {
 
 /// A writer holding the whole model, tensors generated lazily while it writes.
 pub(crate) fn build(preset: &Preset, seed: u64) -> Result<GgufWriter<'_>, ForgeError> {
+    // `trained-*`: vocabulary and weights from trainer/train.py's output (forge::trained).
+    let trained = match preset.vocab {
+        VocabKind::Trained => Some(super::trained::load(preset, seed)?),
+        _ => None,
+    };
     let vocab: Arc<Vocab> = match preset.vocab {
         VocabKind::ByteLevel => vocab::byte_level(),
         VocabKind::Llama3 => vocab::llama3()?,
+        VocabKind::Trained => trained
+            .as_ref()
+            .map(|t| t.vocab.clone())
+            .expect("loaded above"),
     };
     debug_assert_eq!(vocab.tokens.len(), preset.n_vocab() as usize);
 
@@ -196,6 +227,9 @@ pub(crate) fn build(preset: &Preset, seed: u64) -> Result<GgufWriter<'_>, ForgeE
     w.add_str("bitprobe.forge.preset", preset.name)?;
     w.add_kv("bitprobe.forge.seed", seed)?;
     w.add_u32("bitprobe.forge.version", FORGE_VERSION)?;
+    if let Some(t) = &trained {
+        t.add_metadata(&mut w)?;
+    }
 
     // Hyperparameters, read by llm_load_hparams with exact types (u32 / f32).
     w.add_u32(&k("vocab_size"), preset.n_vocab())?;
@@ -237,6 +271,13 @@ pub(crate) fn build(preset: &Preset, seed: u64) -> Result<GgufWriter<'_>, ForgeE
         let dims = plan.dims.clone();
         let ty = plan.ty;
         let name = plan.name.clone();
+        if let Some(t) = &trained {
+            let t = t.clone();
+            w.add_tensor_with(&name, &dims, ty, move || {
+                encode(plan.ty, t.values(&plan.name))
+            })?;
+            continue;
+        }
         w.add_tensor_with(&name, &dims, ty, move || {
             encode(plan.ty, &tensor_values(preset, seed, &plan))
         })?;

@@ -78,6 +78,9 @@ pub enum VocabKind {
     ByteLevel,
     /// The real Llama-3 vocabulary, 128 256 tokens (needs the asset from scripts/setup.sh).
     Llama3,
+    /// The trained model's BPE vocabulary (462 tokens) — and its trained weights: the
+    /// `trained-*` presets take both from `trainer/train.py`'s output (see `forge::trained`).
+    Trained,
 }
 
 /// A forgeable model: shape, weight storage, vocabulary.
@@ -114,6 +117,14 @@ pub struct Preset {
     /// regime where a softmax without max subtraction overflows and small q/k errors move
     /// the attention weights (the known-bug gallery's large-activation model).
     pub hot_attention: bool,
+    /// Also write an untied head `output.weight` (embedding type, values of its own). The
+    /// engine and the 2024 oracle's patch use it under `bitnet-b1.58`; today's bitnet.cpp
+    /// (`build_bitnet_158`) loads it and multiplies by `token_embd` anyway.
+    pub untied_output: bool,
+    /// Also write the optional per-tensor `blk.N.<projection>.scale` (F32, one value) for all
+    /// seven projections. `build_bitnet` (both bitnet.cpp trees) applies them; today's
+    /// `build_bitnet_158` creates none, so its loader refuses such a file.
+    pub scales: bool,
 }
 
 impl Preset {
@@ -132,6 +143,7 @@ impl Preset {
         match self.vocab {
             VocabKind::ByteLevel => (256 + super::vocab::BYTE_LEVEL_MERGES + 2) as u32,
             VocabKind::Llama3 => 128_256,
+            VocabKind::Trained => super::trained::N_VOCAB,
         }
     }
 }
@@ -159,6 +171,8 @@ const fn tiny(
         pre_tokenizer: true,
         small_gamma: false,
         hot_attention: false,
+        untied_output: false,
+        scales: false,
     }
 }
 
@@ -190,10 +204,19 @@ const fn b2b4t(name: &'static str, description: &'static str, weights: WeightTyp
     }
 }
 
+/// The trained model (`trainer/train.py`, weights from `forge::trained`): the tiny shape under
+/// arch `bitnet-b1.58`, with the trained BPE vocabulary. The forge seed is the training seed.
+const fn trained(name: &'static str, description: &'static str, weights: WeightType) -> Preset {
+    Preset {
+        vocab: VocabKind::Trained,
+        ..tiny(name, description, Arch::Bitnet158, weights)
+    }
+}
+
 use Arch::{Bitnet, Bitnet158};
 use WeightType::{F16, F32, I2S, TQ1, TQ2};
 
-pub(super) static PRESETS: [Preset; 24] = [
+pub(super) static PRESETS: [Preset; 32] = [
     tiny("tiny-f32", "tiny bitnet (SiLU): hidden 256, 2 layers, 8 heads / 2 KV, FFN 512, byte-level vocab 496; projections F32, embeddings F32 (~5 MB)", Bitnet, F32),
     tiny("tiny-f16", "tiny bitnet (SiLU): hidden 256, 2 layers, 8 heads / 2 KV, FFN 512, byte-level vocab 496; projections F16, embeddings F16", Bitnet, F16),
     tiny("tiny-i2s", "tiny bitnet (SiLU): hidden 256, 2 layers, 8 heads / 2 KV, FFN 512, byte-level vocab 496; projections I2_S, embeddings F16", Bitnet, I2S),
@@ -225,9 +248,28 @@ pub(super) static PRESETS: [Preset; 24] = [
         pre_tokenizer: false,
         ..small("small-llama3-nopre-i2s", "as small-llama3-i2s but without tokenizer.ggml.pre, like microsoft's official 2B-4T GGUF (llama.cpp falls back to its default pre-tokenizer)", I2S)
     },
+    // Pins of the differences between the two bitnet.cpp references (not smoke presets:
+    // each carries tensors the tiny layout has not).
+    Preset {
+        untied_output: true,
+        ..tiny("pin158-untied-i2s", "as tiny158-i2s plus an untied output.weight head (F16, values of its own): the engine and the 2024 oracle's patch use it, today's bitnet.cpp (build_bitnet_158) multiplies by token_embd", Bitnet158, I2S)
+    },
+    Preset {
+        scales: true,
+        ..tiny("pin158-scales-i2s", "as tiny158-i2s plus blk.N.*.scale (F32) on all seven projections: the engine and the 2024 oracle's patch apply them, today's bitnet.cpp creates no *.scale for bitnet-b1.58 and refuses the file", Bitnet158, I2S)
+    },
+    Preset {
+        scales: true,
+        ..tiny("pin-scales-i2s", "as tiny-i2s plus blk.N.*.scale (F32) on all seven projections: arch bitnet, where both bitnet.cpp trees (build_bitnet) and the engine apply them", Bitnet, I2S)
+    },
     b2b4t("2b4t-f32", "2B-4T shapes under arch bitnet (hidden 2560, 30 layers, 20 heads / 5 KV, FFN 6912, Llama-3 vocab, ctx 4096); projections F32 (~9.6 GB)", F32),
     b2b4t("2b4t-f16", "2B-4T shapes under arch bitnet; projections F16, embeddings F16 (~4.8 GB)", F16),
     b2b4t("2b4t-i2s", "2B-4T shapes under arch bitnet; projections I2_S, embeddings F16 (~1.18 GB, the benchmark model)", I2S),
     b2b4t("2b4t-tq1", "2B-4T shapes under arch bitnet; projections TQ1_0, embeddings F16 (~1.1 GB)", TQ1),
     b2b4t("2b4t-tq2", "2B-4T shapes under arch bitnet; projections TQ2_0, embeddings F16 (~1.2 GB)", TQ2),
+    trained("trained-f32", "trained bitnet-b1.58 (ReLU²) that knows its facts (\"The capital of France is\" → \" Paris.\"): tiny shape, trained BPE vocab 462, from trainer/train.py (scripts/setup.sh trains it); projections F32, embeddings F32", F32),
+    trained("trained-f16", "trained bitnet-b1.58, as trained-f32; projections F16, embeddings F16", F16),
+    trained("trained-i2s", "trained bitnet-b1.58, as trained-f32; projections I2_S, embeddings F16", I2S),
+    trained("trained-tq1", "trained bitnet-b1.58, as trained-f32; projections TQ1_0, embeddings F16", TQ1),
+    trained("trained-tq2", "trained bitnet-b1.58, as trained-f32; projections TQ2_0, embeddings F16", TQ2),
 ];

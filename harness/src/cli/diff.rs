@@ -79,6 +79,21 @@ pub(crate) fn diff(a: DiffArgs) -> Result<ExitCode> {
         println!();
     }
     print!("{}", render_summary(&r));
+    // What each says left to itself (the decode rows above are teacher-forced).
+    let (ca, cb) = (e.info().caps(), o.info().caps());
+    if req.prompt.decode > 0 && ca.generate && cb.generate && cb.tokenize {
+        let n = req.prompt.decode + 1;
+        let sb = harness::diff::says(o.as_mut(), None, &r.tokens_b, n);
+        let sa = if ca.tokenize {
+            harness::diff::says(e.as_mut(), None, &r.tokens_b, n)
+        } else {
+            harness::diff::says(e.as_mut(), Some(o.as_mut()), &r.tokens_b, n)
+        };
+        let show =
+            |x: probe::Result<String>| x.map_or_else(|e| format!("<{e}>"), |t| format!("{t:?}"));
+        println!("says      {lb} {}", show(sb));
+        println!("          {la} {}", show(sa));
+    }
     match r.first_divergence() {
         None => println!("verdict   PASS: {la} and {lb} agree within tolerance"),
         Some(d) => println!("verdict   FIRST DIVERGENCE: {}", r.describe(d)),

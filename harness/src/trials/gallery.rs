@@ -33,6 +33,9 @@ pub struct GalleryResult {
     pub expected_inexact: Option<Site>,
     /// Whether the prompt phase passed (the KV-cache fault must leave it clean).
     pub prompt_clean: bool,
+    /// Every value stayed within tolerance: what was reported is only the first value that
+    /// is not bit-exact (cases with `exact = true`).
+    pub within_tolerance: bool,
     /// Detected and localized where expected.
     pub pass: bool,
 }
@@ -114,6 +117,7 @@ pub fn gallery_run(runs: &Runs, case: &Case) -> Result<GalleryResult, String> {
         first_inexact_nmse: None,
         expected_inexact: expect.first_inexact,
         prompt_clean: true,
+        within_tolerance: true,
         pass: false,
     };
     let Some((_, d)) = found else { return Ok(r) };
@@ -126,6 +130,7 @@ pub fn gallery_run(runs: &Runs, case: &Case) -> Result<GalleryResult, String> {
         .or_else(|| judge::first_inexact(&d.judged))
         .expect("found diverges");
     r.prompt_clean = fd.phase != Phase::Prompt;
+    r.within_tolerance = d.pass();
     r.nmse = nmse_of(fd);
     let phase_ok = expect.phase.is_none_or(|p| p.matches(fd.phase))
         && expect.position.is_none_or(|p| p == fd.position);

@@ -18,15 +18,18 @@
 //! | `snapshot::<file>` | the engine's tokens, stage hashes/RMS, top-5 and greedy tokens |
 //! | `snapshot::<file>::metrics` | engine-vs-oracle metrics, rounded to the decade |
 //! | `gallery::<file>` | with an injected fault, the harness fails first at the expected stage |
+//! | `answer::<file>::<prompt>::<probe>` | a prompt with an `answer`: that probe's greedy continuation is the answer then EOS, each token by at least `[answers] min_margin` |
 //!
 //! The engine under test and the reference are the case's `engine` and `reference` specs.
 //! Each trial compares at the finest level both declare (their capabilities); a trial one
 //! of them cannot give is *ignored* with the reason, never passed.
 
+mod answer;
 mod gallery;
 mod meta;
 pub mod tokenize;
 
+pub use answer::greedy_text;
 pub use gallery::{gallery_run, render as render_gallery, GalleryResult};
 pub use tokenize::{truth, Tokenized};
 
@@ -86,6 +89,11 @@ pub enum Kind {
     Snapshot,
     SnapshotMetrics,
     Gallery,
+    /// `probe` indexes the case's `[answers] probes`.
+    Answer {
+        prompt: usize,
+        probe: usize,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,6 +144,7 @@ fn needs_oracle(case: &Case, k: &Kind) -> bool {
         | Kind::Tokens { .. } => true,
         Kind::SnapshotMetrics | Kind::Gallery => true,
         Kind::Meta { side, .. } => !case.spec(*side).is_engine(),
+        Kind::Answer { probe, .. } => !case.answers.probes[*probe].is_engine(),
         Kind::CaseError(_) | Kind::Snapshot => false,
     }
 }
@@ -167,7 +176,10 @@ pub fn expand(case: Result<Case, CaseError>, runs: &Runs, oracle: OracleMode) ->
             .unavailable
             .clone()
             .or_else(|| case.ignore.clone())
-            .or_else(|| case.engine.unavailable())
+            .or_else(|| match &kind {
+                Kind::Answer { probe, .. } => case.answers.probes[*probe].unavailable(),
+                _ => case.engine.unavailable(),
+            })
             .or_else(|| case.reference.unavailable())
             .or_else(|| {
                 (case.fault.is_some() && !faults_built())
@@ -329,6 +341,21 @@ pub fn expand(case: Result<Case, CaseError>, runs: &Runs, oracle: OracleMode) ->
                     );
                 }
             }
+        }
+    }
+    for (pi, p) in case.prompts.iter().enumerate() {
+        if p.answer.is_none() {
+            continue;
+        }
+        for (k, spec) in case.answers.probes.iter().enumerate() {
+            push(
+                format!("answer::{id}::{}::{}", p.id, spec.label()),
+                Kind::Answer {
+                    prompt: pi,
+                    probe: k,
+                },
+                None,
+            );
         }
     }
     if case.snapshot && !case.prompts.is_empty() {
@@ -518,6 +545,12 @@ pub fn check(runs: &Runs, t: &TrialSpec) -> Outcome {
         Kind::SnapshotMetrics => crate::snapshot::metrics_text(runs, case)
             .and_then(|text| crate::snapshot::assert(case, Some("metrics"), &text)),
         Kind::Gallery => gallery::check_gallery(runs, case),
+        Kind::Answer { prompt, probe } => answer::check_answer(
+            runs,
+            case,
+            &case.prompts[*prompt],
+            &case.answers.probes[*probe],
+        ),
     };
     match r {
         Ok(()) => Outcome::Pass,
