@@ -151,6 +151,71 @@ impl Reference {
     }
 }
 
+/// The longest prompt today's bitnet.cpp (`bitnet.cpp-2026`) can prefill in one batch on a
+/// model before it overflows its stack, at `threads` threads. Its new I2_S matmul path
+/// (`ggml.c` ≈ 13261, taken for 4 or more tokens) puts `float tmp[rows × (n − n % 4)]` on
+/// the stack, rows being one thread's share of the matrix. Measured on small-llama3-i2s (1536
+/// rows) at 1 thread with an 8 MiB stack: 1363 tokens run, 1364 crash (SIGSEGV); this
+/// formula — `4·⌊(S − 64 KiB) / (16·R_t)⌋ + 3`, S the stack limit, R_t the busiest thread's
+/// rows (ggml splits rows in multiples of 4) — gives 1355, a little on the safe side. `None`:
+/// no I2_S tensor (the path is not taken), or no stack limit to hit.
+pub fn bitnet2026_prompt_limit(model: &engine::gguf::GgufFile, threads: usize) -> Option<usize> {
+    let rows = model
+        .tensors()
+        .iter()
+        .filter(|t| t.ty == engine::gguf::GgmlType::I2_S && t.dims.len() == 2)
+        .map(|t| t.dims[1] as usize)
+        .max()?;
+    // The server inherits our soft stack limit; threads other than the first get glibc's
+    // default: the same limit, or 2 MiB when it is unlimited.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through a valid pointer.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut lim) } == 0;
+    let stack = match (ok, lim.rlim_cur) {
+        (false, _) => 8 << 20,
+        (true, libc::RLIM_INFINITY) if threads == 1 => return None,
+        (true, libc::RLIM_INFINITY) => 2 << 20,
+        (true, s) => s as usize,
+    };
+    Some(stack_prompt_limit(rows, threads, stack))
+}
+
+/// [`bitnet2026_prompt_limit`] for a matrix of `rows` rows, `threads` threads and a stack of
+/// `stack` bytes.
+fn stack_prompt_limit(rows: usize, threads: usize, stack: usize) -> usize {
+    let threads = threads.max(1);
+    let ceil4 = |x: usize| x.div_ceil(4) * 4;
+    let busiest = (0..threads)
+        .map(|i| ceil4((i + 1) * rows / threads) - ceil4(i * rows / threads))
+        .max()
+        .unwrap_or(rows)
+        .max(1);
+    4 * (stack.saturating_sub(64 << 10) / (16 * busiest)) + 3
+}
+
+/// A warning for a prompt of `n_tokens` that `spec` cannot take on `model` (today's
+/// bitnet.cpp's stack overflow), to print before running it.
+pub fn prompt_warning(
+    spec: &ProbeSpec,
+    model: &Path,
+    threads: usize,
+    n_tokens: usize,
+) -> Option<String> {
+    if *spec != ProbeSpec::Reference(Reference::Bitnet2026) {
+        return None;
+    }
+    let file = engine::gguf::GgufFile::open(model).ok()?;
+    let limit = bitnet2026_prompt_limit(&file, threads)?;
+    (n_tokens > limit).then(|| {
+        format!(
+            "bitnet.cpp-2026 overflows its stack on prompts over about {limit} tokens for this model at {threads} thread(s) (a rows × tokens float array on the stack in its I2_S matmul, ggml.c ≈ 13261); this prompt has {n_tokens}: expect it to crash (SIGSEGV). More threads or a larger `ulimit -s` raise the limit"
+        )
+    })
+}
+
 /// A probe from `probes.toml` or `cmd:`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct External {
@@ -689,5 +754,21 @@ mod tests {
             .unwrap();
         assert!(why.contains("cannot start"), "{why}");
         assert_eq!(ProbeSpec::Engine.unavailable(), None);
+    }
+
+    #[test]
+    fn the_2026_stack_limit_matches_what_was_measured() {
+        // small-llama3-i2s (widest I2_S matrix: 1536 rows), 1 thread, 8 MiB: 1363 tokens ran
+        // and 1364 crashed; the estimate stays just below.
+        let l = stack_prompt_limit(1536, 1, 8 << 20);
+        assert!((1300..=1363).contains(&l), "{l}");
+        // 4 MiB: 681 ran, 684 crashed.
+        let l = stack_prompt_limit(1536, 1, 4 << 20);
+        assert!((640..=681).contains(&l), "{l}");
+        // 2 threads, 4 MiB: 1355 ran, 1368 crashed.
+        let l = stack_prompt_limit(1536, 2, 4 << 20);
+        assert!((1300..=1355).contains(&l), "{l}");
+        // 2B-4T's FFN (6912 rows) at 1 thread: about 300 tokens.
+        assert_eq!(stack_prompt_limit(6912, 1, 8 << 20), 303);
     }
 }

@@ -227,7 +227,24 @@ impl Runs {
                 &case.tolerance,
             )
             .map(Arc::new)
-            .map_err(|e| e.to_string())
+            .map_err(|err| {
+                // A crash with a known cause: say it (today's bitnet.cpp's stack limit).
+                let mut m = err.to_string();
+                if matches!(err, probe::Error::Crashed { .. }) {
+                    let model = self.model(case).ok();
+                    let n = prompt.tokenize(o.as_mut()).map(|t| t.len()).ok();
+                    if let (Some(model), Some(n)) = (model, n) {
+                        for spec in [&case.engine, &case.reference] {
+                            if let Some(w) =
+                                crate::probes::prompt_warning(spec, &model, case.threads, n)
+                            {
+                                m.push_str(&format!("\nlikely cause: {w}"));
+                            }
+                        }
+                    }
+                }
+                m
+            })
         })
         .clone()
     }

@@ -1,9 +1,20 @@
-//! An implementation of `Probe` for bitnet.cpp: the vendored reference (`oracle/vendor/bitnet`,
-//! or `$BITNET_CPP_DIR`), patched by `oracle/patches/` and built by `build.rs`.
+//! An implementation of `Probe` for bitnet.cpp, built from source by `build_common.rs`.
+//!
+//! The same source is compiled into two crates, one per reference (two ggml copies cannot
+//! share a process, so each reference is its own library and server binary):
+//! - `oracle` (this folder): the default reference `bitnet.cpp-2024`, the vendored late-2024
+//!   tree (`oracle/vendor/bitnet`, or `$BITNET_CPP_DIR`) patched by `oracle/patches/`; served
+//!   by `bitprobe-oracle`;
+//! - `oracle-2026` (its `[lib]` path is this file): `bitnet.cpp-2026`, today's tree
+//!   (`oracle/vendor/bitnet-2026`) patched by `oracle/patches-2026/`; served by
+//!   `bitprobe-oracle-2026`.
+//!
+//! What differs between the two at the Rust level is read from the build script's output:
+//! [`source_info`] and the `bitnet_flavour` cfg (see `tap::ffn_out_is_sub_out`).
 //!
 //! [`OracleProbe`] runs a model in-process through `llama.h`; [`serve_stdio`] puts it behind
-//! the `probe::wire` protocol for the `bitprobe-oracle` binary, which is how the harness uses
-//! it (a GGML_ASSERT then kills a child process, not the harness).
+//! the `probe::wire` protocol for the server binaries ([`server_main`]), which is how the
+//! harness uses it (a GGML_ASSERT then kills a child process, not the harness).
 //!
 //! Only this crate has unsafe FFI. Every C++ failure is translated into a `probe::Error` here,
 //! carrying bitnet.cpp's own log lines where it printed any. Inputs bitnet.cpp would assert on
@@ -23,15 +34,22 @@ use std::process::ExitCode;
 use std::ptr::NonNull;
 use std::sync::{Mutex, Once};
 
-/// Which bitnet.cpp this crate was built from, as recorded by `build.rs`.
+/// Which bitnet.cpp this crate was built from, as recorded by `build_common.rs`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceInfo {
-    /// `bitnet-cpp-sys-0.0.5` (the crates.io package it was vendored from), or
-    /// `BITNET_CPP_DIR=<path>` for an override checkout.
+    /// `2024` or `2026`: the layout the build recognised, which chose the patch set.
+    pub flavour: &'static str,
+    /// The reference's name: `bitnet.cpp-2024` / `bitnet.cpp-2026`.
+    pub reference: &'static str,
+    /// `bitnet-cpp-sys-0.0.5` / `bitnet-llm-sys-1.0.2` (the crates.io package it was vendored
+    /// from), or `BITNET_CPP_DIR=<path>` for an override checkout.
     pub package: &'static str,
-    /// sha256 of the vendored tree as `scripts/setup.sh` verified it (`unknown` for an override).
+    /// sha256 of the source tree as `scripts/setup.sh`'s `tree_sha256` computes it, recomputed
+    /// by the build over the files it copied (for a vendored tree also checked against the
+    /// stamp setup wrote; for a checkout its `.git`, `build` and `models` are left out).
     pub tree_sha256: &'static str,
-    /// Patches applied in order: file name and sha256.
+    /// The patches actually applied, in order: file name and sha256. A patch the series skips
+    /// (its `if-missing` file exists) or that a checkout already contains is not here.
     pub patches: Vec<(&'static str, &'static str)>,
 }
 
@@ -43,9 +61,79 @@ pub fn source_info() -> SourceInfo {
         .map(|s| s.split_once('=').unwrap_or((s, "")))
         .collect();
     SourceInfo {
+        flavour: env!("BITPROBE_BITNET_FLAVOUR"),
+        reference: concat!("bitnet.cpp-", env!("BITPROBE_BITNET_FLAVOUR")),
         package: env!("BITPROBE_BITNET_PACKAGE"),
         tree_sha256: env!("BITPROBE_BITNET_TREE_SHA256"),
         patches,
+    }
+}
+
+/// `ModelInfo::implementation`: reference, package, tree and the patches applied, e.g.
+/// `bitnet.cpp-2026 (bitnet-llm-sys-1.0.2, tree c05a3c2ee5ab; patches:
+/// 0001-clang-const-y-col.patch)`.
+pub fn implementation() -> String {
+    let src = source_info();
+    let patches = if src.patches.is_empty() {
+        "unpatched".to_string()
+    } else {
+        let names: Vec<&str> = src.patches.iter().map(|(n, _)| *n).collect();
+        format!("patches: {}", names.join(", "))
+    };
+    format!(
+        "{} ({}, tree {}; {patches})",
+        src.reference,
+        src.package,
+        &src.tree_sha256[..src.tree_sha256.len().min(12)]
+    )
+}
+
+/// `--version` text: the first line names the reference and the crate, then one `key: value`
+/// line per fact (`patch:` once per patch applied, in order; `patches: none` without any).
+pub fn version_text() -> String {
+    let src = source_info();
+    let mut out = format!(
+        "{} ({} {}, wire protocol {})\nflavour: {}\npackage: {}\ntree-sha256: {}\n",
+        src.reference,
+        env!("CARGO_PKG_NAME"),
+        env!("CARGO_PKG_VERSION"),
+        probe::PROTOCOL_VERSION,
+        src.flavour,
+        src.package,
+        src.tree_sha256
+    );
+    if src.patches.is_empty() {
+        out.push_str("patches: none\n");
+    }
+    for (name, sha) in &src.patches {
+        out.push_str(&format!("patch: {name} sha256={sha}\n"));
+    }
+    out
+}
+
+/// A reference server's `main`: `--version` / `-V` prints [`version_text`], `--help` says
+/// what the binary is; no arguments serves the wire protocol ([`serve_stdio`]).
+pub fn server_main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] => serve_stdio(),
+        ["--version"] | ["-V"] => {
+            print!("{}", version_text());
+            ExitCode::SUCCESS
+        }
+        ["--help"] | ["-h"] => {
+            println!(
+                "{}: bitnet.cpp behind the bitprobe wire protocol (probe/src/wire.rs) on \
+                 stdin/stdout.\nUsage: run without arguments (the harness starts it); \
+                 --version prints which bitnet.cpp and patches it was built from.",
+                implementation()
+            );
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("unexpected arguments {args:?}: try --help");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -117,10 +117,7 @@ impl OracleProbe {
             bos,
             eos,
             weight_types: header.tensor_types(),
-            implementation: format!(
-                "bitnet.cpp ({}, patched by oracle/patches)",
-                env!("BITPROBE_BITNET_SOURCE")
-            ),
+            implementation: crate::implementation(),
             threads: threads as u32,
             protocol: probe::PROTOCOL_VERSION,
             capabilities: Some(probe::Capabilities::full()),
@@ -129,6 +126,7 @@ impl OracleProbe {
             n_head: n_head as usize,
             n_head_kv: n_head_kv as usize,
             head_dim: head_dim as usize,
+            ffn_out_is_sub_out: crate::tap::ffn_out_is_sub_out(&arch),
         };
         let ctx = Context::new(&model, n_ctx, threads, dims, eval_callback).map_err(|message| {
             Error::Load {

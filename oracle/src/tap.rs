@@ -16,18 +16,39 @@
 //!   ones (forged models have no scales). For q/k/v, o and down the scale multiply happens
 //!   before the name is set, so the named tensor already is the stage.
 //!
+//! - the FFN activation product (`act(gate) ⊙ up`, our `ffn_sub_out`) is `ffn_sub_out-L` in
+//!   the 2024 tree's `build_bitnet` (which our patch also uses for arch `bitnet-b1.58`) and in
+//!   the 2026 tree's `build_bitnet`, but `ffn_out-L` in the 2026 tree's `build_bitnet_158`
+//!   (archs `bitnet-b1.58`, `bitnet-25`): see [`ffn_out_is_sub_out`].
+//!
 //! Other names (`norm-L`, `ffn_silu-L`, `ffn_relu-L`, `Qcur-L (reshaped)`, …) are declined.
 
 use crate::ffi;
 use probe::{Capture, Stage, StageTensor};
 use std::ffi::CStr;
 
-/// Model dimensions the callback checks stage shapes against.
+/// Model dimensions the callback checks stage shapes against, and how this bitnet.cpp names
+/// the model's nodes.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Dims {
     pub n_head: usize,
     pub n_head_kv: usize,
     pub head_dim: usize,
+    /// `ffn_out-L` is the FFN activation product (`ffn_sub_out`): [`ffn_out_is_sub_out`].
+    pub ffn_out_is_sub_out: bool,
+}
+
+/// Whether this build's graph for `arch` names the FFN activation product `ffn_out-L`.
+///
+/// Only in the 2026 tree's `build_bitnet_158` (`cb(cur, "ffn_out", il)` right after
+/// `llm_build_ffn(.., LLM_FFN_RELU_SQR, LLM_FFN_PAR, ..)`, which renames the product node
+/// `ffn_gate_par-L`), used for archs `bitnet-b1.58` and `bitnet-25`. Nowhere else is it
+/// that: neither tree's `build_bitnet` nor `llm_build_ffn` uses the name `ffn_out`, and the
+/// 2024 tree has no `build_bitnet_158` (our patch sends `bitnet-b1.58` to `build_bitnet`);
+/// in the other archs' graphs of both trees (`build_llama`, …) `ffn_out-L` is the FFN's
+/// *output*, so the alias is limited to these two archs of the 2026 build.
+pub(crate) fn ffn_out_is_sub_out(arch: &str) -> bool {
+    cfg!(bitnet_flavour = "2026") && matches!(arch, "bitnet-b1.58" | "bitnet-25")
 }
 
 /// What the callback collects during one `llama_decode`. Lives in a `Mutex` behind the
@@ -111,7 +132,7 @@ impl Tap {
         if self.capture.is_empty() || self.error.is_some() {
             return false;
         }
-        let Some((stage, layer, _)) = stage_of(t) else {
+        let Some((stage, layer, _)) = stage_of(t, self.dims.ffn_out_is_sub_out) else {
             return false;
         };
         // A node whose rows cannot be placed is taken anyway, so that `take` reports it.
@@ -129,7 +150,7 @@ impl Tap {
     }
 
     fn try_take(&mut self, t: &ffi::ggml_tensor) -> Result<(), String> {
-        let Some((stage, layer, priority)) = stage_of(t) else {
+        let Some((stage, layer, priority)) = stage_of(t, self.dims.ffn_out_is_sub_out) else {
             return Ok(());
         };
         let name = tensor_name(t);
@@ -183,6 +204,7 @@ impl Tap {
             n_head,
             n_head_kv,
             head_dim,
+            ..
         } = self.dims;
         let tok = token_dim(stage);
         if ne[tok + 1..].iter().any(|&n| n != 1) {
@@ -234,17 +256,18 @@ fn tensor_name(t: &ffi::ggml_tensor) -> &str {
 }
 
 /// (stage, layer, priority) of a node, from its name (and op, for Qcur/Kcur).
-fn stage_of(t: &ffi::ggml_tensor) -> Option<(Stage, Option<u32>, u8)> {
+fn stage_of(t: &ffi::ggml_tensor, ffn_out_is_sub_out: bool) -> Option<(Stage, Option<u32>, u8)> {
     let name = tensor_name(t);
-    let (stage, layer, priority) = parse_name(name)?;
+    let (stage, layer, priority) = parse_name(name, ffn_out_is_sub_out)?;
     if matches!(stage, Stage::AttnQ | Stage::AttnK) && t.op != ffi::GGML_OP_ROPE {
         return None; // the pre-RoPE projection
     }
     Some((stage, layer, priority))
 }
 
-/// `inp_embd` → (InpEmbd, None); `ffn_up-3` → (FfnUp, Some(3), 0); `ffn_up_s-3` → priority 1.
-fn parse_name(name: &str) -> Option<(Stage, Option<u32>, u8)> {
+/// `inp_embd` → (InpEmbd, None); `ffn_up-3` → (FfnUp, Some(3), 0); `ffn_up_s-3` → priority 1;
+/// `ffn_out-3` → (FfnSubOut, Some(3), 0) when `ffn_out_is_sub_out`, else declined.
+fn parse_name(name: &str, ffn_out_is_sub_out: bool) -> Option<(Stage, Option<u32>, u8)> {
     if let Some(s) = Stage::ALL
         .into_iter()
         .find(|s| !s.is_per_layer() && s.callback_name() == name)
@@ -259,6 +282,8 @@ fn parse_name(name: &str) -> Option<(Stage, Option<u32>, u8)> {
     let (base, priority) = match base {
         "ffn_up_s" => ("ffn_up", 1),
         "ffn_gate_s" => ("ffn_gate", 1),
+        "ffn_out" if ffn_out_is_sub_out => (Stage::FfnSubOut.callback_name(), 0),
+        "ffn_out" => return None,
         other => (other, 0),
     };
     let stage = Stage::ALL
@@ -326,19 +351,28 @@ mod tests {
 
     #[test]
     fn names_map_to_stages() {
-        assert_eq!(parse_name("inp_embd"), Some((Stage::InpEmbd, None, 0)));
         assert_eq!(
-            parse_name("result_output"),
+            parse_name("inp_embd", false),
+            Some((Stage::InpEmbd, None, 0))
+        );
+        assert_eq!(
+            parse_name("result_output", false),
             Some((Stage::ResultOutput, None, 0))
         );
-        assert_eq!(parse_name("Qcur-12"), Some((Stage::AttnQ, Some(12), 0)));
         assert_eq!(
-            parse_name("attn_o_out-0"),
+            parse_name("Qcur-12", false),
+            Some((Stage::AttnQ, Some(12), 0))
+        );
+        assert_eq!(
+            parse_name("attn_o_out-0", false),
             Some((Stage::AttnOutput, Some(0), 0))
         );
-        assert_eq!(parse_name("ffn_up_s-1"), Some((Stage::FfnUp, Some(1), 1)));
         assert_eq!(
-            parse_name("ffn_gate_s-1"),
+            parse_name("ffn_up_s-1", false),
+            Some((Stage::FfnUp, Some(1), 1))
+        );
+        assert_eq!(
+            parse_name("ffn_gate_s-1", false),
             Some((Stage::FfnGate, Some(1), 1))
         );
         for declined in [
@@ -351,15 +385,40 @@ mod tests {
             "inp_embd-0",
             "l_out-",
         ] {
-            assert_eq!(parse_name(declined), None, "{declined}");
+            assert_eq!(parse_name(declined, false), None, "{declined}");
         }
+        // The 2026 tree's build_bitnet_158 names the activation product `ffn_out-L`; elsewhere
+        // `ffn_out` is no stage of ours (in other archs it is the FFN's output).
+        assert_eq!(parse_name("ffn_out-3", false), None);
+        assert_eq!(
+            parse_name("ffn_out-3", true),
+            Some((Stage::FfnSubOut, Some(3), 0))
+        );
+        assert_eq!(
+            parse_name("ffn_sub_out-3", true),
+            Some((Stage::FfnSubOut, Some(3), 0))
+        );
+        assert_eq!(parse_name("ffn_out", true), None);
         for s in Stage::ALL {
             let name = if s.is_per_layer() {
                 format!("{}-7", s.callback_name())
             } else {
                 s.callback_name().to_string()
             };
-            assert_eq!(parse_name(&name).map(|p| p.0), Some(s), "{name}");
+            assert_eq!(parse_name(&name, false).map(|p| p.0), Some(s), "{name}");
+            assert_eq!(parse_name(&name, true).map(|p| p.0), Some(s), "{name}");
         }
+    }
+
+    #[test]
+    fn ffn_out_alias_only_for_the_2026_b158_graph() {
+        // The cfg build_common.rs sets agrees with the flavour it recorded.
+        let want = env!("BITPROBE_BITNET_FLAVOUR") == "2026";
+        assert_eq!(cfg!(bitnet_flavour = "2026"), want);
+        assert_eq!(cfg!(bitnet_flavour = "2024"), !want);
+        assert_eq!(ffn_out_is_sub_out("bitnet-b1.58"), want);
+        assert_eq!(ffn_out_is_sub_out("bitnet-25"), want);
+        assert!(!ffn_out_is_sub_out("bitnet"));
+        assert!(!ffn_out_is_sub_out("llama"));
     }
 }

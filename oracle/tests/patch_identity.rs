@@ -16,6 +16,19 @@ use std::process::Command;
 const STOCK: &str = env!("BITPROBE_IDENTITY_DUMP_STOCK");
 const PATCHED: &str = env!("BITPROBE_IDENTITY_DUMP_PATCHED");
 
+/// Whether there is anything to prove: build.rs builds the tools only for a 2024-layout tree,
+/// whose patch set changes llama.cpp; a 2026-layout `BITNET_CPP_DIR` gets empty paths.
+fn tools_built() -> bool {
+    if STOCK.is_empty() {
+        eprintln!(
+            "skipped: {} has no patch to llama.cpp to prove neutral",
+            oracle::implementation()
+        );
+        return false;
+    }
+    true
+}
+
 /// Runs one tool; returns the dump's bytes and the tensor count it reports.
 fn dump(tool: &str, model: &Path, out: &Path) -> (Vec<u8>, usize) {
     let o = Command::new(tool)
@@ -41,6 +54,9 @@ fn dump(tool: &str, model: &Path, out: &Path) -> (Vec<u8>, usize) {
 
 #[test]
 fn patch_0002_leaves_bitnet_models_bit_identical() {
+    if !tools_built() {
+        return;
+    }
     let dir = std::env::temp_dir().join(format!("bitprobe-patch-identity-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut dumps: Vec<Vec<u8>> = Vec::new();
@@ -83,6 +99,9 @@ fn patch_0002_leaves_bitnet_models_bit_identical() {
 /// The stock tool really is the unpatched code: it does not know arch `bitnet-b1.58`.
 #[test]
 fn the_stock_library_is_unpatched() {
+    if !tools_built() {
+        return;
+    }
     let model = engine::forge::forged("tiny158-i2s", 1).unwrap();
     let out = std::env::temp_dir().join(format!(
         "bitprobe-patch-identity-158-{}",

@@ -18,7 +18,10 @@ pub enum Error {
     #[error("{0}")]
     Backend(String),
     /// The probe's process died. `stderr_tail` holds its last lines (a GGML_ASSERT, say).
-    #[error("{probe} exited ({status}) during the {during}; its stderr ends with:\n{stderr_tail}")]
+    #[error(
+        "{probe} exited ({status}) during the {during}; {}",
+        stderr_said(stderr_tail)
+    )]
     Crashed {
         probe: String,
         status: String,
@@ -37,6 +40,15 @@ pub enum Error {
     Protocol(String),
     #[error("{0}")]
     Io(String),
+}
+
+/// A crashed probe's last words, or that there were none.
+fn stderr_said(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        "it wrote nothing to stderr".into()
+    } else {
+        format!("its stderr ends with:\n{tail}")
+    }
 }
 
 impl From<std::io::Error> for Error {

@@ -23,15 +23,25 @@ pub(crate) fn diff(a: DiffArgs) -> Result<ExitCode> {
             );
         }
     }
-    let spin = cli::spinner(&format!("opening {engine} and {reference}"));
-    let mut e = open_probe(&engine, &path, a.threads, a.timeout, &a.engine_options)?;
-    let mut o = open_probe(&reference, &path, a.threads, a.timeout, &a.engine_options)?;
-    spin.set("running both and judging every stage");
     let req = DiffRequest {
         prompt: a.prompt.prompt(a.decode)?,
         stages,
         layers: (!a.layers.is_empty()).then(|| a.layers.clone()),
     };
+    let mut spin = cli::spinner(&format!("opening {engine} and {reference}"));
+    let mut e = open_probe(&engine, &path, a.threads, a.timeout, &a.engine_options)?;
+    let mut o = open_probe(&reference, &path, a.threads, a.timeout, &a.engine_options)?;
+    // Warn before a prompt one of them cannot take (today's bitnet.cpp's stack limit).
+    if o.info().caps().tokenize {
+        if let Ok(t) = req.prompt.tokenize(o.as_mut()) {
+            drop(spin);
+            for (s, threads) in [(&engine, e.info().threads), (&reference, o.info().threads)] {
+                cli::warn_long_prompt(s, &path, threads as usize, t.len());
+            }
+            spin = cli::spinner("running both and judging every stage");
+        }
+    }
+    spin.set("running both and judging every stage");
     let mut tol = harness::tolerance::ToleranceOverrides {
         nmse: a.nmse,
         kl: a.kl,

@@ -109,3 +109,15 @@ pub(crate) fn error_text(e: &anyhow::Error) -> String {
     }
     out
 }
+
+/// Warns (on stderr, before running) when `spec` cannot take a prompt this long on `model`.
+pub(crate) fn warn_long_prompt(
+    spec: &ProbeSpec,
+    model: &std::path::Path,
+    threads: usize,
+    n_tokens: usize,
+) {
+    if let Some(w) = harness::probes::prompt_warning(spec, model, threads, n_tokens) {
+        eprintln!("warning: {w}");
+    }
+}

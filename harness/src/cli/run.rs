@@ -41,7 +41,17 @@ pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
         path.display(),
         info.threads
     );
-    eprintln!("prompt: {} tokens {:?}", prompt.len(), prompt);
+    if prompt.len() <= 48 {
+        eprintln!("prompt: {} tokens {:?}", prompt.len(), prompt);
+    } else {
+        eprintln!(
+            "prompt: {} tokens {:?} … {:?}",
+            prompt.len(),
+            &prompt[..24],
+            &prompt[prompt.len() - 8..]
+        );
+    }
+    cli::warn_long_prompt(&spec, &path, info.threads as usize, prompt.len());
     let sampling = if a.temp > 0.0 {
         Sampling::Seeded {
             temperature: a.temp,

@@ -167,6 +167,8 @@ pub enum WarningKind {
     UnknownArch,
     NonFinite,
     I2sCode3,
+    /// Today's bitnet.cpp overflows its stack on long prompts with this file's I2_S matrices.
+    Bitnet2026PromptLimit,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -281,6 +283,7 @@ pub fn inspect(path: &Path) -> Result<Inspection, InspectError> {
 
     warn_arch(&f, &mut report.warnings);
     warn_pre_tokenizer(&f, &mut report);
+    warn_bitnet2026_prompt_limit(&f, &mut report.warnings);
     warn_gammas(&report.norms, &mut report.warnings);
     if !non_finite.is_empty() {
         report.warnings.push(Warning {

@@ -23,6 +23,32 @@ pub(super) fn warn_arch(f: &GgufFile, warnings: &mut Vec<Warning>) {
     }
 }
 
+/// Today's bitnet.cpp (bitnet.cpp-2026) prefills the whole prompt in one batch, and its I2_S
+/// matmul keeps rows × tokens floats on the stack: past a length it crashes. Worth a warning
+/// when that length is below the context the file declares.
+pub(super) fn warn_bitnet2026_prompt_limit(f: &GgufFile, warnings: &mut Vec<Warning>) {
+    let n_ctx = f
+        .get_str("general.architecture")
+        .ok()
+        .and_then(|a| f.get_u32(&format!("{a}.context_length")).ok());
+    let at = |t| crate::probes::bitnet2026_prompt_limit(f, t);
+    if let (Some(n_ctx), Some(one), Some(two)) = (n_ctx, at(1), at(2)) {
+        if one >= n_ctx as usize {
+            return;
+        }
+        warnings.push(Warning {
+            kind: WarningKind::Bitnet2026PromptLimit,
+            message: format!(
+                "today's bitnet.cpp (bitnet.cpp-2026) crashes (SIGSEGV, stack overflow) on \
+                 prompts over about {one} tokens with this file at 1 thread ({two} at 2), \
+                 though its context is {n_ctx}: its I2_S matmul puts a rows × tokens float \
+                 array on the stack (ggml.c ≈ 13261). bitprobe warns before running such a \
+                 prompt; the 2024 reference and the engine are not affected"
+            ),
+        });
+    }
+}
+
 pub(super) fn warn_pre_tokenizer(f: &GgufFile, report: &mut Inspection) {
     use engine::tokenizer::keys;
     if f.get(keys::PRE).is_some() || f.get(keys::TOKENS).is_none() {
