@@ -131,7 +131,8 @@ pub(crate) fn sweep(mut a: SweepArgs) -> Result<ExitCode> {
         );
     }
     eprintln!(
-        "sweep: {selected} model(s) from {} → {}",
+        "sweep: {selected} {} from {} → {}",
+        if selected == 1 { "model" } else { "models" },
         models_file.display(),
         out.display()
     );
@@ -181,7 +182,8 @@ pub(crate) fn sweep(mut a: SweepArgs) -> Result<ExitCode> {
             };
             let line = format!(
                 "sweep: [{index}/{of}] {}: {what} in {:.1} s",
-                m.name, m.seconds
+                m.display_name(),
+                m.seconds
             );
             if tty {
                 bar.println(line);
@@ -193,7 +195,12 @@ pub(crate) fn sweep(mut a: SweepArgs) -> Result<ExitCode> {
     let mut receipt = sweep::run(&req, &progress);
     bar.finish_and_clear();
     if let (Some(b), Some(p)) = (&baseline, &baseline_path) {
+        // Also attaches the trend: the baseline's series of runs.
         sweep::attach_baseline(&mut receipt, b, p, a.speed_tolerance);
+    }
+    if receipt.trend.is_empty() {
+        // No baseline (`--baseline none`): the trend is still the runs kept next to --out.
+        sweep::attach_trend(&mut receipt, &out);
     }
     let write = |name: &str, text: String| -> Result<PathBuf> {
         let p = out.join(name);
@@ -207,17 +214,6 @@ pub(crate) fn sweep(mut a: SweepArgs) -> Result<ExitCode> {
     write("report.md", sweep::report::markdown(&receipt))?;
     let html = write("report.html", sweep::report::html(&receipt))?;
     let s = &receipt.summary;
-    eprintln!(
-        "sweep: {} models: {} pass, {} fail, {} error, {} skipped; {} trials, {} failed; {:.0} s",
-        s.models,
-        s.passed,
-        s.failed,
-        s.errors,
-        s.skipped,
-        s.trials,
-        s.trials_failed,
-        receipt.duration_seconds
-    );
     let bad = match &receipt.comparison {
         Some(c) => {
             for g in sweep::baseline::groups(&c.regressions) {
@@ -229,9 +225,11 @@ pub(crate) fn sweep(mut a: SweepArgs) -> Result<ExitCode> {
                 );
             }
             eprintln!(
-                "sweep: {} regression(s), {} fixed against {}",
-                c.regressions.len(),
-                c.improvements.len(),
+                "sweep: {} against {}",
+                match (c.regressions.len(), c.improvements.len()) {
+                    (1, f) => format!("1 regression, {f} fixed"),
+                    (r, f) => format!("{r} regressions, {f} fixed"),
+                },
                 c.baseline
             );
             !c.regressions.is_empty()
@@ -241,6 +239,7 @@ pub(crate) fn sweep(mut a: SweepArgs) -> Result<ExitCode> {
             s.failed + s.errors > 0
         }
     };
+    eprintln!("sweep: {}", sweep::report::summary_line(&receipt));
     eprintln!(
         "sweep: wrote {}/{{receipt.json, report.md}} and {}",
         out.display(),

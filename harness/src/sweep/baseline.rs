@@ -1,6 +1,7 @@
 //! A sweep against an earlier one: what broke, what got worse, what got fixed.
 //!
-//! Models are matched by name and trials by name. Regressions (exit code 1):
+//! Results are matched by (model name, engine label) — a version-1 baseline's results are all
+//! engine `engine` — and trials by name. Regressions (exit code 1):
 //! - a model that ran before now errors out;
 //! - a trial that passed, or did not exist, now fails;
 //! - a trial's NMSE or KL got worse by more than a decade ([`DECADE`]); a bit-exact or zero
@@ -8,11 +9,18 @@
 //! - the engine/oracle speed ratio (prefill or decode) dropped by more than the allowed share
 //!   (10% by default), in its median and in every repetition ([`speed_dropped`]).
 //!
-//! Fixed failures and recovered models are reported as improvements.
+//! Fixed failures and recovered models are reported as improvements. Regressions are listed
+//! by where they start ([`start_key`]): a model that no longer loads first, then phase, stage
+//! in evaluation order and position, then speed.
 
-use super::receipt::{Change, ChangeKind, Comparison, ModelResult, Receipt, Status, Verdict};
+use super::receipt::{
+    Change, ChangeKind, Comparison, ModelResult, Receipt, Status, TrendPoint, TrendResult, Verdict,
+};
 use std::collections::HashMap;
 use std::path::Path;
+
+/// Runs a trend keeps, newest last.
+pub const TREND_RUNS: usize = 30;
 
 /// Worse by more than this factor is a regression.
 pub const DECADE: f64 = 10.0;
@@ -33,11 +41,12 @@ pub fn load(path: &Path) -> Result<Receipt, String> {
             super::receipt::SCHEMA
         ));
     }
-    if version != Some(super::receipt::SCHEMA_VERSION as u64) {
+    if !version.is_some_and(|v| super::receipt::READABLE_VERSIONS.contains(&(v as u32))) {
         return Err(format!(
-            "baseline {}: receipt schema version {} but this bitprobe writes version {}; run without --baseline (or --baseline none) once to start a new series",
+            "baseline {}: receipt schema version {} but this bitprobe reads versions {:?} (and writes {}); run with --baseline none once to start a new series",
             path.display(),
             version.map_or("?".to_string(), |x| x.to_string()),
+            super::receipt::READABLE_VERSIONS,
             super::receipt::SCHEMA_VERSION
         ));
     }
@@ -76,10 +85,14 @@ fn fmt(x: Option<f64>) -> String {
     })
 }
 
-/// Regressions of one model, counted by kind, with the first of them.
+/// Regressions of one (model, engine) pair, counted by kind, with the first of them.
 #[derive(Clone, Debug)]
 pub struct Group<'a> {
-    pub model: &'a str,
+    /// The pair as people read it: `tiny-i2s`, or `tiny-i2s · numpy-example` for an engine
+    /// other than ours.
+    pub model: String,
+    pub model_name: &'a str,
+    pub engine: &'a str,
     pub counts: Vec<(ChangeKind, usize)>,
     pub first: &'a Change,
 }
@@ -94,13 +107,13 @@ impl Group<'_> {
             .join(", ")
     }
 
-    /// Where to start reading: the model's first divergence when it has one (the earliest
+    /// Where to start reading: the pair's first divergence when it has one (the earliest
     /// stage in evaluation order), else the first regression listed.
     pub fn lead(&self, r: &super::receipt::Receipt) -> String {
         let fd = r
             .models
             .iter()
-            .find(|m| m.name == self.model)
+            .find(|m| m.name == self.model_name && m.engine == self.engine)
             .and_then(|m| m.first_divergence.as_ref());
         match fd {
             Some(d) if self.first.kind == ChangeKind::NewFailure => {
@@ -119,17 +132,22 @@ impl Group<'_> {
     }
 }
 
-/// The regressions grouped by model, in the order they are listed.
+/// The regressions grouped by (model, engine), in the order they are listed.
 pub fn groups(changes: &[Change]) -> Vec<Group<'_>> {
     let mut out: Vec<Group> = Vec::new();
     for c in changes {
-        match out.iter_mut().find(|g| g.model == c.model) {
+        match out
+            .iter_mut()
+            .find(|g| g.model_name == c.model && g.engine == c.engine)
+        {
             Some(g) => match g.counts.iter_mut().find(|(k, _)| *k == c.kind) {
                 Some((_, n)) => *n += 1,
                 None => g.counts.push((c.kind, 1)),
             },
             None => out.push(Group {
-                model: &c.model,
+                model: c.display_name(),
+                model_name: &c.model,
+                engine: &c.engine,
                 counts: vec![(c.kind, 1)],
                 first: c,
             }),
@@ -138,21 +156,37 @@ pub fn groups(changes: &[Change]) -> Vec<Group<'_>> {
     out
 }
 
+/// Where a regression starts, for listing: a model that no longer loads first, then located
+/// changes by phase, stage (evaluation order) and position, then unlocated ones, then speed.
+pub fn start_key(c: &Change) -> (u8, super::receipt::LocationOrder) {
+    match (c.kind, &c.at) {
+        (ChangeKind::ModelError, _) => (0, Default::default()),
+        (ChangeKind::SpeedDrop, _) => (3, Default::default()),
+        (_, Some(at)) => (1, at.order()),
+        (_, None) => (2, Default::default()),
+    }
+}
+
 /// Compares `now` with `base`; `speed_drop` is the allowed relative drop of a speed ratio.
 pub fn compare(now: &Receipt, base: &Receipt, base_path: &Path, speed_drop: f64) -> Comparison {
     let mut regressions = Vec::new();
     let mut improvements = Vec::new();
-    let base_models: HashMap<&str, &ModelResult> =
-        base.models.iter().map(|m| (m.name.as_str(), m)).collect();
+    let base_models: HashMap<(&str, &str), &ModelResult> = base
+        .models
+        .iter()
+        .map(|m| ((m.name.as_str(), m.engine.as_str()), m))
+        .collect();
     for m in &now.models {
-        let Some(b) = base_models.get(m.name.as_str()) else {
+        let Some(b) = base_models.get(&(m.name.as_str(), m.engine.as_str())) else {
             continue;
         };
         let change = |kind, what: String, detail: String| Change {
             kind,
             model: m.name.clone(),
+            engine: m.engine.clone(),
             what,
             detail,
+            at: None,
         };
         let ran = |s: Status| matches!(s, Status::Pass | Status::Fail);
         if m.status == Status::Error && ran(b.status) {
@@ -189,8 +223,12 @@ pub fn compare(now: &Receipt, base: &Receipt, base_path: &Path, speed_drop: f64)
             };
             let new_failure =
                 t.verdict == Verdict::Fail && prev.is_none_or(|p| p.verdict == Verdict::Pass);
+            let located = |mut c: Change| {
+                c.at = t.at.clone();
+                c
+            };
             match (t.verdict, prev.map(|p| p.verdict)) {
-                (Verdict::Fail, Some(Verdict::Pass) | None) => regressions.push(change(
+                (Verdict::Fail, Some(Verdict::Pass) | None) => regressions.push(located(change(
                     ChangeKind::NewFailure,
                     t.name.clone(),
                     format!(
@@ -198,12 +236,12 @@ pub fn compare(now: &Receipt, base: &Receipt, base_path: &Path, speed_drop: f64)
                         if prev.is_none() { "(new trial) " } else { "" },
                         first_line(&t.message)
                     ),
-                )),
-                (Verdict::Pass, Some(Verdict::Fail)) => improvements.push(change(
+                ))),
+                (Verdict::Pass, Some(Verdict::Fail)) => improvements.push(located(change(
                     ChangeKind::Fixed,
                     t.name.clone(),
                     format!("was: {}", first_line(&prev.unwrap().message)),
-                )),
+                ))),
                 _ => {}
             }
             let Some(p) = prev else { continue };
@@ -212,17 +250,17 @@ pub fn compare(now: &Receipt, base: &Receipt, base_path: &Path, speed_drop: f64)
                 continue;
             }
             if worse(t.nmse, p.nmse, p.nmse.is_some() || p.bit_exact.is_some()) {
-                regressions.push(change(
+                regressions.push(located(change(
                     ChangeKind::MetricWorse,
                     t.name.clone(),
                     format!("NMSE {} → {}", fmt(p.nmse), fmt(t.nmse)),
-                ));
+                )));
             } else if worse(t.kl, p.kl, p.kl.is_some()) {
-                regressions.push(change(
+                regressions.push(located(change(
                     ChangeKind::MetricWorse,
                     t.name.clone(),
                     format!("KL {} → {}", fmt(p.kl), fmt(t.kl)),
-                ));
+                )));
             }
         }
         if let (Some(s), Some(bs)) = (&m.speed, &b.speed) {
@@ -248,7 +286,9 @@ pub fn compare(now: &Receipt, base: &Receipt, base_path: &Path, speed_drop: f64)
                         ChangeKind::SpeedDrop,
                         format!("{what} speed ratio"),
                         format!(
-                            "engine/oracle {br:.2}× ({:.2}–{:.2}) → {r:.2}× ({:.2}–{:.2}): {:+.0}%, allowed −{:.0}%",
+                            "{}/{} {br:.2}× ({:.2}–{:.2}) → {r:.2}× ({:.2}–{:.2}): {:+.0}%, allowed −{:.0}%",
+                            m.engine,
+                            m.reference,
                             brange[0],
                             brange[1],
                             range[0],
@@ -261,14 +301,9 @@ pub fn compare(now: &Receipt, base: &Receipt, base_path: &Path, speed_drop: f64)
             }
         }
     }
-    // Model order as run, then the worst kind first; trials keep their order within.
-    let rank: HashMap<&str, usize> = now
-        .models
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.name.as_str(), i))
-        .collect();
-    regressions.sort_by_key(|c| (rank.get(c.model.as_str()).copied(), c.kind));
+    // By where they start (a stable sort: equal places keep the order they were found in,
+    // which is results as run, then trials as expanded).
+    regressions.sort_by_key(start_key);
     Comparison {
         baseline: base_path.display().to_string(),
         baseline_started: base.started.clone(),
@@ -276,6 +311,41 @@ pub fn compare(now: &Receipt, base: &Receipt, base_path: &Path, speed_drop: f64)
         regressions,
         improvements,
     }
+}
+
+/// What a receipt says for the trend.
+pub fn trend_point(r: &Receipt, path: &Path) -> TrendPoint {
+    TrendPoint {
+        started: r.started.clone(),
+        receipt: path.display().to_string(),
+        git_revision: r.bitprobe.git_revision.clone(),
+        results: r.models.iter().map(TrendResult::of).collect(),
+    }
+}
+
+/// The trend over the runs in `dir`: every `*/receipt.json` this bitprobe can read (`skip`'s
+/// aside), oldest first by start time, the newest [`TREND_RUNS`]. Unreadable files are left
+/// out, never an error.
+pub fn trend_in(dir: &Path, skip: Option<&Path>) -> Vec<TrendPoint> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let skip = skip.and_then(|s| s.canonicalize().ok());
+    let mut points: Vec<TrendPoint> = Vec::new();
+    for e in entries.flatten() {
+        let run = e.path();
+        if !run.is_dir() || (skip.is_some() && run.canonicalize().ok() == skip) {
+            continue;
+        }
+        let file = run.join("receipt.json");
+        if let Ok(r) = load(&file) {
+            points.push(trend_point(&r, &file));
+        }
+    }
+    points.sort_by(|a, b| a.started.cmp(&b.started).then(a.receipt.cmp(&b.receipt)));
+    let extra = points.len().saturating_sub(TREND_RUNS);
+    points.drain(..extra);
+    points
 }
 
 #[cfg(test)]

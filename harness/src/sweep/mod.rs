@@ -2,10 +2,14 @@
 //! two reports (Markdown, self-contained HTML) per run, and the regressions against a
 //! baseline receipt.
 //!
-//! Per model: forge or find the file, hash it, open both probes (a failure is the model's
-//! error row, and the sweep goes on), run every trial of its cases exactly as `cargo test`
-//! would (snapshot trials excepted: the baseline receipt plays their part), then collect the
-//! per-stage worst NMSE, the first divergence, tokenizer parity, and engine/oracle speed.
+//! Per model: forge or find the file and hash it, once; then per engine of its `engines`
+//! (default: ours alone) — one result per (model, engine) pair — open the engine and the
+//! reference (a failure is that pair's error row, and the sweep goes on), run every trial of
+//! its cases exactly as `cargo test` would with the case re-aimed at the model and the pair
+//! (snapshot trials excepted: the baseline receipt plays their part), then collect the
+//! per-stage worst NMSE, the first divergence, tokenizer parity, and engine/reference speed
+//! (where both can generate). The receipt gets the implementations × models matrix, and,
+//! with a baseline, the trend of the earlier runs.
 
 pub mod baseline;
 pub mod models;
@@ -15,7 +19,7 @@ pub mod report;
 use crate::case::{self, Case};
 use crate::diff::DiffReport;
 use crate::judge::{self, Judged, Phase, Site, Worst};
-use crate::probes::ModelSpec;
+use crate::probes::{ModelSpec, ProbeSpec};
 use crate::runs::Runs;
 use crate::trials::{self, Kind, OracleMode, Outcome, TrialSpec};
 use models::{ModelEntry, ModelsFile};
@@ -79,23 +83,39 @@ pub fn run(req: &SweepRequest, progress: &(dyn Fn(Event) + Sync)) -> Receipt {
                 .is_none_or(|o| m.name.contains(o.as_str()))
         })
         .collect();
+    let of: usize = entries.iter().map(|e| e.engines.len().max(1)).sum();
     let mut results = Vec::new();
-    for (i, entry) in entries.iter().enumerate() {
-        progress(Event::ModelStart {
-            index: i + 1,
-            of: entries.len(),
-            name: &entry.name,
-        });
-        let r = run_model(req, entry, &all_cases, progress);
-        progress(Event::ModelDone {
-            index: i + 1,
-            of: entries.len(),
-            result: &r,
-        });
-        results.push(r);
+    let mut index = 0;
+    for entry in &entries {
+        let model = prepare_model(req, entry, &all_cases);
+        for (k, engine) in entry.engines.iter().enumerate() {
+            index += 1;
+            let name = pair_name(&entry.name, &engine.label());
+            progress(Event::ModelStart {
+                index,
+                of,
+                name: &name,
+            });
+            let r = run_pair(req, entry, engine, &model, k == 0, progress);
+            progress(Event::ModelDone {
+                index,
+                of,
+                result: &r,
+            });
+            results.push(r);
+        }
     }
+    let distinct = |f: fn(&ModelResult) -> &str| {
+        results
+            .iter()
+            .map(f)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
     let mut summary = Summary {
-        models: results.len(),
+        models: distinct(|m| m.name.as_str()),
+        engines: distinct(|m| m.engine.as_str()),
+        results: results.len(),
         ..Default::default()
     };
     for m in &results {
@@ -137,24 +157,99 @@ pub fn run(req: &SweepRequest, progress: &(dyn Fn(Event) + Sync)) -> Receipt {
         },
         summary,
         comparison: None,
+        matrix: matrix(&results),
         models: results,
+        trend: Vec::new(),
     }
 }
 
-/// Attaches the comparison with a baseline and counts its regressions.
+/// Attaches the comparison with a baseline and counts its regressions. Unless a trend is
+/// already attached ([`attach_trend`]), the trend is read from the baseline's series: the
+/// receipts in the folders next to the baseline's, when the baseline is a run folder's
+/// `receipt.json` (as the default baseline, the newest run next to `--out`, is), else the
+/// baseline alone.
 pub fn attach_baseline(r: &mut Receipt, base: &Receipt, base_path: &Path, speed_drop: f64) {
     let c = baseline::compare(r, base, base_path, speed_drop);
     r.summary.regressions = c.regressions.len();
     r.comparison = Some(c);
+    if r.trend.is_empty() {
+        let series = (base_path.file_name() == Some(std::ffi::OsStr::new("receipt.json")))
+            .then(|| base_path.parent().and_then(Path::parent))
+            .flatten();
+        r.trend = match series {
+            Some(dir) => baseline::trend_in(dir, None),
+            None => Vec::new(),
+        };
+        if r.trend.is_empty() {
+            r.trend = vec![baseline::trend_point(base, base_path)];
+        }
+    }
 }
 
-fn blank(entry: &ModelEntry) -> ModelResult {
+/// Attaches the trend over the runs kept next to `out` (every `*/receipt.json` in its parent
+/// folder but `out`'s own), oldest first.
+pub fn attach_trend(r: &mut Receipt, out: &Path) {
+    if let Some(dir) = out.parent() {
+        r.trend = baseline::trend_in(dir, Some(out));
+    }
+}
+
+/// The implementations × models matrix of a run's results.
+pub fn matrix(results: &[ModelResult]) -> Matrix {
+    let mut models: Vec<String> = Vec::new();
+    let mut engines: Vec<String> = Vec::new();
+    for m in results {
+        if !models.contains(&m.name) {
+            models.push(m.name.clone());
+        }
+        if !engines.contains(&m.engine) {
+            engines.push(m.engine.clone());
+        }
+    }
+    let rows = engines
+        .into_iter()
+        .map(|engine| MatrixRow {
+            cells: models
+                .iter()
+                .map(|model| {
+                    results
+                        .iter()
+                        .find(|m| &m.name == model && m.engine == engine)
+                        .map(|m| MatrixCell {
+                            status: m.status,
+                            reference: m.reference.clone(),
+                            first_divergence: m.first_divergence.as_ref().map(|d| Location {
+                                stage: d.stage.clone(),
+                                phase: d.phase.clone(),
+                                position: d.position,
+                            }),
+                            decode_ratio: m.speed.as_ref().map(|s| s.decode_ratio),
+                            note: match m.status {
+                                Status::Error | Status::Skipped => m.error.clone(),
+                                Status::Fail if m.first_divergence.is_none() => {
+                                    m.first_failure.clone()
+                                }
+                                _ => None,
+                            }
+                            .map(|n| clip(n.lines().next().unwrap_or(""), 200)),
+                        })
+                })
+                .collect(),
+            engine,
+        })
+        .collect();
+    Matrix { models, rows }
+}
+
+fn blank(entry: &ModelEntry, engine: &ProbeSpec) -> ModelResult {
     let (preset, seed) = match &entry.spec {
         ModelSpec::Preset { name, seed } => (Some(name.clone()), Some(*seed)),
         ModelSpec::Path(_) => (None, None),
     };
     ModelResult {
         name: entry.name.clone(),
+        engine: engine.label(),
+        reference: entry.reference.label(),
         source: entry.spec.to_string(),
         preset,
         seed,
@@ -181,65 +276,103 @@ fn blank(entry: &ModelEntry) -> ModelResult {
     }
 }
 
-fn run_model(
+/// A model made ready once for all its engines: its case files and its file (forged for a
+/// preset) with the file's hash; or why it cannot run.
+struct Prepared {
+    seconds: f64,
+    outcome: Result<PreparedModel, (Status, String)>,
+    /// Known even when a later step fails.
+    file: Option<PathBuf>,
+    sha256: Option<(String, u64)>,
+}
+
+struct PreparedModel {
+    files: Vec<PathBuf>,
+    path: PathBuf,
+}
+
+fn prepare_model(
     req: &SweepRequest,
     entry: &ModelEntry,
     all_cases: &[(String, PathBuf)],
+) -> Prepared {
+    let t0 = Instant::now();
+    let mut p = Prepared {
+        seconds: 0.0,
+        outcome: Err((Status::Error, String::new())),
+        file: None,
+        sha256: None,
+    };
+    p.outcome = (|| {
+        if let Some(why) = &entry.unavailable {
+            return Err((Status::Skipped, why.clone()));
+        }
+        let files = models::cases_for(entry, all_cases, &req.models.file)
+            .map_err(|e| (Status::Error, e.0))?;
+        let path = entry
+            .spec
+            .resolve()
+            .map_err(|e| (Status::Error, format!("cannot get the model file: {e}")))?;
+        p.file = Some(path.clone());
+        let h = sha256_file(&path).map_err(|e| {
+            (
+                Status::Error,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        p.sha256 = Some(h);
+        Ok(PreparedModel { files, path })
+    })();
+    p.seconds = t0.elapsed().as_secs_f64();
+    p
+}
+
+fn run_pair(
+    req: &SweepRequest,
+    entry: &ModelEntry,
+    engine: &ProbeSpec,
+    prepared: &Prepared,
+    first: bool,
     progress: &(dyn Fn(Event) + Sync),
 ) -> ModelResult {
     let t0 = Instant::now();
-    let mut r = blank(entry);
+    let mut r = blank(entry, engine);
+    r.file = prepared.file.as_ref().map(|p| p.display().to_string());
+    if let Some((hex, n)) = &prepared.sha256 {
+        r.sha256 = Some(hex.clone());
+        r.bytes = Some(*n);
+    }
+    // Forging and hashing are shared by the model's engines: the first pair's time has them.
+    let shared = if first { prepared.seconds } else { 0.0 };
     let finish = |mut r: ModelResult| {
-        r.seconds = t0.elapsed().as_secs_f64();
+        r.seconds = shared + t0.elapsed().as_secs_f64();
         r
     };
-    if let Some(why) = &entry.unavailable {
-        r.status = Status::Skipped;
-        r.error = Some(why.clone());
-        return finish(r);
-    }
-    let files = match models::cases_for(entry, all_cases, &req.models.file) {
-        Ok(f) => f,
-        Err(e) => {
-            r.error = Some(e.0);
+    let (files, path) = match &prepared.outcome {
+        Ok(m) => (&m.files, &m.path),
+        Err((status, why)) => {
+            r.status = *status;
+            r.error = Some(why.clone());
             return finish(r);
         }
     };
-    let path = match entry.spec.resolve() {
-        Ok(p) => p,
-        Err(e) => {
-            r.error = Some(format!("cannot get the model file: {e}"));
-            return finish(r);
-        }
-    };
-    r.file = Some(path.display().to_string());
-    match sha256_file(&path) {
-        Ok((hex, n)) => {
-            r.sha256 = Some(hex);
-            r.bytes = Some(n);
-        }
-        Err(e) => {
-            r.error = Some(format!("cannot read {}: {e}", path.display()));
-            return finish(r);
-        }
-    }
 
-    // The cases, re-aimed at this model.
+    // The cases, re-aimed at this model and this engine.
     let mut cases: Vec<Result<Case, case::CaseError>> = Vec::new();
-    for f in &files {
+    for f in files {
         cases.push(
             case::load(f, &req.cases_dir)
-                .map(|c| retarget(c, entry, &path, req.inject_fault.as_deref())),
+                .map(|c| retarget(c, entry, engine, path, req.inject_fault.as_deref())),
         );
     }
     let runs = Runs::default();
-    // Both probes must open before any trial: a model neither side can load is an error row.
+    // Both probes must open before any trial: a model either side cannot load is an error row.
     let probe_case = cases.iter().find_map(|c| c.as_ref().ok()).cloned();
     if let Some(c) = &probe_case {
         for kind in [&c.engine, &c.reference] {
             match runs.lease(c, kind) {
                 Ok(p) => {
-                    if kind.is_engine() {
+                    if r.arch.is_none() {
                         let info = p.info();
                         r.arch = Some(info.arch.clone());
                         r.weight_type =
@@ -318,6 +451,7 @@ fn run_model(
             ));
         }
         let (nmse, kl, bit_exact) = trial_metrics(&runs, t);
+        let at = trial_location(&runs, t);
         let id = t
             .case
             .as_ref()
@@ -329,6 +463,7 @@ fn run_model(
             nmse,
             kl,
             bit_exact,
+            at,
         });
     }
     r.cases = by_case
@@ -392,8 +527,19 @@ fn run_model(
 }
 
 /// The case as this model runs it.
-fn retarget(mut c: Case, entry: &ModelEntry, path: &Path, fault: Option<&str>) -> Case {
+fn retarget(
+    mut c: Case,
+    entry: &ModelEntry,
+    engine: &ProbeSpec,
+    path: &Path,
+    fault: Option<&str>,
+) -> Case {
     c.model = ModelSpec::Path(path.to_path_buf());
+    // `exact = true` is the claim that the case's engine mirrors its reference bit for bit
+    // (ours mirrors bitnet.cpp); another pair is judged by the tolerances alone.
+    c.exact &= c.engine == *engine && c.reference == entry.reference;
+    c.engine = engine.clone();
+    c.reference = entry.reference.clone();
     c.unavailable = None;
     c.threads = entry.threads;
     c.tokenizer = crate::case::TokenizerChoice::parse(&entry.tokenizer);
@@ -477,6 +623,57 @@ fn trial_metrics(runs: &Runs, t: &TrialSpec) -> (Option<f64>, Option<f64>, Optio
     }
 }
 
+/// Where a trial starts, from the shared diff: its first failing value in evaluation order,
+/// or, when it passes, the first value it judges.
+fn trial_location(runs: &Runs, t: &TrialSpec) -> Option<Location> {
+    let c = t.case.as_ref()?;
+    type Covers = Box<dyn Fn(&Judged) -> bool>;
+    let (prompt, covers): (usize, Covers) = match &t.kind {
+        Kind::Stage { prompt, stage } => {
+            let stage = *stage;
+            (
+                *prompt,
+                Box::new(move |j: &Judged| {
+                    j.phase == Phase::Prompt && j.site == Site::Stage(stage)
+                }),
+            )
+        }
+        Kind::Logits { prompt, position } => {
+            let position = *position;
+            (
+                *prompt,
+                Box::new(move |j: &Judged| {
+                    j.phase == Phase::Prompt && j.site == Site::Logits && j.position == position
+                }),
+            )
+        }
+        Kind::Decode { prompt } => (
+            *prompt,
+            Box::new(|j: &Judged| {
+                j.phase != Phase::Prompt && matches!(j.site, Site::Stage(_) | Site::Logits)
+            }),
+        ),
+        Kind::Tokens { prompt } => (*prompt, Box::new(|j: &Judged| j.site == Site::Decode)),
+        // Bit-exactness: where the first value that is not starts.
+        Kind::Exact { prompt } => (
+            *prompt,
+            Box::new(|j: &Judged| j.measure.bit_exact() == Some(false)),
+        ),
+        _ => return None,
+    };
+    let d = runs.diff(c, c.prompts.get(prompt)?).ok()?;
+    let mine = || d.judged.iter().filter(|j| covers(j));
+    let j = mine()
+        .filter(|j| !j.pass())
+        .min_by_key(|j| j.key())
+        .or_else(|| mine().min_by_key(|j| j.key()))?;
+    Some(Location {
+        stage: j.site.to_string(),
+        phase: j.phase.to_string(),
+        position: j.position,
+    })
+}
+
 /// Per stage over every compared prompt: the worst NMSE in the prompt and in decode steps.
 fn stage_worst<'a>(judged: impl Iterator<Item = &'a Judged>) -> Vec<StageWorst> {
     let judged: Vec<&Judged> = judged.collect();
@@ -543,10 +740,20 @@ fn tokenizer_parity(runs: &Runs, cases: &[Arc<Case>]) -> Option<TokenizerParity>
     Some(p)
 }
 
-/// Engine and oracle tok/s on this model: one warm-up each, then `reps` alternating runs.
-/// Both time themselves (prefill and decode seconds inside the probe), so the oracle's
-/// process boundary does not count against it.
+/// Engine and reference tok/s on this model: one warm-up each, then `reps` alternating runs.
+/// Both time themselves (prefill and decode seconds inside the probe), so a process boundary
+/// does not count against either. Our engine runs in-process, every other probe through its
+/// own server. Needs both to generate; the prompt ids come from the first of the two (or
+/// our engine) that tokenizes.
 fn measure_speed(runs: &Runs, case: &Case, s: SpeedSettings) -> Result<Speed, String> {
+    let (ea, eb) = (case.engine.label(), case.reference.label());
+    let ca = runs.caps(case, &case.engine)?;
+    let cb = runs.caps(case, &case.reference)?;
+    for (label, c) in [(&ea, &ca), (&eb, &cb)] {
+        if !c.generate {
+            return Err(format!("{label} cannot generate"));
+        }
+    }
     let mut e = runs.lease(case, &case.engine)?;
     let mut o = runs.lease(case, &case.reference)?;
     let n_ctx = e.info().n_ctx.min(o.info().n_ctx) as usize;
@@ -554,7 +761,14 @@ fn measure_speed(runs: &Runs, case: &Case, s: SpeedSettings) -> Result<Speed, St
         .prompt_tokens
         .min(n_ctx.saturating_sub(s.decode_tokens + 2))
         .max(1);
-    let prompt = crate::bench::prompt_of(e.as_mut(), prompt_tokens)?;
+    let prompt = if ca.tokenize {
+        crate::bench::prompt_of(e.as_mut(), prompt_tokens)?
+    } else if cb.tokenize {
+        crate::bench::prompt_of(o.as_mut(), prompt_tokens)?
+    } else {
+        let mut ours = runs.lease(case, &ProbeSpec::Engine)?;
+        crate::bench::prompt_of(ours.as_mut(), prompt_tokens)?
+    };
     let once = |p: &mut dyn Probe| -> Result<(f64, f64), String> {
         let g = p
             .generate(&probe::GenerateRequest::greedy(
@@ -562,19 +776,22 @@ fn measure_speed(runs: &Runs, case: &Case, s: SpeedSettings) -> Result<Speed, St
                 s.decode_tokens + 1,
             ))
             .map_err(|e| e.to_string())?;
+        if !(g.prefill_seconds > 0.0 && g.decode_seconds > 0.0) || g.steps.is_empty() {
+            return Err("its generation reported no prefill/decode timings".into());
+        }
         Ok((
-            prompt.len() as f64 / g.prefill_seconds.max(1e-9),
-            g.steps.len() as f64 / g.decode_seconds.max(1e-9),
+            prompt.len() as f64 / g.prefill_seconds,
+            g.steps.len() as f64 / g.decode_seconds,
         ))
     };
-    once(e.as_mut()).map_err(|x| format!("engine: {x}"))?;
-    once(o.as_mut()).map_err(|x| format!("oracle: {x}"))?;
+    once(e.as_mut()).map_err(|x| format!("{ea}: {x}"))?;
+    once(o.as_mut()).map_err(|x| format!("{eb}: {x}"))?;
     let (mut ep, mut ed, mut op, mut od) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..s.reps.max(1) {
-        let (a, b) = once(e.as_mut()).map_err(|x| format!("engine: {x}"))?;
+        let (a, b) = once(e.as_mut()).map_err(|x| format!("{ea}: {x}"))?;
         ep.push(a);
         ed.push(b);
-        let (a, b) = once(o.as_mut()).map_err(|x| format!("oracle: {x}"))?;
+        let (a, b) = once(o.as_mut()).map_err(|x| format!("{eb}: {x}"))?;
         op.push(a);
         od.push(b);
     }
@@ -591,7 +808,7 @@ fn measure_speed(runs: &Runs, case: &Case, s: SpeedSettings) -> Result<Speed, St
             prefill_tok_s: med(&ep),
             decode_tok_s: med(&ed),
         },
-        oracle: ProbeSpeed {
+        reference: ProbeSpeed {
             prefill_tok_s: med(&op),
             decode_tok_s: med(&od),
         },

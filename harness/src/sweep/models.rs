@@ -5,8 +5,12 @@
 //! applied to a model runs with that model: the case's own `model`, `threads` and
 //! `tokenizer` are replaced by the entry's; its prompts, stages, tolerances, tokenizer
 //! inputs and metamorphic checks are kept.
+//!
+//! `engines = ["engine", "numpy-example", …]` (probe specs, see [`crate::probes`]) runs the
+//! model's cases once per engine, each judged against `reference` (default `oracle`): one
+//! result per (model, engine) pair.
 
-use crate::probes::ModelSpec;
+use crate::probes::{ModelSpec, ProbeSpec, Registry};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -30,8 +34,12 @@ pub struct ModelEntry {
     /// Case ids or patterns (`smoke/*`), relative to the cases folder, without `.toml`.
     pub cases: Vec<String>,
     pub threads: usize,
-    /// Measure engine and oracle tok/s on this model.
+    /// Measure engine and reference tok/s on this model (per engine, where both generate).
     pub speed: bool,
+    /// The implementations under test, in order (default: our engine alone); no two alike.
+    pub engines: Vec<ProbeSpec>,
+    /// What each engine is judged against (default: the vendored bitnet.cpp, `oracle`).
+    pub reference: ProbeSpec,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +60,10 @@ struct RawDefaults {
     threads: Option<usize>,
     #[serde(default)]
     speed: Option<bool>,
+    #[serde(default)]
+    engines: Option<toml::Spanned<Vec<toml::Spanned<String>>>>,
+    #[serde(default)]
+    reference: Option<toml::Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -73,6 +85,10 @@ struct RawModel {
     threads: Option<usize>,
     #[serde(default)]
     speed: Option<bool>,
+    #[serde(default)]
+    engines: Option<toml::Spanned<Vec<toml::Spanned<String>>>>,
+    #[serde(default)]
+    reference: Option<toml::Spanned<String>>,
 }
 
 /// A `models.toml` that cannot be used: where, what, and the fix.
@@ -99,6 +115,12 @@ pub fn load(file: &Path) -> Result<ModelsFile, ModelsError> {
 }
 
 pub fn parse(text: &str, file: &Path) -> Result<ModelsFile, ModelsError> {
+    let registry = Registry::global().map_err(|e| ModelsError(e.clone()))?;
+    parse_with(text, file, registry)
+}
+
+/// [`parse`] with probe names looked up in `registry`.
+pub fn parse_with(text: &str, file: &Path, registry: &Registry) -> Result<ModelsFile, ModelsError> {
     let at = |offset: usize| {
         let (l, c) = line_col(text, offset);
         format!("{}:{l}:{c}", file.display())
@@ -110,6 +132,39 @@ pub fn parse(text: &str, file: &Path) -> Result<ModelsFile, ModelsError> {
     let default_cases = raw.defaults.cases.unwrap_or_default();
     let default_threads = raw.defaults.threads.unwrap_or(1);
     let default_speed = raw.defaults.speed.unwrap_or(true);
+    let probe_spec = |v: &toml::Spanned<String>| {
+        ProbeSpec::parse(v.get_ref(), registry)
+            .map_err(|m| ModelsError(format!("{}: {m}", at(v.span().start))))
+    };
+    let engines_of = |v: &toml::Spanned<Vec<toml::Spanned<String>>>| {
+        if v.get_ref().is_empty() {
+            return Err(ModelsError(format!(
+                "{}: `engines` is empty: list at least one probe (\"engine\" is ours)",
+                at(v.span().start)
+            )));
+        }
+        let mut out: Vec<ProbeSpec> = Vec::new();
+        for e in v.get_ref() {
+            let s = probe_spec(e)?;
+            if out.iter().any(|x| x.label() == s.label()) {
+                return Err(ModelsError(format!(
+                    "{}: engine '{}' is listed twice",
+                    at(e.span().start),
+                    e.get_ref()
+                )));
+            }
+            out.push(s);
+        }
+        Ok(out)
+    };
+    let default_engines = match &raw.defaults.engines {
+        Some(v) => engines_of(v)?,
+        None => vec![ProbeSpec::Engine],
+    };
+    let default_reference = match &raw.defaults.reference {
+        Some(v) => probe_spec(v)?,
+        None => ProbeSpec::ORACLE,
+    };
     let mut models: Vec<ModelEntry> = Vec::new();
     for m in raw.model {
         let place = at(m.span().start);
@@ -159,6 +214,14 @@ pub fn parse(text: &str, file: &Path) -> Result<ModelsFile, ModelsError> {
                 "{place}: model '{name}': threads must be at least 1"
             )));
         }
+        let engines = match &m.engines {
+            Some(v) => engines_of(v)?,
+            None => default_engines.clone(),
+        };
+        let reference = match &m.reference {
+            Some(v) => probe_spec(v)?,
+            None => default_reference.clone(),
+        };
         let tokenizer = match m.tokenizer {
             None => "gguf".to_string(),
             Some(t) if t == "gguf" || t == "truth" => t,
@@ -175,6 +238,8 @@ pub fn parse(text: &str, file: &Path) -> Result<ModelsFile, ModelsError> {
             cases,
             threads,
             speed: m.speed.unwrap_or(default_speed),
+            engines,
+            reference,
         });
     }
     if models.is_empty() {
@@ -289,6 +354,59 @@ cases = ["long/x"]
             .unwrap_err()
             .0;
         assert!(e.contains("m.toml:5:1") && e.contains("two models"), "{e}");
+    }
+
+    #[test]
+    fn engines_and_reference() {
+        let dir = std::env::temp_dir().join(format!("bitprobe-models-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let reg = dir.join("probes.toml");
+        std::fs::write(&reg, "[probe.mine]\ncommand = [\"python3\", \"m.py\"]\n").unwrap();
+        let r = Registry::load(&reg).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        let text = "[defaults]\ncases = [\"a\"]\n\n[[model]]\npreset = \"tiny-i2s\"\n\n[[model]]\npreset = \"tiny-f32\"\nengines = [\"engine\", \"mine\"]\nreference = \"bitnet.cpp-2026\"\n";
+        let f = parse_with(text, Path::new("m.toml"), &r).unwrap();
+        assert_eq!(f.models[0].engines, vec![ProbeSpec::Engine]);
+        assert_eq!(f.models[0].reference, ProbeSpec::ORACLE);
+        let labels: Vec<String> = f.models[1].engines.iter().map(|e| e.label()).collect();
+        assert_eq!(labels, ["engine", "mine"]);
+        assert_eq!(f.models[1].reference.label(), "bitnet.cpp-2026");
+        // An unknown probe: file:line:col of the array element.
+        let e = parse_with(
+            "[[model]]\npreset = \"tiny-i2s\"\ncases = [\"a\"]\nengines = [\"engine\", \"nope\"]\n",
+            Path::new("m.toml"),
+            &r,
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            e.contains("m.toml:4:22") && e.contains("unknown probe 'nope'") && e.contains("mine"),
+            "{e}"
+        );
+        let e = parse_with(
+            "[[model]]\npreset = \"tiny-i2s\"\ncases = [\"a\"]\nreference = \"nope\"\n",
+            Path::new("m.toml"),
+            &r,
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("m.toml:4:13"), "{e}");
+        let e = parse_with(
+            "[[model]]\npreset = \"tiny-i2s\"\ncases = [\"a\"]\nengines = [\"mine\", \"mine\"]\n",
+            Path::new("m.toml"),
+            &r,
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("m.toml:4:20") && e.contains("twice"), "{e}");
+        let e = parse_with(
+            "[[model]]\npreset = \"tiny-i2s\"\ncases = [\"a\"]\nengines = []\n",
+            Path::new("m.toml"),
+            &r,
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("m.toml:4:11") && e.contains("empty"), "{e}");
     }
 
     #[test]
