@@ -135,11 +135,15 @@ fn cannot_wrap_bound_is_per_lane_and_group() {
 
 #[cfg(target_arch = "x86_64")]
 #[test]
+#[cfg_attr(
+    not(cpu_avx512_vnni),
+    ignore = "this CPU has no AVX-512 F/BW/VL/VNNI: the VNNI kernels cannot run here"
+)]
 fn dot_row_equals_reference() {
-    if !i2s_vnni::has_vnni() {
-        eprintln!("no AVX-512 VNNI: skipped");
-        return;
-    }
+    assert!(
+        i2s_vnni::has_vnni(),
+        "the build saw AVX-512 VNNI on this CPU but the engine does not detect it"
+    );
     let mut rng = Rng::new(32);
     for &cols in COLS {
         for amp in [3i64, 40, 127, 128] {
@@ -164,11 +168,15 @@ fn dot_row_equals_reference() {
 
 #[cfg(target_arch = "x86_64")]
 #[test]
+#[cfg_attr(
+    not(cpu_avx512_vnni),
+    ignore = "this CPU has no AVX-512 F/BW/VL/VNNI: the VNNI kernels cannot run here"
+)]
 fn panel_gemm_equals_reference() {
-    if !i2s_vnni::has_vnni() {
-        eprintln!("no AVX-512 VNNI: skipped");
-        return;
-    }
+    assert!(
+        i2s_vnni::has_vnni(),
+        "the build saw AVX-512 VNNI on this CPU but the engine does not detect it"
+    );
     let mut rng = Rng::new(33);
     for &(n_rows, n_tok, cols) in &[
         (1, 1, 128),

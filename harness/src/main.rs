@@ -429,7 +429,7 @@ struct ConformanceArgs {
     /// A GGUF file instead of a preset.
     #[arg(long, short = 'm', conflicts_with = "preset")]
     model: Option<PathBuf>,
-    /// Base deadline per request in seconds [default: 30].
+    /// Base deadline per request in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     timeout: f64,
     #[command(flatten)]
@@ -589,7 +589,7 @@ struct SweepArgs {
     /// Trials run at once, each with its own probes [default: cores].
     #[arg(long, short = 'j')]
     jobs: Option<usize>,
-    /// Largest accepted drop of an engine/oracle speed ratio against the baseline.
+    /// Largest accepted drop of an engine/reference speed ratio against the baseline.
     #[arg(long, default_value_t = 0.10)]
     speed_tolerance: f64,
     /// Prompt tokens for the speed figures.
@@ -598,7 +598,7 @@ struct SweepArgs {
     /// Decode steps for the speed figures.
     #[arg(short = 'n', long = "decode-tokens", default_value_t = 64)]
     decode_tokens: usize,
-    /// Alternating engine/oracle speed repetitions per model (medians reported).
+    /// Alternating engine/reference speed repetitions per result (medians reported).
     #[arg(long, default_value_t = 7)]
     reps: usize,
     /// Skip the speed measurements.
@@ -641,5 +641,64 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// One name per meaning in every command: the model is `-m, --model` (with `--preset` and
+    /// `--preset-seed` beside it), the prompt `-p, --prompt` (alias `--text`), threads
+    /// `-t, --threads`, any count of generated or decoded tokens `-n`; no bare `--seed`
+    /// (`--preset-seed` forges, `--sampling-seed` samples); every option says what it does;
+    /// no help text or default shows this machine's paths.
+    #[test]
+    fn one_flag_name_per_meaning_in_every_command() {
+        let root = harness::snapshot::workspace_root().display().to_string();
+        let cli = Cli::command();
+        let mut checked = 0;
+        for sub in cli.get_subcommands() {
+            let cmd = sub.get_name();
+            let longs: Vec<&str> = sub.get_arguments().filter_map(|a| a.get_long()).collect();
+            for a in sub.get_arguments() {
+                let Some(long) = a.get_long() else { continue };
+                if long == "help" {
+                    continue;
+                }
+                checked += 1;
+                let help = format!(
+                    "{} {}",
+                    a.get_help().map(|h| h.to_string()).unwrap_or_default(),
+                    a.get_long_help().map(|h| h.to_string()).unwrap_or_default()
+                );
+                assert!(!help.trim().is_empty(), "{cmd} --{long} has no help text");
+                let defaults: Vec<String> = a
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect();
+                assert!(
+                    !help.contains(&root) && !defaults.iter().any(|d| d.contains(&root)),
+                    "{cmd} --{long} shows this machine's path {root}"
+                );
+                let short = a.get_short();
+                match long {
+                    "model" => assert_eq!(short, Some('m'), "{cmd} --model"),
+                    "threads" => assert_eq!(short, Some('t'), "{cmd} --threads"),
+                    "prompt" => {
+                        assert_eq!(short, Some('p'), "{cmd} --prompt");
+                        let aliases = a.get_all_aliases().unwrap_or_default();
+                        assert!(aliases.contains(&"text"), "{cmd} --prompt lacks --text");
+                    }
+                    "decode" | "decode-tokens" | "n-predict" => {
+                        assert_eq!(short, Some('n'), "{cmd} --{long}: tokens are -n")
+                    }
+                    "preset" => assert!(
+                        longs.contains(&"preset-seed"),
+                        "{cmd} has --preset but no --preset-seed"
+                    ),
+                    "seed" => panic!("{cmd} --seed: say --preset-seed or --sampling-seed"),
+                    "text" => panic!("{cmd} --text: the prompt is -p, --prompt"),
+                    _ => {}
+                }
+            }
+        }
+        assert!(checked > 80, "only {checked} options seen");
     }
 }

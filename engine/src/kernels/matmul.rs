@@ -23,10 +23,10 @@
 
 use super::{check_len, KernelError, SendPtr, Simd, PREFETCH_BYTES};
 use super::{dot, sgemm};
-#[cfg(target_arch = "x86_64")]
-use crate::quant::i2s_vnni;
 use crate::quant::q8k::{self, BlockQ8K, QK_K};
 use crate::quant::{i2s, tq1, tq2};
+#[cfg(target_arch = "x86_64")]
+use crate::quant::{i2s_vnni, tq_vnni};
 use rayon::prelude::*;
 
 /// A weight matrix of `rows × cols` as raw bytes straight from the mmap (unaligned, LE).
@@ -158,6 +158,10 @@ pub struct Scratch {
     act_sums: Vec<i32>,
     xh: Vec<f32>,
     q8k: Vec<BlockQ8K>,
+    /// TQ1_0/TQ2_0 activations for the VNNI kernels ([`tq_vnni::decode_acts`] for one
+    /// token, [`tq_vnni::pair_acts`] for several).
+    #[cfg(target_arch = "x86_64")]
+    tq_lines: Vec<tq_vnni::Line>,
 }
 
 fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
@@ -175,8 +179,11 @@ const PANEL_ROWS: usize = 32;
 
 #[cfg(target_arch = "x86_64")]
 thread_local! {
-    /// Unpacked I2_S codes of one panel ([`i2s_vnni::x86::unpack_panel`]), per thread.
+    /// Unpacked I2_S codes of one panel ([`i2s_vnni::x86::unpack_panel`]), or TQ1_0/TQ2_0
+    /// codes ([`tq_vnni::x86::unpack_panel`]), per thread.
     static PANEL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The `x.d` of each block of a TQ1_0/TQ2_0 panel, per thread.
+    static PANEL_XD: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Rows per task when one token streams through a matrix (decode): about 8 tasks per
@@ -370,13 +377,45 @@ pub fn matmul_with(
                     &mut scratch.q8k[t * nbk..(t + 1) * nbk],
                 );
             }
-            let ys = &scratch.q8k[..nt * nbk];
             let is_tq1 = matches!(w, WeightView::TQ1 { .. });
+            #[cfg(target_arch = "x86_64")]
+            if simd == Simd::Avx512 && tq_vnni::available() {
+                let fmt = if is_tq1 {
+                    tq_vnni::Format::Tq1
+                } else {
+                    tq_vnni::Format::Tq2
+                };
+                // SAFETY: `simd` is clamped and `available` detected VNNI and VBMI, as tested
+                // here; the view was validated (cols % 256 == 0, rows·row_bytes bytes), the
+                // Q8_K rows were filled for all nt tokens just above, and `optr` is `out`
+                // (nt·rows, checked), unused until we return.
+                unsafe { matmul_tq_vnni(fmt, data, rows, cols, nt, scratch, optr) };
+                return Ok(());
+            }
+            let ys = &scratch.q8k[..nt * nbk];
             let rb = if is_tq1 {
                 tq1::row_bytes(cols)
             } else {
                 tq2::row_bytes(cols)
             };
+            if nt == 1 && simd != Simd::Scalar {
+                // One token (decode): the rows as one stream, prefetched ahead.
+                par_row_ranges(rows, stream_rows_per_task(rows), |r0, r1| {
+                    prefetch_start(data[r0 * rb..].as_ptr(), (r1 - r0) * rb);
+                    for r in r0..r1 {
+                        let row = &data[r * rb..(r + 1) * rb];
+                        let v = if is_tq1 {
+                            tq1::vec_dot_q8k_stream_with(simd, row, ys)
+                        } else {
+                            tq2::vec_dot_q8k_stream_with(simd, row, ys)
+                        };
+                        // SAFETY: r < r1 ≤ rows and `out.len() == rows` (nt = 1, checked);
+                        // `par_row_ranges` gives each task disjoint rows.
+                        unsafe { *optr.ptr().add(r) = v };
+                    }
+                });
+                return Ok(());
+            }
             run(&|r, t0, v| {
                 let row = &data[r * rb..(r + 1) * rb];
                 for (k, o) in v.iter_mut().enumerate() {
@@ -511,4 +550,104 @@ unsafe fn i2s_dot(simd: Simd, row: &[u8], q: &[i8]) -> i32 {
         Simd::Avx2 => unsafe { i2s::x86::vec_dot_i2_i8_avx2(row, q) },
         _ => i2s::vec_dot_i2_i8_scalar(row, q),
     }
+}
+
+/// TQ1_0/TQ2_0 on AVX-512 VNNI ([`tq_vnni`]), activations already in `scratch.q8k`: one
+/// token streams through the packed rows ([`tq_vnni::x86::tq1_dot_row`],
+/// [`tq_vnni::x86::tq2_dot_row`]); several are paired and meet each panel of rows unpacked
+/// once ([`tq_vnni::x86::gemm_panel`]). ggml's bits either way.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/VNNI/VBMI and GFNI ([`tq_vnni::available`] and a clamped
+/// [`Simd::Avx512`]); `data` is a validated view of `rows × cols` in `fmt`
+/// (`cols % 256 == 0`, at least `rows·(cols/256)·fmt.block_bytes()` bytes); `scratch.q8k`
+/// holds `nt` quantized rows of `cols/256` blocks; `optr` points to `nt·rows` writable f32
+/// that nothing else accesses during the call.
+#[cfg(target_arch = "x86_64")]
+unsafe fn matmul_tq_vnni(
+    fmt: tq_vnni::Format,
+    data: &[u8],
+    rows: usize,
+    cols: usize,
+    nt: usize,
+    scratch: &mut Scratch,
+    optr: SendPtr<f32>,
+) {
+    use tq_vnni::{x86, PAIR_LINES, PANEL_BLOCK};
+    let nb = cols / QK_K;
+    let rb = nb * fmt.block_bytes();
+    let ys = &scratch.q8k[..nt * nb];
+    if nt == 1 {
+        let nl = fmt.decode_len(nb);
+        grow(&mut scratch.tq_lines, nl);
+        tq_vnni::decode_acts(fmt, ys, &mut scratch.tq_lines[..nl]);
+        let acts = &scratch.tq_lines[..nl];
+        par_row_ranges(rows, stream_rows_per_task(rows), |r0, r1| {
+            prefetch_start(data[r0 * rb..].as_ptr(), (r1 - r0) * rb);
+            for r in r0..r1 {
+                let row = data[r * rb..].as_ptr();
+                // SAFETY: VNNI/VBMI/GFNI are present (our contract); `data[r·rb..]` holds
+                // the row's nb blocks (validated view, r < rows) and `acts` decode_len(nb)
+                // lines for this format.
+                let v = unsafe {
+                    match fmt {
+                        tq_vnni::Format::Tq1 => x86::tq1_dot_row(row, acts.as_ptr(), nb),
+                        tq_vnni::Format::Tq2 => x86::tq2_dot_row(row, acts.as_ptr(), nb),
+                    }
+                };
+                // SAFETY: r0 ≤ r < r1 ≤ rows and `optr` has nt·rows = rows elements;
+                // `par_row_ranges` gives tasks disjoint rows.
+                unsafe { *optr.ptr().add(r) = v };
+            }
+        });
+        return;
+    }
+    let np = nt.div_ceil(2);
+    grow(&mut scratch.tq_lines, np * nb * PAIR_LINES);
+    for (p, lines) in scratch.tq_lines[..np * nb * PAIR_LINES]
+        .chunks_exact_mut(nb * PAIR_LINES)
+        .enumerate()
+    {
+        let b = (2 * p + 1 < nt).then(|| &ys[(2 * p + 1) * nb..(2 * p + 2) * nb]);
+        tq_vnni::pair_acts(fmt, &ys[2 * p * nb..(2 * p + 1) * nb], b, lines);
+    }
+    let acts = &scratch.tq_lines[..np * nb * PAIR_LINES];
+    par_row_ranges(rows, PANEL_ROWS, |r0, r1| {
+        PANEL.with(|panel| {
+            PANEL_XD.with(|xd| {
+                let (mut panel, mut xd) = (panel.borrow_mut(), xd.borrow_mut());
+                grow(&mut panel, (r1 - r0) * nb * PANEL_BLOCK);
+                grow(&mut xd, (r1 - r0) * nb);
+                // SAFETY: VNNI/VBMI: our contract. `data[r0·rb..]` holds rows r0..r1
+                // ((r1−r0)·rb bytes, validated view); the panel and xd buffers were grown
+                // to (r1−r0)·nb·256 bytes and (r1−r0)·nb f32 and are this thread's own
+                // (thread-local, borrowed mutably); `acts` holds np·nb·PAIR_LINES lines for
+                // nt tokens.
+                unsafe {
+                    x86::unpack_panel(
+                        fmt,
+                        data[r0 * rb..].as_ptr(),
+                        r1 - r0,
+                        nb,
+                        panel.as_mut_ptr(),
+                        xd.as_mut_ptr(),
+                    );
+                    x86::gemm_panel(
+                        panel.as_ptr(),
+                        xd.as_ptr(),
+                        r1 - r0,
+                        nb,
+                        acts.as_ptr(),
+                        nt,
+                        |r, t, v| {
+                            // SAFETY: gemm_panel emits r < r1 − r0 and t < nt, so
+                            // t·rows + r0 + r < nt·rows, the size of `optr` (our
+                            // contract); tasks own disjoint rows.
+                            *optr.ptr().add(t * rows + r0 + r) = v
+                        },
+                    );
+                }
+            })
+        })
+    });
 }

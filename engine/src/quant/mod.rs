@@ -5,6 +5,8 @@
 //! - [`i2s_vnni`]: the same I2_S integer dots on AVX-512 VNNI, for activation rows whose
 //!   i16 lanes provably cannot wrap; unpack-once panels for prefill.
 //! - [`tq1`], [`tq2`]: ggml's TQ1_0 / TQ2_0 ternary blocks (types 34 / 35).
+//! - [`tq_vnni`]: their dots on AVX-512 VNNI, ggml's results bit for bit: decode streams
+//!   and unpack-once panels for prefill.
 //! - [`q8k`]: ggml's Q8_K activation blocks, the `vec_dot_type` of TQ1_0 and TQ2_0.
 //!
 //! All functions take raw little-endian byte slices straight from the mmap (unaligned).
@@ -17,6 +19,7 @@ pub mod i2s_vnni;
 pub mod q8k;
 pub mod tq1;
 pub mod tq2;
+pub mod tq_vnni;
 
 /// ggml's `nearest_int(fval)` (ggml-quants.c): `fval + 12582912.f` (1.5·2²³), then the low
 /// mantissa bits — a round-half-to-even of `fval` for |fval| ≤ 4194303.

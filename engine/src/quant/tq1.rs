@@ -109,6 +109,17 @@ pub fn vec_dot_q8k(row: &[u8], y: &[BlockQ8K]) -> f32 {
 
 /// [`vec_dot_q8k`] at an explicit SIMD level (clamped to what the CPU has).
 pub fn vec_dot_q8k_with(simd: Simd, row: &[u8], y: &[BlockQ8K]) -> f32 {
+    dot_with::<false>(simd, row, y)
+}
+
+/// [`vec_dot_q8k_with`] for rows read in one long stream (one token through a whole
+/// matrix): same arithmetic, plus a software prefetch [`crate::kernels::PREFETCH_BYTES`]
+/// ahead of the weight bytes (which may reach past the row: prefetches never fault).
+pub fn vec_dot_q8k_stream_with(simd: Simd, row: &[u8], y: &[BlockQ8K]) -> f32 {
+    dot_with::<true>(simd, row, y)
+}
+
+fn dot_with<const PREFETCH: bool>(simd: Simd, row: &[u8], y: &[BlockQ8K]) -> f32 {
     assert!(
         row.len() >= y.len() * BLOCK_BYTES,
         "TQ1_0 dot: row too short"
@@ -117,8 +128,8 @@ pub fn vec_dot_q8k_with(simd: Simd, row: &[u8], y: &[BlockQ8K]) -> f32 {
         Simd::Scalar => vec_dot_q8k_scalar(row, y),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `clamp` only yields a level `Simd::detect` found, and Avx2 and above have
-        // AVX2/FMA/F16C; the kernel's raw loads are within fixed-size arrays.
-        Simd::Avx2 | Simd::Avx512 => unsafe { vec_dot_q8k_avx2(row, y) },
+        // AVX2/FMA/F16C; the assert above gives the `54·y.len()` bytes the kernel reads.
+        Simd::Avx2 | Simd::Avx512 => unsafe { vec_dot_q8k_avx2::<PREFETCH>(row, y) },
         #[allow(unreachable_patterns)]
         _ => vec_dot_q8k_scalar(row, y),
     }
@@ -148,34 +159,94 @@ pub fn trit_scalar_formula(q: u8) -> u8 {
     ((q as u16 * 3) >> 8) as u8
 }
 
-/// [`vec_dot_q8k`] with ggml's AVX2 integer and float steps.
+/// [`vec_dot_q8k`] with ggml's AVX2 code: trits by its multiply-by-3ⁿ and `avg_epu8`
+/// steps (the qh trits through `vpmullw`), i16 sums, then its float step.
 ///
 /// # Safety
-/// The CPU has AVX2, FMA and F16C. Memory: the weight bytes go through checked slices;
-/// the loads read the local `codes` array (256 bytes, 8 × 32) and each `BlockQ8K`'s `qs`
-/// (256 i8, 8 × 32) and `bsums` (16 i16, one 32-byte load), all in bounds by their types.
+/// The CPU has AVX2, FMA and F16C, and `row.len() ≥ 54·y.len()`: block `i` loads 32 bytes
+/// at `54i`, 16 at `54i + 32`, 4 at `54i + 48` and reads its f16 `d` at `54i + 52`. The
+/// `BlockQ8K` loads stay inside the block: `qs` (256 i8) as eight 32-byte loads, `bsums`
+/// (16 i16) as one.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn vec_dot_q8k_avx2(row: &[u8], y: &[BlockQ8K]) -> f32 {
+unsafe fn vec_dot_q8k_avx2<const PREFETCH: bool>(row: &[u8], y: &[BlockQ8K]) -> f32 {
     use std::arch::x86_64::*;
-    // Trit extraction: the codes are computed exactly as the scalar path does, one 32-byte
-    // vector at a time; the integer lanes and the float step then follow ggml's AVX2 code.
+    let one = _mm256_set1_epi8(1);
+    let m3 = _mm256_set1_epi8(3);
+    let m8 = _mm256_set1_epi8(-8);
+    let zero = _mm256_setzero_si256();
+    // `(q·3) >> 8` of every byte, the ggml way: cancel avg's +1, two avgs, top two bits.
+    let trit = |q: __m256i| {
+        let q = _mm256_subs_epu8(q, one);
+        let q = _mm256_avg_epu8(q, _mm256_avg_epu8(q, zero));
+        _mm256_and_si256(_mm256_srli_epi16::<6>(q), m3)
+    };
+    // ×3 and ×9 modulo 256 in every byte (`x + x + x`, `((x << 3) & −8) + x`).
+    let times3 = |x: __m256i| _mm256_add_epi8(x, _mm256_add_epi8(x, x));
+    let times9 = |x: __m256i| _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16::<3>(x), m8), x);
+    let pow3 = _mm256_set_epi16(27, 27, 27, 27, 9, 9, 9, 9, 3, 3, 3, 3, 1, 1, 1, 1);
     let mut sumf = _mm256_setzero_ps();
     for (i, yb) in y.iter().enumerate() {
-        let b = &row[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
-        let (codes, xd) = decode_block(b);
-        let mut s = _mm256_setzero_si256();
-        for v in 0..8 {
-            let c = _mm256_loadu_si256(codes.as_ptr().add(v * 32) as *const __m256i);
-            let q = _mm256_loadu_si256(yb.qs.as_ptr().add(v * 32) as *const __m256i);
-            s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c, q));
+        let x = row.as_ptr().add(i * BLOCK_BYTES);
+        if PREFETCH {
+            crate::kernels::prefetch(x.wrapping_add(crate::kernels::PREFETCH_BYTES));
         }
-        let ysum = _mm256_loadu_si256(yb.bsums.as_ptr() as *const __m256i);
-        let s = _mm256_madd_epi16(_mm256_sub_epi16(s, ysum), _mm256_set1_epi16(1));
-        sumf = _mm256_add_ps(
-            _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(yb.d * xd)),
-            sumf,
+        let yq = yb.qs.as_ptr();
+        let ld = |o: usize| _mm256_loadu_si256(yq.add(o) as *const __m256i);
+        // qs[0..32]: five trits each, values 32n + m.
+        let qx0 = _mm256_loadu_si256(x as *const __m256i);
+        let qx1 = times3(qx0);
+        let qx2 = times9(qx0);
+        let qx3 = times9(qx1);
+        let qx4 = times9(qx2);
+        let mut sumi0 = _mm256_add_epi16(
+            _mm256_maddubs_epi16(trit(qx0), ld(0)),
+            _mm256_maddubs_epi16(trit(qx1), ld(32)),
         );
+        let mut sumi1 = _mm256_add_epi16(
+            _mm256_maddubs_epi16(trit(qx2), ld(64)),
+            _mm256_maddubs_epi16(trit(qx3), ld(96)),
+        );
+        let mut sumi2 = _mm256_maddubs_epi16(trit(qx4), ld(128));
+        // qs[32..48] (five trits, values 160 + 16n + m) and qh (four, 240 + 4n + j).
+        let h0 = _mm_loadu_si128(x.add(32) as *const __m128i);
+        let qh = std::ptr::read_unaligned(x.add(48) as *const u32);
+        let h1 = _mm_add_epi8(h0, _mm_add_epi8(h0, h0));
+        let h2 = _mm_add_epi8(
+            _mm_and_si128(_mm_slli_epi16::<3>(h0), _mm_set1_epi8(-8)),
+            h0,
+        );
+        let h3 = _mm_add_epi8(
+            _mm_and_si128(_mm_slli_epi16::<3>(h1), _mm_set1_epi8(-8)),
+            h1,
+        );
+        let h4 = _mm_add_epi8(
+            _mm_and_si128(_mm_slli_epi16::<3>(h2), _mm_set1_epi8(-8)),
+            h2,
+        );
+        let q5 = _mm256_and_si256(
+            _mm256_mullo_epi16(_mm256_cvtepu8_epi16(_mm_set1_epi32(qh as i32)), pow3),
+            _mm256_set1_epi16(0xFF),
+        );
+        let h5 = _mm_packus_epi16(
+            _mm256_castsi256_si128(q5),
+            _mm256_extracti128_si256::<1>(q5),
+        );
+        let qx01 = _mm256_set_m128i(h1, h0);
+        let qx23 = _mm256_set_m128i(h3, h2);
+        let qx45 = _mm256_set_m128i(h5, h4);
+        sumi0 = _mm256_add_epi16(sumi0, _mm256_maddubs_epi16(trit(qx01), ld(160)));
+        sumi1 = _mm256_add_epi16(sumi1, _mm256_maddubs_epi16(trit(qx23), ld(192)));
+        sumi2 = _mm256_add_epi16(sumi2, _mm256_maddubs_epi16(trit(qx45), ld(224)));
+        let ysum = _mm256_loadu_si256(yb.bsums.as_ptr() as *const __m256i);
+        let xd = super::f16_at(&row[i * BLOCK_BYTES + 52..i * BLOCK_BYTES + 54], 0);
+        let d = _mm256_set1_ps(yb.d * xd);
+        let s = _mm256_add_epi16(
+            _mm256_sub_epi16(sumi0, ysum),
+            _mm256_add_epi16(sumi1, sumi2),
+        );
+        let s = _mm256_madd_epi16(s, _mm256_set1_epi16(1));
+        sumf = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s), d), sumf);
     }
     let mut l = [0f32; 8];
     _mm256_storeu_ps(l.as_mut_ptr(), sumf);

@@ -80,6 +80,17 @@ pub fn vec_dot_q8k(row: &[u8], y: &[BlockQ8K]) -> f32 {
 
 /// [`vec_dot_q8k`] at an explicit SIMD level (clamped to what the CPU has).
 pub fn vec_dot_q8k_with(simd: Simd, row: &[u8], y: &[BlockQ8K]) -> f32 {
+    dot_with::<false>(simd, row, y)
+}
+
+/// [`vec_dot_q8k_with`] for rows read in one long stream (one token through a whole
+/// matrix): same arithmetic, plus a software prefetch [`crate::kernels::PREFETCH_BYTES`]
+/// ahead of the weight bytes (which may reach past the row: prefetches never fault).
+pub fn vec_dot_q8k_stream_with(simd: Simd, row: &[u8], y: &[BlockQ8K]) -> f32 {
+    dot_with::<true>(simd, row, y)
+}
+
+fn dot_with<const PREFETCH: bool>(simd: Simd, row: &[u8], y: &[BlockQ8K]) -> f32 {
     assert!(
         row.len() >= y.len() * BLOCK_BYTES,
         "TQ2_0 dot: row too short"
@@ -89,7 +100,7 @@ pub fn vec_dot_q8k_with(simd: Simd, row: &[u8], y: &[BlockQ8K]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `clamp` only yields a level `Simd::detect` found, and Avx2 and above have
         // AVX2/FMA/F16C; the assert above gives the `y.len()` blocks of `row` it reads.
-        Simd::Avx2 | Simd::Avx512 => unsafe { vec_dot_q8k_avx2(row, y) },
+        Simd::Avx2 | Simd::Avx512 => unsafe { vec_dot_q8k_avx2::<PREFETCH>(row, y) },
         #[allow(unreachable_patterns)]
         _ => vec_dot_q8k_scalar(row, y),
     }
@@ -114,12 +125,15 @@ pub fn vec_dot_q8k_scalar(row: &[u8], y: &[BlockQ8K]) -> f32 {
 /// {0, 32}, `bsums` (16 i16) as one 32-byte load.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn vec_dot_q8k_avx2(row: &[u8], y: &[BlockQ8K]) -> f32 {
+unsafe fn vec_dot_q8k_avx2<const PREFETCH: bool>(row: &[u8], y: &[BlockQ8K]) -> f32 {
     use std::arch::x86_64::*;
     let mut sumf = _mm256_setzero_ps();
     let m3 = _mm256_set1_epi8(3);
     for (i, yb) in y.iter().enumerate() {
         let x = row.as_ptr().add(i * BLOCK_BYTES);
+        if PREFETCH {
+            crate::kernels::prefetch(x.wrapping_add(crate::kernels::PREFETCH_BYTES));
+        }
         let yq = yb.qs.as_ptr();
         let mut s0 = _mm256_setzero_si256();
         let mut s1 = _mm256_setzero_si256();

@@ -1,0 +1,726 @@
+//! TQ1_0 and TQ2_0 matmul kernels on AVX-512 VNNI: the results of ggml's
+//! `ggml_vec_dot_tq1_0_q8_K` / `ggml_vec_dot_tq2_0_q8_K` (ggml-quants.c, the `__AVX2__`
+//! branch the oracle runs), bit for bit, streaming one token through the packed weights
+//! (decode) or applying unpacked panels of weights to many tokens (prefill).
+//!
+//! ## What ggml computes
+//!
+//! Per block `b` of a row (256 weights with codes `c ∈ 0..=3` — TQ1_0 trits are 0..=2, a
+//! TQ2_0 file may hold a 3, which ggml reads as +2 — against one Q8_K block of quants `q`
+//! and sums `bsums`) ggml's AVX2 code forms eight i32 lanes (see [`super::q8k::tq_lanes`])
+//!
+//! `L_l = Σ_{i : (i mod 32)/4 = l} c_i·q_i − (bsums[2l] + bsums[2l+1])`, `l = 0..8`,
+//!
+//! then `sumf_l = (float)L_l · (y.d · x.d) + sumf_l` (a rounded product, then a rounded
+//! add: the oracle's clang does not fuse them) block after block, and returns
+//! `hsum_float_8(sumf)`.
+//!
+//! ## Why the integer part may be computed in any order
+//!
+//! ggml reaches `L_l` in i16 arithmetic. Every `vpmaddubsw` pair is at most
+//! `2·3·128 = 768` in magnitude (it never saturates), an i16 lane adds eight such pairs
+//! (≤ 6144) and subtracts one bsum (`|bsum| ≤ 16·128 = 2048`): every partial sum stays
+//! within ±8192, so no i16 step wraps and ggml's lanes are the exact integers `L_l`.
+//! (TQ1_0's codes are at most 2, which only lowers the bounds.) Any exact computation of
+//! `L_l` gives the same integers: here `vpdpbusd` sums byte products into i32 lanes, and
+//! the lanes of one block never exceed `256·3·128 + 8·2048` in magnitude. Only the float
+//! steps need ggml's order, and they get it: per block, per lane, in block order, one
+//! `vcvtdq2ps`, one `vmulps` by `y.d·x.d` (the f32 product of the two scales) and one
+//! `vaddps`, then `hsum_float_8`. So every result equals ggml's, whatever the weights and
+//! activations: unlike I2_S ([`super::i2s_vnni`]) no activation row needs a fallback.
+//!
+//! ## Where the products land
+//!
+//! `vpdpbusd` sums the four byte products of each dword into one i32 lane: byte `4k..4k+4`
+//! of a 64-byte vector goes to lane `k`. The kernels arrange codes and quants so that dword
+//! `k` only ever holds products of ggml lane `k mod 8`; folding lanes `k` and `k + 8` then
+//! gives `L_l` (the negated bsums start in lanes 0..8). How the codes come out of the
+//! packed bytes decides the quant order:
+//!
+//! - TQ2_0 ([`x86::tq2_dot_row`]): the 64 packed bytes shifted by `2l` and masked give
+//!   values `32l + m` (bytes `m < 32`) and `128 + 32l + m` (bytes `32 + m`): plane `l`
+//!   meets quants `[q[32l..][..32], q[128 + 32l..][..32]]`.
+//! - TQ1_0 ([`x86::tq1_dot_row`]): the 52 packed bytes (`qs[48]`, `qh[4]`) with `qh`
+//!   copied into dwords 12..15 go through two 256-entry tables ([`TQ1_LUTS`]), one giving
+//!   trits 0..4 of a byte packed two bits each, one giving trit 4 — exactly ggml's
+//!   `((b·3ⁿ mod 256)·3) >> 8` for every byte value, checked exhaustively in the tests.
+//!   Plane `n` holds trit `n` of every byte: bytes `m < 32` are values `32n + m`, bytes
+//!   `32 + m'` of `qs[32..48]` values `160 + 16n + m'` (ggml lane `m'/4` for even `n`,
+//!   `4 + m'/4` for odd `n`, so odd planes move them to dwords 12..15), and plane 0 takes
+//!   the qh trits transposed into dwords 12..15 (trit `n` of `qh[j]` at byte `4n + j`:
+//!   value `240 + 4n + j`, lane `4 + n`). Quants are zero wherever a plane holds nothing.
+//! - Prefill ([`x86::gemm_panel`]) unpacks each row once to one code byte per weight in
+//!   32-value slices (TQ2_0 in slice order 0, 4, 1, 5, 2, 6, 3, 7 as its planes come out,
+//!   TQ1_0 in value order), and pairs tokens: a 64-byte quant line holds one slice of two
+//!   tokens, the 32 code bytes are broadcast to both halves, so lanes 0..8 and 8..16 of
+//!   one accumulator are the lanes of two outputs and one vector op does the float step
+//!   of both.
+
+use super::q8k::{BlockQ8K, QK_K};
+
+/// 64 bytes on a 64-byte boundary: the unit of every activation load of these kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(64))]
+pub struct Line(pub [u8; 64]);
+
+impl Default for Line {
+    fn default() -> Self {
+        Line([0; 64])
+    }
+}
+
+impl Line {
+    fn put_i8(&mut self, at: usize, q: &[i8]) {
+        for (d, &s) in self.0[at..at + q.len()].iter_mut().zip(q) {
+            *d = s as u8;
+        }
+    }
+
+    fn put_u32(&mut self, lane: usize, v: u32) {
+        self.0[4 * lane..4 * lane + 4].copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// The two ternary formats of these kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// TQ1_0, 54 bytes per block.
+    Tq1,
+    /// TQ2_0, 66 bytes per block.
+    Tq2,
+}
+
+impl Format {
+    /// Packed bytes per 256-weight block.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            Format::Tq1 => super::tq1::BLOCK_BYTES,
+            Format::Tq2 => super::tq2::BLOCK_BYTES,
+        }
+    }
+
+    /// Code planes (64-byte quant lines) per block of the decode kernel.
+    pub const fn planes(self) -> usize {
+        match self {
+            Format::Tq1 => 5,
+            Format::Tq2 => 4,
+        }
+    }
+
+    /// Lines per block of one token's decode activations ([`decode_acts`]): the planes,
+    /// then the negated bsums.
+    pub const fn decode_lines(self) -> usize {
+        self.planes() + 1
+    }
+
+    /// Lines of one token's decode activations for `nb` blocks ([`decode_acts`]): the
+    /// `y.d` of every block (16 per line), then [`Format::decode_lines`] per block.
+    pub const fn decode_len(self, nb: usize) -> usize {
+        nb.div_ceil(16) + nb * self.decode_lines()
+    }
+
+    /// The value slice (32 values) held by each 32-byte slice of an unpacked block.
+    pub const fn slice_order(self) -> [usize; 8] {
+        match self {
+            Format::Tq1 => [0, 1, 2, 3, 4, 5, 6, 7],
+            Format::Tq2 => [0, 4, 1, 5, 2, 6, 3, 7],
+        }
+    }
+}
+
+/// Lines per (token pair, block) of prefill activations ([`pair_acts`]): eight quant lines,
+/// the negated bsums of both tokens, their `d`s.
+pub const PAIR_LINES: usize = 10;
+
+/// Bytes of one unpacked block in a panel: one code byte per weight.
+pub const PANEL_BLOCK: usize = QK_K;
+
+/// `−(bsums[2l] + bsums[2l+1])` for `l` in 0..8: what ggml subtracts from lane `l`.
+pub fn neg_bsum_lanes(y: &BlockQ8K) -> [i32; 8] {
+    std::array::from_fn(|l| -(y.bsums[2 * l] as i32 + y.bsums[2 * l + 1] as i32))
+}
+
+/// One token's activations for the decode kernels: first the `y.d` of every block (f32,
+/// 16 per line), then per block `fmt.planes()` quant lines in the order the kernel's code
+/// planes come out (see the module documentation; zeros where a plane holds nothing) and
+/// a line of `[−B_0..−B_7]` (i32, bytes 0..32). `out` holds `fmt.decode_len(y.len())`
+/// lines.
+pub fn decode_acts(fmt: Format, y: &[BlockQ8K], out: &mut [Line]) {
+    let nl = fmt.decode_lines();
+    assert_eq!(
+        out.len(),
+        fmt.decode_len(y.len()),
+        "TQ decode activations: line count"
+    );
+    let (ds, blocks) = out.split_at_mut(y.len().div_ceil(16));
+    ds.fill(Line::default());
+    for (b, yb) in y.iter().enumerate() {
+        ds[b / 16].put_u32(b % 16, yb.d.to_bits());
+    }
+    for (yb, lines) in y.iter().zip(blocks.chunks_exact_mut(nl)) {
+        lines.fill(Line::default());
+        let q = &yb.qs;
+        match fmt {
+            Format::Tq2 => {
+                for l in 0..4 {
+                    lines[l].put_i8(0, &q[32 * l..32 * l + 32]);
+                    lines[l].put_i8(32, &q[128 + 32 * l..128 + 32 * l + 32]);
+                }
+            }
+            Format::Tq1 => {
+                for n in 0..5 {
+                    lines[n].put_i8(0, &q[32 * n..32 * n + 32]);
+                    let tail = &q[160 + 16 * n..160 + 16 * n + 16];
+                    // Even planes keep qs[32..48] in dwords 8..11, odd planes in 12..15.
+                    lines[n].put_i8(if n % 2 == 0 { 32 } else { 48 }, tail);
+                }
+                lines[0].put_i8(48, &q[240..256]);
+            }
+        }
+        for (l, v) in neg_bsum_lanes(yb).into_iter().enumerate() {
+            lines[nl - 1].put_u32(l, v as u32);
+        }
+    }
+}
+
+/// Activations of tokens `a` and `b` (`None`: a dummy token of zeros) for the prefill tile:
+/// per block, eight lines `[slice of a | slice of b]` in `fmt.slice_order()`, then
+/// `[−B of a | −B of b]` (i32) and `[a.d × 8 | b.d × 8]` (f32). `out` holds
+/// `a.len()·PAIR_LINES` lines.
+pub fn pair_acts(fmt: Format, a: &[BlockQ8K], b: Option<&[BlockQ8K]>, out: &mut [Line]) {
+    assert_eq!(
+        out.len(),
+        a.len() * PAIR_LINES,
+        "TQ pair activations: line count"
+    );
+    if let Some(b) = b {
+        assert_eq!(a.len(), b.len(), "TQ pair activations: block counts differ");
+    }
+    let order = fmt.slice_order();
+    for (i, lines) in out.chunks_exact_mut(PAIR_LINES).enumerate() {
+        lines.fill(Line::default());
+        for (half, y) in [Some(&a[i]), b.map(|b| &b[i])].into_iter().enumerate() {
+            let Some(y) = y else { continue };
+            for (k, &s) in order.iter().enumerate() {
+                lines[k].put_i8(32 * half, &y.qs[32 * s..32 * s + 32]);
+            }
+            for (l, v) in neg_bsum_lanes(y).into_iter().enumerate() {
+                lines[8].put_u32(8 * half + l, v as u32);
+                lines[9].put_u32(8 * half + l, y.d.to_bits());
+            }
+        }
+    }
+}
+
+/// ggml's trit `n` of a TQ1_0 byte: `((b·3ⁿ mod 256)·3) >> 8` (`dequantize_row_tq1_0`).
+pub const fn tq1_trit(b: u8, n: u32) -> u8 {
+    let q = b.wrapping_mul(3u8.pow(n));
+    ((q as u16 * 3) >> 8) as u8
+}
+
+/// The table of the TQ1_0 kernels, indexed by a packed byte: its trits 1..4 two bits
+/// each (`t1 | t2 << 2 | t3 << 4 | t4 << 6`). Trit 0 the kernels compute as ggml does.
+pub static TQ1_LUT: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let v = b as u8;
+        t[b] = tq1_trit(v, 1) | tq1_trit(v, 2) << 2 | tq1_trit(v, 3) << 4 | tq1_trit(v, 4) << 6;
+        b += 1;
+    }
+    t
+};
+
+/// Whether this CPU runs these kernels: AVX-512 F/BW/VL with VNNI (`vpdpbusd`), VBMI
+/// (`vpermi2b`, the TQ1_0 tables) and GFNI (`vgf2p8affineqb`, two-bit fields of a byte),
+/// checked once. (Zen 4 and Intel since Ice Lake have them all.)
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            super::i2s_vnni::has_vnni()
+                && std::arch::is_x86_feature_detected!("avx512vbmi")
+                && std::arch::is_x86_feature_detected!("gfni")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Rows per register tile of [`x86::gemm_panel`].
+pub const TILE_ROWS: usize = 4;
+/// Token pairs per register tile of [`x86::gemm_panel`].
+pub const TILE_PAIRS: usize = 3;
+
+#[cfg(target_arch = "x86_64")]
+pub mod x86 {
+    use super::{Format, Line, PAIR_LINES, PANEL_BLOCK, TQ1_LUT};
+    use crate::kernels::{prefetch, PREFETCH_BYTES};
+    use crate::quant::q8k::hsum_float_8;
+    use std::arch::x86_64::*;
+
+    /// `hsum_float_8` of a vector of eight lanes.
+    ///
+    /// # Safety
+    /// The CPU has AVX (always inlined into the kernels below, which have AVX-512).
+    #[inline(always)]
+    unsafe fn hsum8(v: __m256) -> f32 {
+        let mut l = [0f32; 8];
+        _mm256_storeu_ps(l.as_mut_ptr(), v);
+        hsum_float_8(&l)
+    }
+
+    /// The f16 at `p` (two little-endian bytes, unaligned), as f32.
+    ///
+    /// # Safety
+    /// `p` points to two readable bytes; the CPU has F16C (inlined into the kernels below).
+    #[inline(always)]
+    unsafe fn f16_at(p: *const u8) -> f32 {
+        let h = std::ptr::read_unaligned(p as *const u16);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+    }
+
+    /// ggml's float step of one block: fold lanes `k` and `k + 8`, then
+    /// `sumf = (float)L · d + sumf` on eight lanes, unfused.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F (inlined into the kernels below). Register-only.
+    #[inline(always)]
+    unsafe fn block_step(acc: __m512i, d: f32, sumf: __m256) -> __m256 {
+        let l = _mm256_add_epi32(
+            _mm512_castsi512_si256(acc),
+            _mm512_extracti64x4_epi64::<1>(acc),
+        );
+        _mm256_add_ps(
+            _mm256_mul_ps(_mm256_cvtepi32_ps(l), _mm256_set1_ps(d)),
+            sumf,
+        )
+    }
+
+    /// ggml's float steps of two consecutive blocks (`a`, then `b`) at once: both folds in
+    /// one vector (`[L_a | L_b]`), one conversion, one multiply by `[d_a × 8 | d_b × 8]`
+    /// (`d = y.d · x.d`, from the two f16 `x.d` in `xd2` and the two f32 `y.d` at `yd`),
+    /// then `sumf + a`, then `+ b`, in that order.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and F16C (inlined into the kernels below); `yd` points to two
+    /// readable f32.
+    #[inline(always)]
+    unsafe fn pair_step(a: __m512i, b: __m512i, xd2: u32, yd: *const f32, sumf: __m256) -> __m256 {
+        let l = _mm512_add_epi32(
+            _mm512_shuffle_i64x2::<0b01_00_01_00>(a, b),
+            _mm512_shuffle_i64x2::<0b11_10_11_10>(a, b),
+        );
+        let xd = _mm_cvtph_ps(_mm_cvtsi32_si128(xd2 as i32));
+        let d = _mm_mul_ps(_mm_castpd_ps(_mm_load_sd(yd as *const f64)), xd);
+        let dv = _mm512_permutexvar_ps(
+            _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+            _mm512_castps128_ps512(d),
+        );
+        let g = _mm512_mul_ps(_mm512_cvtepi32_ps(l), dv);
+        let sumf = _mm256_add_ps(_mm512_castps512_ps256(g), sumf);
+        _mm256_add_ps(
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(g))),
+            sumf,
+        )
+    }
+
+    /// The raw f16 bits at `p` (unaligned).
+    ///
+    /// # Safety
+    /// `p` points to two readable bytes.
+    #[inline(always)]
+    unsafe fn f16_bits(p: *const u8) -> u32 {
+        std::ptr::read_unaligned(p as *const u16) as u32
+    }
+
+    /// The negated bsums of a decode block's last line (bytes 0..32) in lanes 0..8, zeros
+    /// above.
+    ///
+    /// # Safety
+    /// `tail` points to a readable [`Line`]; the CPU has AVX-512 F (inlined).
+    #[inline(always)]
+    unsafe fn neg_bsums(tail: *const Line) -> __m512i {
+        _mm512_zextsi256_si512(_mm256_load_si256(tail as *const __m256i))
+    }
+
+    /// `vgf2p8affineqb` matrices taking bits `s, s + 1` of every byte to bits 0, 1 (row
+    /// `7 − i` of the matrix selects the input bits of output bit `i`): `(x >> s) & 3`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F (inlined). Register-only.
+    #[inline(always)]
+    unsafe fn field(s: u32) -> __m512i {
+        _mm512_set1_epi64((((1u64 << s) << 56) | ((1u64 << (s + 1)) << 48)) as i64)
+    }
+
+    /// The lanes of one TQ2_0 block (64 code bytes at `x`) against its decode lines `a`:
+    /// `Σ code·q` per dword plus `[−B | 0]`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VNNI and GFNI (inlined into [`tq2_dot_row`]); `x` points to
+    /// 64 readable bytes and `a` to 5 lines.
+    #[inline(always)]
+    unsafe fn tq2_block(x: *const u8, a: *const Line, f: &[__m512i; 3]) -> __m512i {
+        let w = _mm512_loadu_si512(x as *const _);
+        let ld = |k: usize| _mm512_load_si512(a.add(k) as *const _);
+        let c0 = _mm512_and_si512(w, _mm512_set1_epi8(3));
+        let acc0 = _mm512_dpbusd_epi32(neg_bsums(a.add(4)), c0, ld(0));
+        let acc1 = _mm512_dpbusd_epi32(
+            _mm512_setzero_si512(),
+            _mm512_gf2p8affine_epi64_epi8::<0>(w, f[0]),
+            ld(1),
+        );
+        let acc0 = _mm512_dpbusd_epi32(acc0, _mm512_gf2p8affine_epi64_epi8::<0>(w, f[1]), ld(2));
+        let acc1 = _mm512_dpbusd_epi32(acc1, _mm512_gf2p8affine_epi64_epi8::<0>(w, f[2]), ld(3));
+        _mm512_add_epi32(acc0, acc1)
+    }
+
+    /// One TQ2_0 row (`nb` blocks of 66 bytes at `row`) against one token's decode
+    /// activations ([`super::decode_acts`] with [`Format::Tq2`]): ggml's dot, bit for bit.
+    /// Prefetches [`PREFETCH_BYTES`] ahead of the row (a hint; it may point past the row).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/VNNI and GFNI ([`super::available`]); `row` holds `66·nb`
+    /// readable bytes (block `b` loads 64 bytes at `66b` and two at `66b + 64`) and `acts`
+    /// `Format::Tq2.decode_len(nb)` lines.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,gfni,avx2,fma,f16c")]
+    pub unsafe fn tq2_dot_row(row: *const u8, acts: *const Line, nb: usize) -> f32 {
+        let f = [field(2), field(4), field(6)];
+        let yd = acts as *const f32;
+        let blocks = acts.add(nb.div_ceil(16));
+        let mut sumf = _mm256_setzero_ps();
+        let mut b = 0;
+        while b + 2 <= nb {
+            let x = row.add(66 * b);
+            prefetch(x.wrapping_add(PREFETCH_BYTES));
+            prefetch(x.wrapping_add(PREFETCH_BYTES + 64));
+            let acc_a = tq2_block(x, blocks.add(5 * b), &f);
+            let acc_b = tq2_block(x.add(66), blocks.add(5 * b + 5), &f);
+            let xd2 = f16_bits(x.add(64)) | f16_bits(x.add(130)) << 16;
+            sumf = pair_step(acc_a, acc_b, xd2, yd.add(b), sumf);
+            b += 2;
+        }
+        if b < nb {
+            let x = row.add(66 * b);
+            let acc = tq2_block(x, blocks.add(5 * b), &f);
+            sumf = block_step(acc, *yd.add(b) * f16_at(x.add(64)), sumf);
+        }
+        hsum8(sumf)
+    }
+
+    /// The TQ1_0 table ([`TQ1_LUT`]) as four vectors: entries 0..64, 64..128, 128..192,
+    /// 192..256.
+    struct Lut([__m512i; 4]);
+
+    /// # Safety
+    /// The CPU has AVX-512 F (inlined into the kernels below); the loads read the
+    /// 256-byte [`TQ1_LUT`].
+    #[inline(always)]
+    unsafe fn lut() -> Lut {
+        let ld = |k: usize| _mm512_loadu_si512(TQ1_LUT.as_ptr().add(64 * k) as *const _);
+        Lut([ld(0), ld(1), ld(2), ld(3)])
+    }
+
+    /// A TQ1_0 block's 52 code bytes at `x` with `qh` copied into dwords 12..15, decoded:
+    /// (trits 1..4 packed by [`TQ1_LUT`], trit 0) of every byte. The table lookup is
+    /// `vpermi2b` on the low seven bits, twice, the top bit choosing; trit 0 is ggml's own
+    /// `avg_epu8` formula on the byte (its `>> 6 & 3` as one `vgf2p8affineqb`).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VBMI and GFNI (inlined); `x` points to 52 readable bytes
+    /// (the masked load touches nothing else).
+    #[inline(always)]
+    unsafe fn tq1_decode(lut: &Lut, x: *const u8) -> (__m512i, __m512i) {
+        let raw = _mm512_maskz_loadu_epi8((1u64 << 52) - 1, x as *const i8);
+        let v = _mm512_permutexvar_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 12, 12, 12),
+            raw,
+        );
+        let p = _mm512_mask_blend_epi8(
+            _mm512_movepi8_mask(v),
+            _mm512_permutex2var_epi8(lut.0[0], v, lut.0[1]),
+            _mm512_permutex2var_epi8(lut.0[2], v, lut.0[3]),
+        );
+        let q = _mm512_subs_epu8(v, _mm512_set1_epi8(1));
+        let r = _mm512_avg_epu8(q, _mm512_avg_epu8(q, _mm512_setzero_si512()));
+        (p, _mm512_gf2p8affine_epi64_epi8::<0>(r, field(6)))
+    }
+
+    /// Plane 0 of a decoded TQ1_0 block: trit 0 of every byte, except dwords 13..15
+    /// (copies of qh), which take trits 1, 2, 3 of the qh bytes: with dword 12 (trit 0),
+    /// trit `n` of `qh[j]` sits at byte `4n + j` of dwords 12..15.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F (inlined). Register-only.
+    #[inline(always)]
+    unsafe fn tq1_plane0(p: __m512i, t0: __m512i) -> __m512i {
+        let sh = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 4);
+        let qh = _mm512_and_si512(_mm512_srlv_epi32(p, sh), _mm512_set1_epi8(3));
+        _mm512_mask_blend_epi32(0xE000, t0, qh)
+    }
+
+    /// The lanes of one TQ1_0 block (54 bytes at `x`) against its decode lines `a`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VNNI/VBMI and GFNI (inlined into [`tq1_dot_row`]); `x`
+    /// points to 52 readable bytes and `a` to 6 lines.
+    #[inline(always)]
+    unsafe fn tq1_block(x: *const u8, a: *const Line, lut: &Lut, f: &[__m512i; 3]) -> __m512i {
+        let (p, t0) = tq1_decode(lut, x);
+        // Odd planes: qs[32..48] moved to dwords 12..15 (their ggml lanes are 4..7).
+        let po = _mm512_permutexvar_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 8, 9, 10, 11),
+            p,
+        );
+        let ld = |k: usize| _mm512_load_si512(a.add(k) as *const _);
+        let acc0 = _mm512_dpbusd_epi32(neg_bsums(a.add(5)), tq1_plane0(p, t0), ld(0));
+        let acc1 = _mm512_dpbusd_epi32(
+            _mm512_setzero_si512(),
+            _mm512_and_si512(po, _mm512_set1_epi8(3)),
+            ld(1),
+        );
+        let acc0 = _mm512_dpbusd_epi32(acc0, _mm512_gf2p8affine_epi64_epi8::<0>(p, f[0]), ld(2));
+        let acc1 = _mm512_dpbusd_epi32(acc1, _mm512_gf2p8affine_epi64_epi8::<0>(po, f[1]), ld(3));
+        let acc0 = _mm512_dpbusd_epi32(acc0, _mm512_gf2p8affine_epi64_epi8::<0>(p, f[2]), ld(4));
+        _mm512_add_epi32(acc0, acc1)
+    }
+
+    /// One TQ1_0 row (`nb` blocks of 54 bytes at `row`) against one token's decode
+    /// activations ([`super::decode_acts`] with [`Format::Tq1`]): ggml's dot, bit for bit.
+    /// Prefetches [`PREFETCH_BYTES`] ahead of the row (a hint).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI and GFNI ([`super::available`]); `row` holds
+    /// `54·nb` readable bytes (block `b` reads 52 bytes at `54b` by a masked load and two at
+    /// `54b + 52`) and `acts` `Format::Tq1.decode_len(nb)` lines.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni,avx2,fma,f16c")]
+    pub unsafe fn tq1_dot_row(row: *const u8, acts: *const Line, nb: usize) -> f32 {
+        let lut = lut();
+        let f = [field(2), field(4), field(6)];
+        let yd = acts as *const f32;
+        let blocks = acts.add(nb.div_ceil(16));
+        let mut sumf = _mm256_setzero_ps();
+        let mut b = 0;
+        while b + 2 <= nb {
+            let x = row.add(54 * b);
+            prefetch(x.wrapping_add(PREFETCH_BYTES));
+            prefetch(x.wrapping_add(PREFETCH_BYTES + 64));
+            let acc_a = tq1_block(x, blocks.add(6 * b), &lut, &f);
+            let acc_b = tq1_block(x.add(54), blocks.add(6 * b + 6), &lut, &f);
+            let xd2 = f16_bits(x.add(52)) | f16_bits(x.add(106)) << 16;
+            sumf = pair_step(acc_a, acc_b, xd2, yd.add(b), sumf);
+            b += 2;
+        }
+        if b < nb {
+            let x = row.add(54 * b);
+            let acc = tq1_block(x, blocks.add(6 * b), &lut, &f);
+            sumf = block_step(acc, *yd.add(b) * f16_at(x.add(52)), sumf);
+        }
+        hsum8(sumf)
+    }
+
+    /// Unpacks `n_rows` rows of `nb` blocks (consecutive, `fmt.block_bytes()·nb` bytes each,
+    /// from `rows`) into one code byte per weight, [`PANEL_BLOCK`] bytes per block in
+    /// `fmt.slice_order()` (`codes`), and each block's `x.d` as f32 (`xd`, `nb` per row).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI and GFNI ([`super::available`]); `rows` holds
+    /// `n_rows·nb·fmt.block_bytes()` readable bytes (TQ2_0 blocks load 66 bytes, TQ1_0
+    /// blocks 52 by a masked load plus 2), `codes` `n_rows·nb·256` writable bytes and `xd`
+    /// `n_rows·nb` writable f32, none overlapping.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni,avx2,fma,f16c")]
+    pub unsafe fn unpack_panel(
+        fmt: Format,
+        rows: *const u8,
+        n_rows: usize,
+        nb: usize,
+        codes: *mut u8,
+        xd: *mut f32,
+    ) {
+        let m3 = _mm512_set1_epi8(3);
+        let f = [field(2), field(4), field(6)];
+        let bb = fmt.block_bytes();
+        match fmt {
+            Format::Tq2 => {
+                for i in 0..n_rows * nb {
+                    let (x, o) = (rows.add(bb * i), codes.add(PANEL_BLOCK * i));
+                    let w = _mm512_loadu_si512(x as *const _);
+                    _mm512_storeu_si512(o as *mut _, _mm512_and_si512(w, m3));
+                    for (k, &fk) in f.iter().enumerate() {
+                        _mm512_storeu_si512(
+                            o.add(64 * (k + 1)) as *mut _,
+                            _mm512_gf2p8affine_epi64_epi8::<0>(w, fk),
+                        );
+                    }
+                    *xd.add(i) = f16_at(x.add(64));
+                }
+            }
+            Format::Tq1 => {
+                let lut = lut();
+                for i in 0..n_rows * nb {
+                    let (x, o) = (rows.add(bb * i), codes.add(PANEL_BLOCK * i));
+                    let (p, t0) = tq1_decode(&lut, x);
+                    let c = [
+                        tq1_plane0(p, t0),
+                        _mm512_and_si512(p, m3),
+                        _mm512_gf2p8affine_epi64_epi8::<0>(p, f[0]),
+                        _mm512_gf2p8affine_epi64_epi8::<0>(p, f[1]),
+                        _mm512_gf2p8affine_epi64_epi8::<0>(p, f[2]),
+                    ];
+                    // Slices 0..5: bytes 0..32 of plane n (values 32n + m).
+                    for (n, &cn) in c.iter().enumerate() {
+                        _mm256_storeu_si256(
+                            o.add(32 * n) as *mut __m256i,
+                            _mm512_castsi512_si256(cn),
+                        );
+                    }
+                    // Slices 5..8: bytes 32..48 of planes (0, 1), (2, 3), (4, qh trits).
+                    let q2 = |v: __m512i| _mm512_extracti32x4_epi32::<2>(v);
+                    let halves = [
+                        (q2(c[0]), q2(c[1])),
+                        (q2(c[2]), q2(c[3])),
+                        (q2(c[4]), _mm512_extracti32x4_epi32::<3>(c[0])),
+                    ];
+                    for (k, (lo, hi)) in halves.into_iter().enumerate() {
+                        _mm_storeu_si128(o.add(160 + 32 * k) as *mut __m128i, lo);
+                        _mm_storeu_si128(o.add(176 + 32 * k) as *mut __m128i, hi);
+                    }
+                    *xd.add(i) = f16_at(x.add(52));
+                }
+            }
+        }
+    }
+
+    /// `R × P` tile: rows `0..R` of a panel (`codes`, `xd`, `nb` blocks per row) against
+    /// token pairs `0..P` (`acts`, [`PAIR_LINES`] lines per block): each output's eight
+    /// float lanes after the last block, two outputs per vector (tokens `2p`, `2p + 1`).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/VNNI (always inlined into [`gemm_panel`]); `codes`
+    /// holds `R·nb·256` readable bytes, `xd` `R·nb` f32 and `acts` `P·nb·PAIR_LINES`
+    /// lines: block `b` of row `r` is read at `(r·nb + b)·256` (32 bytes per slice), its
+    /// `xd` at `r·nb + b`, and pair `p`'s lines at `(p·nb + b)·PAIR_LINES`.
+    #[inline(always)]
+    unsafe fn tile<const R: usize, const P: usize>(
+        codes: *const u8,
+        xd: *const f32,
+        acts: *const Line,
+        nb: usize,
+    ) -> [[__m512; P]; R] {
+        let mut sumf = [[_mm512_setzero_ps(); P]; R];
+        for b in 0..nb {
+            let mut acc = [[_mm512_setzero_si512(); P]; R];
+            for p in 0..P {
+                let nbs = _mm512_load_si512(acts.add((p * nb + b) * PAIR_LINES + 8) as *const _);
+                for r in 0..R {
+                    acc[r][p] = nbs;
+                }
+            }
+            for k in 0..8 {
+                let mut w = [_mm512_setzero_si512(); R];
+                for r in 0..R {
+                    w[r] = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                        codes.add((r * nb + b) * PANEL_BLOCK + 32 * k) as *const __m256i,
+                    ));
+                }
+                for p in 0..P {
+                    let a = _mm512_load_si512(acts.add((p * nb + b) * PAIR_LINES + k) as *const _);
+                    for r in 0..R {
+                        acc[r][p] = _mm512_dpbusd_epi32(acc[r][p], w[r], a);
+                    }
+                }
+            }
+            for r in 0..R {
+                let xr = _mm512_set1_ps(*xd.add(r * nb + b));
+                for p in 0..P {
+                    let yd = _mm512_load_ps(acts.add((p * nb + b) * PAIR_LINES + 9) as *const f32);
+                    let d = _mm512_mul_ps(yd, xr);
+                    sumf[r][p] =
+                        _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][p]), d), sumf[r][p]);
+                }
+            }
+        }
+        sumf
+    }
+
+    /// Every dot of an unpacked panel ([`unpack_panel`]: `n_rows` rows of `nb` blocks)
+    /// with `n_tok` tokens given as `n_tok.div_ceil(2)` pairs ([`super::pair_acts`]; the
+    /// second token of a last odd pair is a dummy): calls `emit(row, token, dot)` once for
+    /// each `row < n_rows`, `token < n_tok`, in register tiles of
+    /// [`super::TILE_ROWS`] rows × [`super::TILE_PAIRS`] pairs and smaller ones at the
+    /// edges.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/VNNI ([`super::available`]); `codes` holds
+    /// `n_rows·nb·256` readable bytes, `xd` `n_rows·nb` f32, and `acts`
+    /// `n_tok.div_ceil(2)·nb·PAIR_LINES` lines. Every [`tile`] call is handed the panel at
+    /// a row `r0` with `nr ≤ n_rows − r0` rows after it, and the pairs at `p0` with
+    /// `np ≤ n_pairs − p0` after it.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn gemm_panel<F: FnMut(usize, usize, f32)>(
+        codes: *const u8,
+        xd: *const f32,
+        n_rows: usize,
+        nb: usize,
+        acts: *const Line,
+        n_tok: usize,
+        mut emit: F,
+    ) {
+        const R: usize = super::TILE_ROWS;
+        const P: usize = super::TILE_PAIRS;
+        let n_pairs = n_tok.div_ceil(2);
+        let mut out = |r: usize, p: usize, v: __m512| {
+            let mut l = [0f32; 16];
+            _mm512_storeu_ps(l.as_mut_ptr(), v);
+            emit(
+                r,
+                2 * p,
+                hsum_float_8(&[l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]]),
+            );
+            if 2 * p + 1 < n_tok {
+                emit(
+                    r,
+                    2 * p + 1,
+                    hsum_float_8(&[l[8], l[9], l[10], l[11], l[12], l[13], l[14], l[15]]),
+                );
+            }
+        };
+        let mut p0 = 0;
+        while p0 < n_pairs {
+            let np = (n_pairs - p0).min(P);
+            let a = acts.add(p0 * nb * PAIR_LINES);
+            let mut r0 = 0;
+            while r0 < n_rows {
+                let nr = (n_rows - r0).min(R);
+                let (c, x) = (codes.add(r0 * nb * PANEL_BLOCK), xd.add(r0 * nb));
+                if nr == R && np == P {
+                    let s = tile::<R, P>(c, x, a, nb);
+                    for r in 0..R {
+                        for p in 0..P {
+                            out(r0 + r, p0 + p, s[r][p]);
+                        }
+                    }
+                } else {
+                    for r in 0..nr {
+                        let (c, x) = (c.add(r * nb * PANEL_BLOCK), x.add(r * nb));
+                        if np == P {
+                            let s = tile::<1, P>(c, x, a, nb);
+                            for p in 0..P {
+                                out(r0 + r, p0 + p, s[0][p]);
+                            }
+                        } else {
+                            for p in 0..np {
+                                let s = tile::<1, 1>(c, x, a.add(p * nb * PAIR_LINES), nb);
+                                out(r0 + r, p0 + p, s[0][0]);
+                            }
+                        }
+                    }
+                }
+                r0 += nr;
+            }
+            p0 += np;
+        }
+    }
+}
