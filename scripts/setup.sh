@@ -41,6 +41,38 @@ tree_sha256() {
 }
 file_sha256() { sha256sum "$1" | cut -d' ' -f1; }
 
+# vendor_crate_folder CRATE VERSION CRATE_SHA256 FOLDER TREE_SHA256 DEST
+# Fetches CRATE VERSION from crates.io with cargo (a throwaway Cargo project + `cargo fetch`,
+# so cargo's registry client, index and checksum do the download), checks the .crate's sha256,
+# extracts its FOLDER, checks that tree's sha256, and moves it to DEST (replacing what was
+# there). Only the source is used: the crate's own build.rs never runs.
+vendor_crate_folder() {
+    local crate="$1" version="$2" crate_sha="$3" folder="$4" tree_sha="$5" dest="$6"
+    local tmp cargo_home crate_file got
+    tmp="$(mktemp -d)"
+    # shellcheck disable=SC2064 # expand now: $tmp is local
+    trap "rm -rf '$tmp'" EXIT
+    mkdir -p "$tmp/fetch/src"
+    printf '[package]\nname = "bitprobe-vendor-fetch"\nversion = "0.0.0"\nedition = "2021"\npublish = false\n\n[dependencies]\n%s = "=%s"\n\n[workspace]\n' \
+        "$crate" "$version" >"$tmp/fetch/Cargo.toml"
+    : >"$tmp/fetch/src/lib.rs"
+    cargo fetch --quiet --manifest-path "$tmp/fetch/Cargo.toml"
+    cargo_home="${CARGO_HOME:-$HOME/.cargo}"
+    crate_file="$(find "$cargo_home/registry/cache" -name "$crate-$version.crate" -print -quit)"
+    [[ -n "$crate_file" ]] || die "cargo fetch left no $crate-$version.crate under $cargo_home/registry/cache"
+    got="$(file_sha256 "$crate_file")"
+    [[ "$got" == "$crate_sha" ]] || die "$crate_file: sha256 $got, expected $crate_sha"
+    mkdir -p "$tmp/x"
+    tar -xzf "$crate_file" -C "$tmp/x" --strip-components=1 "$crate-$version/$folder"
+    got="$(tree_sha256 "$tmp/x/$folder")"
+    [[ "$got" == "$tree_sha" ]] || die "extracted $folder/ tree of $crate $version: sha256 $got, expected $tree_sha"
+    rm -rf "$dest"
+    mkdir -p "$(dirname "$dest")"
+    mv "$tmp/x/$folder" "$dest"
+    rm -rf "$tmp"
+    trap - EXIT
+}
+
 # --- 1. Debian packages ---------------------------------------------------------------
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
@@ -61,40 +93,9 @@ fi
 stamp_want="$BITNET_CRATE-$BITNET_CRATE_VERSION $BITNET_TREE_SHA256"
 if [[ ! -f "$VENDOR_STAMP" || "$(cat "$VENDOR_STAMP")" != "$stamp_want" || ! -d "$VENDOR_DIR/bitnet" ]]; then
     say "fetching $BITNET_CRATE $BITNET_CRATE_VERSION (vendored bitnet.cpp) with cargo"
-    tmp="$(mktemp -d)"
-    trap 'rm -rf "$tmp"' EXIT
-    mkdir -p "$tmp/fetch/src"
-    cat >"$tmp/fetch/Cargo.toml" <<EOF
-[package]
-name = "bitprobe-vendor-fetch"
-version = "0.0.0"
-edition = "2021"
-publish = false
-
-[dependencies]
-$BITNET_CRATE = "=$BITNET_CRATE_VERSION"
-
-[workspace]
-EOF
-    : >"$tmp/fetch/src/lib.rs"
-    cargo fetch --quiet --manifest-path "$tmp/fetch/Cargo.toml"
-    cargo_home="${CARGO_HOME:-$HOME/.cargo}"
-    crate_file="$(find "$cargo_home/registry/cache" -name "$BITNET_CRATE-$BITNET_CRATE_VERSION.crate" -print -quit)"
-    [[ -n "$crate_file" ]] || die "cargo fetch left no $BITNET_CRATE-$BITNET_CRATE_VERSION.crate under $cargo_home/registry/cache"
-    got="$(file_sha256 "$crate_file")"
-    [[ "$got" == "$BITNET_CRATE_SHA256" ]] \
-        || die "$crate_file: sha256 $got, expected $BITNET_CRATE_SHA256"
-    mkdir -p "$tmp/x"
-    tar -xzf "$crate_file" -C "$tmp/x" --strip-components=1 "$BITNET_CRATE-$BITNET_CRATE_VERSION/bitnet"
-    got="$(tree_sha256 "$tmp/x/bitnet")"
-    [[ "$got" == "$BITNET_TREE_SHA256" ]] \
-        || die "extracted bitnet/ tree: sha256 $got, expected $BITNET_TREE_SHA256"
-    rm -rf "$VENDOR_DIR/bitnet"
-    mkdir -p "$VENDOR_DIR"
-    mv "$tmp/x/bitnet" "$VENDOR_DIR/bitnet"
+    vendor_crate_folder "$BITNET_CRATE" "$BITNET_CRATE_VERSION" "$BITNET_CRATE_SHA256" \
+        bitnet "$BITNET_TREE_SHA256" "$VENDOR_DIR/bitnet"
     printf '%s\n' "$stamp_want" >"$VENDOR_STAMP"
-    rm -rf "$tmp"
-    trap - EXIT
     say "vendored bitnet.cpp into oracle/vendor/bitnet (tree sha256 $BITNET_TREE_SHA256)"
 fi
 

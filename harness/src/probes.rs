@@ -302,7 +302,7 @@ impl ProbeSpec {
     /// The spec as a user writes it (round-trips through [`ProbeSpec::parse`]).
     pub fn spec(&self) -> String {
         match self {
-            ProbeSpec::External(e) if !e.name.starts_with("cmd:") => e.name.clone(),
+            ProbeSpec::External(e) => e.name.clone(),
             other => other.label(),
         }
     }
@@ -453,7 +453,8 @@ fn short_name(command: &[String]) -> String {
         command
             .first()
             .is_some_and(|c| INTERPRETERS.contains(&file(c).as_str()))
-            && command.len() > 1,
+            // `python3 -c CODE` is named by its interpreter, `python3 engine.py` by its file.
+            && command.get(1).is_some_and(|a| !a.starts_with('-')),
     );
     let mut words = command[skip..].iter();
     let mut name = words.next().map_or_else(String::new, |w| file(w));
@@ -682,6 +683,11 @@ mod tests {
             ("bitnet.cpp-2024", "oracle"),
             ("bitnet.cpp-2026", "bitnet.cpp-2026"),
             ("tritium", "tritium"),
+            (
+                "cmd:python3 adapters/python/example_engine.py --bug relu2",
+                "example_engine.py --bug relu2",
+            ),
+            ("cmd:python3 -c 'import time'", "python3 -c import time"),
         ] {
             let p = ProbeSpec::parse(s, &r).unwrap();
             assert_eq!(p.label(), label);

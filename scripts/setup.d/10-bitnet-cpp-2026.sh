@@ -1,10 +1,10 @@
 # Today's bitnet.cpp as a second reference (sourced by scripts/setup.sh; bash, set -euo
-# pipefail, with ROOT, say, die, file_sha256 and tree_sha256).
+# pipefail, with ROOT, say, die, file_sha256, tree_sha256 and vendor_crate_folder).
 #
 # microsoft/BitNet of about 2026-03 (native `bitnet-b1.58` / `bitnet-25` archs, the new I2_S
 # kernels with include/gemm-config.h) as published in the crates.io package bitnet-llm-sys
 # 1.0.2, folder `bitnet.cpp/` (its llama.cpp fork in 3rdparty/llama.cpp). Fetched with cargo
-# (a throwaway Cargo project + `cargo fetch`, as setup.sh fetches bitnet-cpp-sys), checked
+# (setup.sh's vendor_crate_folder, as for bitnet-cpp-sys), checked
 # against the pinned sha256 of the .crate and of the extracted tree, unpacked into
 # oracle/vendor/bitnet-2026 (gitignored) with its stamp in oracle/vendor/bitnet-2026.stamp.
 # Only the source is used: the crate's own build.rs (TL2 forced, a kernel header for one 3B
@@ -22,42 +22,9 @@ bitnet2026_stamp="$ROOT/oracle/vendor/bitnet-2026.stamp"
 bitnet2026_want="$BITNET2026_CRATE-$BITNET2026_CRATE_VERSION $BITNET2026_TREE_SHA256"
 if [[ ! -f "$bitnet2026_stamp" || "$(cat "$bitnet2026_stamp")" != "$bitnet2026_want" || ! -d "$bitnet2026_dir" ]]; then
     say "fetching $BITNET2026_CRATE $BITNET2026_CRATE_VERSION (today's bitnet.cpp, second reference) with cargo"
-    tmp="$(mktemp -d)"
-    trap 'rm -rf "$tmp"' EXIT
-    mkdir -p "$tmp/fetch/src"
-    cat >"$tmp/fetch/Cargo.toml" <<EOF
-[package]
-name = "bitprobe-vendor-fetch"
-version = "0.0.0"
-edition = "2021"
-publish = false
-
-[dependencies]
-$BITNET2026_CRATE = "=$BITNET2026_CRATE_VERSION"
-
-[workspace]
-EOF
-    : >"$tmp/fetch/src/lib.rs"
-    cargo fetch --quiet --manifest-path "$tmp/fetch/Cargo.toml"
-    cargo_home="${CARGO_HOME:-$HOME/.cargo}"
-    crate_file="$(find "$cargo_home/registry/cache" -name "$BITNET2026_CRATE-$BITNET2026_CRATE_VERSION.crate" -print -quit)"
-    [[ -n "$crate_file" ]] \
-        || die "cargo fetch left no $BITNET2026_CRATE-$BITNET2026_CRATE_VERSION.crate under $cargo_home/registry/cache"
-    got="$(file_sha256 "$crate_file")"
-    [[ "$got" == "$BITNET2026_CRATE_SHA256" ]] \
-        || die "$crate_file: sha256 $got, expected $BITNET2026_CRATE_SHA256"
-    mkdir -p "$tmp/x"
-    tar -xzf "$crate_file" -C "$tmp/x" --strip-components=1 \
-        "$BITNET2026_CRATE-$BITNET2026_CRATE_VERSION/bitnet.cpp"
-    got="$(tree_sha256 "$tmp/x/bitnet.cpp")"
-    [[ "$got" == "$BITNET2026_TREE_SHA256" ]] \
-        || die "extracted bitnet.cpp/ tree: sha256 $got, expected $BITNET2026_TREE_SHA256"
-    rm -rf "$bitnet2026_dir"
-    mkdir -p "$(dirname "$bitnet2026_dir")"
-    mv "$tmp/x/bitnet.cpp" "$bitnet2026_dir"
+    vendor_crate_folder "$BITNET2026_CRATE" "$BITNET2026_CRATE_VERSION" "$BITNET2026_CRATE_SHA256" \
+        bitnet.cpp "$BITNET2026_TREE_SHA256" "$bitnet2026_dir"
     printf '%s\n' "$bitnet2026_want" >"$bitnet2026_stamp"
-    rm -rf "$tmp"
-    trap - EXIT
     say "vendored today's bitnet.cpp into oracle/vendor/bitnet-2026 (tree sha256 $BITNET2026_TREE_SHA256)"
 fi
 unset bitnet2026_dir bitnet2026_stamp bitnet2026_want
