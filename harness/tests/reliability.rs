@@ -231,6 +231,58 @@ fn diff_prints_a_summary_unless_asked_for_every_row() {
     assert!(all > 1000, "--all prints every row: {all}");
 }
 
+/// Long work shows progress on a terminal and nothing when its output is not one: `diff`
+/// under a pseudo-terminal (util-linux `script`, in Debian's essential bsdutils)
+/// draws its spinner; piped, stderr carries none of it.
+#[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "needs util-linux `script` for a pseudo-terminal"
+)]
+fn long_work_shows_progress_on_a_terminal_only() {
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(30);
+    let prompt = std::env::temp_dir().join(format!("bitprobe-progress-{}.txt", std::process::id()));
+    std::fs::write(&prompt, &long).unwrap();
+    let args = [
+        "diff",
+        "--preset",
+        "tiny-i2s",
+        "--prompt-file",
+        prompt.to_str().unwrap(),
+        "-n",
+        "2",
+    ];
+    let spinner = |out: &[u8]| {
+        let t = String::from_utf8_lossy(out);
+        t.contains("opening engine and oracle") || t.contains("running both and judging")
+    };
+    let piped = bin().args(args).output().unwrap();
+    assert_eq!(piped.status.code(), Some(0), "{}", text(&piped));
+    assert!(
+        !spinner(&piped.stderr),
+        "a spinner on a pipe: {}",
+        text(&piped)
+    );
+    let exe = bin().get_program().to_string_lossy().into_owned();
+    let oracle = env!("CARGO_BIN_EXE_bitprobe-oracle");
+    let line = format!(
+        "BITPROBE_ORACLE_BIN='{oracle}' '{exe}' {} >/dev/null",
+        args.map(|a| format!("'{a}'")).join(" ")
+    );
+    let tty = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("util-linux `script` runs");
+    std::fs::remove_file(&prompt).ok();
+    assert_eq!(tty.status.code(), Some(0), "{}", text(&tty));
+    assert!(
+        spinner(&tty.stdout),
+        "no progress on a terminal: {}",
+        text(&tty)
+    );
+}
+
 #[test]
 fn ctrl_c_on_bitprobe_alone_stops_its_probe_servers() {
     let spec = format!("cmd:{} --defect hang", broken_probe().display());
