@@ -142,8 +142,9 @@ for step in "$ROOT"/scripts/setup.d/*.sh; do
 done
 
 # --- 5. warm build ------------------------------------------------------------------------
-# The first build compiles bitnet.cpp (about a minute on two cores); later ones are no-ops.
+# The first build compiles both bitnet.cpp trees and the workspace (about 8 minutes on two
+# cores); later ones are no-ops.
 if [[ ! -d "$ROOT/target/debug" ]]; then
-    say "building the workspace (first build compiles bitnet.cpp, about a minute)"
+    say "building the workspace (the first build compiles both bitnet.cpp trees: about 8 minutes on two cores)"
 fi
 cargo build --quiet --workspace --all-targets
