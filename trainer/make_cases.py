@@ -102,6 +102,7 @@ def main() -> int:
             "probes = [",
             '    "engine",',
             '    "oracle",',
+            '    "bitnet.cpp-2026",',
             '    { probe = "tritium", presets = ["trained-i2s", "trained-tq1", "trained-tq2"] },',
             '    { probe = "ik-llama-f16", presets = ["trained-f32", "trained-f16", "trained-i2s"] },',
             "]",
