@@ -117,7 +117,8 @@ fn greedy_generation_follows_the_argmax_of_a_batched_pass() {
 #[test]
 fn malformed_models_are_errors_not_panics() {
     let good = std::fs::read(forged("tiny-i2s", 1).unwrap()).unwrap();
-    let dir = std::env::temp_dir().join(format!("bitprobe-engine-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bitprobe-engine-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // Truncated at several places.
     for cut in [10, 100, 5000, good.len() / 2, good.len() - 1] {

@@ -9,7 +9,8 @@ use engine::gguf::{GgmlType, GgufFile};
 use half::f16;
 
 fn temp_path(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bitprobe-forge-test-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bitprobe-forge-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(format!("{tag}.gguf"))
 }

@@ -170,7 +170,8 @@ fn every_forge_weight_type_round_trips() {
 
 #[test]
 fn lazy_tensors_and_file_io_round_trip_through_mmap() {
-    let dir = std::env::temp_dir().join(format!("bitprobe-gguf-rt-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bitprobe-gguf-rt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("lazy.gguf");
     let mut w = GgufWriter::new();

@@ -213,7 +213,8 @@ fn tokenizer_json_agrees_with_the_same_vocab_from_gguf() {
         AddedToken::from("<|begin_of_text|>", true),
         AddedToken::from("<|eot_id|>", true),
     ]);
-    let path = std::env::temp_dir().join(format!("bitprobe-tokenizer-{}.json", std::process::id()));
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bitprobe-tokenizer-{}.json", std::process::id()));
     hf.save(&path, false).unwrap();
     let from_json = Tokenizer::from_file(&path).unwrap();
     std::fs::remove_file(&path).ok();

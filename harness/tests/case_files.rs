@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 fn setup() -> PathBuf {
     std::env::set_var("BITPROBE_ORACLE_BIN", env!("CARGO_BIN_EXE_bitprobe-oracle"));
-    let dir = std::env::temp_dir().join(format!(
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "bitprobe-cases-{}-{:?}",
         std::process::id(),
         std::thread::current().id()

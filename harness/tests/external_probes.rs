@@ -105,7 +105,8 @@ fn a_generate_only_probe_gets_a_token_level_verdict() {
     );
 
     // In a case, its stage and logits trials are ignored with the reason; its tokens are a trial.
-    let dir = std::env::temp_dir().join(format!("bitprobe-genonly-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bitprobe-genonly-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("genonly.toml");
     std::fs::write(

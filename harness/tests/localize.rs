@@ -14,7 +14,8 @@ fn oracle_bin() {
 #[test]
 fn an_exactness_only_fault_fails_naming_the_first_inexact_value() {
     oracle_bin();
-    let dir = std::env::temp_dir().join(format!("bitprobe-exact-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bitprobe-exact-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("mirror.toml");
     std::fs::write(

@@ -16,7 +16,7 @@ fn spawn(model: &Path) -> probe::Result<RemoteProbe> {
 }
 
 fn scratch_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "bitprobe-oracle-process-{}-{test}",
         std::process::id()
     ));

@@ -36,7 +36,8 @@ fn stack_8_mib() {
 #[test]
 fn bitnet_2026_stack_crash_is_a_clear_failed_trial_and_diff_warns_first() {
     stack_8_mib();
-    let dir = std::env::temp_dir().join(format!("bitprobe-ref-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bitprobe-ref-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("references")).unwrap();
     let file = dir.join("references/long.toml");
     // ≈ 10 tokens per sentence: ~1550 tokens, past the measured 1363 at 1 thread, 8 MiB.

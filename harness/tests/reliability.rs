@@ -241,7 +241,8 @@ fn diff_prints_a_summary_unless_asked_for_every_row() {
 )]
 fn long_work_shows_progress_on_a_terminal_only() {
     let long = "The quick brown fox jumps over the lazy dog. ".repeat(30);
-    let prompt = std::env::temp_dir().join(format!("bitprobe-progress-{}.txt", std::process::id()));
+    let prompt = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bitprobe-progress-{}.txt", std::process::id()));
     std::fs::write(&prompt, &long).unwrap();
     let args = [
         "diff",

@@ -106,7 +106,8 @@ fn section<'a>(doc: &'a str, heading: &str) -> &'a str {
 
 #[test]
 fn sweep_receipt_reports_and_regressions() {
-    let dir = std::env::temp_dir().join(format!("bitprobe-sweep-test-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bitprobe-sweep-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let cases = dir.join("cases");
     std::fs::create_dir_all(cases.join("mini")).unwrap();
@@ -518,7 +519,8 @@ fn sweep_receipt_reports_and_regressions() {
 /// collapsed group.
 #[test]
 fn standing_failures_sorted_regressions_trend_and_grouped_failures() {
-    let dir = std::env::temp_dir().join(format!("bitprobe-sweep-17-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bitprobe-sweep-17-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let cases = dir.join("cases");
     std::fs::create_dir_all(cases.join("mini")).unwrap();

@@ -57,7 +57,8 @@ fn patch_0002_leaves_bitnet_models_bit_identical() {
     if !tools_built() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("bitprobe-patch-identity-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bitprobe-patch-identity-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut dumps: Vec<Vec<u8>> = Vec::new();
     for preset in ["tiny-f32", "tiny-f16", "tiny-i2s", "tiny-tq1", "tiny-tq2"] {
@@ -103,7 +104,7 @@ fn the_stock_library_is_unpatched() {
         return;
     }
     let model = engine::forge::forged("tiny158-i2s", 1).unwrap();
-    let out = std::env::temp_dir().join(format!(
+    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "bitprobe-patch-identity-158-{}",
         std::process::id()
     ));

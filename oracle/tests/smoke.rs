@@ -33,7 +33,8 @@ fn missing_model_is_a_load_error() {
 
 #[test]
 fn garbage_model_is_a_load_error_with_bitnet_cpp_words() {
-    let dir = std::env::temp_dir().join(format!("oracle-smoke-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("oracle-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("garbage.gguf");
     std::fs::write(&path, b"not a gguf file at all").unwrap();
