@@ -41,6 +41,39 @@ tree_sha256() {
 }
 file_sha256() { sha256sum "$1" | cut -d' ' -f1; }
 
+# python_tag: `cp311-x86_64` for the python3 on PATH (wheels are pinned per tag).
+python_tag() {
+    python3 -c 'import sys, platform; print(f"cp{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}")'
+}
+
+# pip_install_pinned DIR REQUIREMENTS_FILE
+# pip_install_pinned DIR NAME VERSION WHEEL_SHA256
+# Installs exactly the hashed wheels named (a requirements file, or one pinned package) into
+# DIR, which is replaced: wheels only, no dependency resolution, nothing into the system
+# Python. pip's output is shown only when it fails.
+pip_install_pinned() {
+    local dir="$1" req log rc=0
+    command -v python3 >/dev/null 2>&1 || die "python3 is required to install into $dir"
+    log="$(mktemp)"
+    if (($# == 4)); then
+        req="$(mktemp)"
+        printf '%s==%s --hash=sha256:%s\n' "$2" "$3" "$4" >"$req"
+    else
+        req="$2"
+    fi
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
+        --only-binary=:all: --pre --no-compile --root-user-action=ignore --target "$dir" \
+        -r "$req" >"$log" 2>&1 || rc=$?
+    if ((rc != 0)); then
+        cat "$log" >&2
+        die "pip could not install $(grep -v '^#' "$req" | cut -d' ' -f1 | tr '\n' ' ')into $dir"
+    fi
+    rm -f "$log"
+    if (($# == 4)); then rm -f "$req"; fi
+}
+
 # vendor_crate_folder CRATE VERSION CRATE_SHA256 FOLDER TREE_SHA256 DEST
 # Fetches CRATE VERSION from crates.io with cargo (a throwaway Cargo project + `cargo fetch`,
 # so cargo's registry client, index and checksum do the download), checks the .crate's sha256,

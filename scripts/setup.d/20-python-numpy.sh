@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # numpy for the Python adapter (adapters/python/): the wire-protocol library, the GGUF reader
-# and the example numpy BitNet engine. Sourced by scripts/setup.sh (ROOT, say, die, file_sha256).
+# and the example numpy BitNet engine. Sourced by scripts/setup.sh (ROOT, say, die, file_sha256, python_tag, pip_install_pinned).
 #
 # PyPI numpy 2.4.6, the CPython 3.11 manylinux x86_64 wheel, pinned by sha256 and installed with
 # pip into .cache/python/numpy (gitignored). Nothing is installed into the system Python: the
@@ -15,21 +15,12 @@ numpy_stamp="$numpy_dir/.bitprobe-stamp"
 numpy_stamp_want="$NUMPY_WHEEL $NUMPY_WHEEL_SHA256"
 if [[ ! -f "$numpy_stamp" || "$(cat "$numpy_stamp")" != "$numpy_stamp_want" || ! -d "$numpy_dir/numpy" ]]; then
     command -v python3 >/dev/null 2>&1 || die "python3 is required for the Python adapter's numpy"
-    py_tag="$(python3 -c 'import sys, platform; print(f"cp{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}")')"
+    py_tag="$(python_tag)"
     [[ "$py_tag" == "cp311-x86_64" ]] \
         || die "scripts/setup.d/20-python-numpy.sh pins the numpy wheel for CPython 3.11 on x86_64; python3 here is $py_tag (add that wheel's sha256 to the requirement line)"
     say "installing numpy $NUMPY_VERSION with pip into .cache/python/numpy"
-    tmp="$(mktemp -d)"
-    trap 'rm -rf "$tmp"' EXIT
-    printf 'numpy==%s --hash=sha256:%s\n' "$NUMPY_VERSION" "$NUMPY_WHEEL_SHA256" >"$tmp/req.txt"
-    rm -rf "$numpy_dir"
-    mkdir -p "$numpy_dir"
-    python3 -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
-        --only-binary=:all: --no-compile --root-user-action=ignore --target "$numpy_dir" -r "$tmp/req.txt" \
-        || die "pip could not install numpy==$NUMPY_VERSION (sha256 $NUMPY_WHEEL_SHA256) into $numpy_dir"
+    pip_install_pinned "$numpy_dir" numpy "$NUMPY_VERSION" "$NUMPY_WHEEL_SHA256"
     PYTHONPATH="$numpy_dir" python3 -c "import numpy, sys; sys.exit(numpy.__version__ != '$NUMPY_VERSION')" \
         || die "numpy in $numpy_dir does not import as version $NUMPY_VERSION"
     printf '%s\n' "$numpy_stamp_want" >"$numpy_stamp"
-    rm -rf "$tmp"
-    trap - EXIT
 fi

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # ik_llama.cpp for the ik_llama probe (adapters/python/ik_llama_probe.py). Sourced by
-# scripts/setup.sh (ROOT, say, die, file_sha256).
+# scripts/setup.sh (ROOT, say, die, file_sha256, python_tag, pip_install_pinned).
 #
 # PyPI ik-llama-cpp-python 0.1.5: a prebuilt ik_llama.cpp (github.com/ikawrakow/ik_llama.cpp,
 # packaged by github.com/gongpx20069/ik-llama-cpp-python) with libllama.so, libggml.so, the C
@@ -21,20 +21,13 @@ ik_stamp_want="$IK_LLAMA_WHEEL $IK_LLAMA_WHEEL_SHA256"
 if [[ ! -f "$ik_stamp" || "$(cat "$ik_stamp")" != "$ik_stamp_want" \
       || ! -f "$ik_dir/ik_llama_cpp/lib/libllama.so" || ! -x "$ik_dir/ik_llama_cpp/bin/llama-quantize" ]]; then
     command -v python3 >/dev/null 2>&1 || die "python3 is required for the ik_llama.cpp probe"
-    py_tag="$(python3 -c 'import sys, platform; print(f"cp{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}")')"
+    py_tag="$(python_tag)"
     [[ "$py_tag" == "cp311-x86_64" ]] \
         || die "scripts/setup.d/30-ik-llama.sh pins the ik-llama-cpp-python wheel for CPython 3.11 on x86_64; python3 here is $py_tag (add that wheel's sha256 to the requirement line)"
     say "installing ik-llama-cpp-python $IK_LLAMA_VERSION (ik_llama.cpp, AVX2 build) with pip into .cache/python/ik-llama"
-    tmp="$(mktemp -d)"
-    trap 'rm -rf "$tmp"' EXIT
-    printf 'ik-llama-cpp-python==%s --hash=sha256:%s\n' "$IK_LLAMA_VERSION" "$IK_LLAMA_WHEEL_SHA256" >"$tmp/req.txt"
-    rm -rf "$ik_dir"
-    mkdir -p "$ik_dir"
-    # pip's output goes to a log shown only on failure: the wheel's own bin/ and its console
-    # script both land in $ik_dir/bin, which makes pip warn about an existing target directory.
-    python3 -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
-        --only-binary=:all: --no-compile --target "$ik_dir" -r "$tmp/req.txt" >"$tmp/pip.log" 2>&1 \
-        || { cat "$tmp/pip.log" >&2; die "pip could not install ik-llama-cpp-python==$IK_LLAMA_VERSION (sha256 $IK_LLAMA_WHEEL_SHA256) into $ik_dir"; }
+    # (pip's warning about the wheel's bin/ and its console script both landing in
+    # $ik_dir/bin stays in the log pip_install_pinned shows only on failure.)
+    pip_install_pinned "$ik_dir" ik-llama-cpp-python "$IK_LLAMA_VERSION" "$IK_LLAMA_WHEEL_SHA256"
     [[ -f "$ik_dir/ik_llama_cpp/lib/libllama.so" ]] \
         || die "$ik_dir/ik_llama_cpp/lib/libllama.so missing after installing ik-llama-cpp-python $IK_LLAMA_VERSION"
     # pip --target keeps the wheel's file modes; make sure the converter is executable.
@@ -45,6 +38,4 @@ if [[ ! -f "$ik_stamp" || "$(cat "$ik_stamp")" != "$ik_stamp_want" \
     "$ik_dir/ik_llama_cpp/bin/llama-quantize" --help >/dev/null 2>&1 || ik_rc=$?
     [[ $ik_rc -le 1 ]] || die "$ik_dir/ik_llama_cpp/bin/llama-quantize does not run (exit $ik_rc)"
     printf '%s\n' "$ik_stamp_want" >"$ik_stamp"
-    rm -rf "$tmp"
-    trap - EXIT
 fi

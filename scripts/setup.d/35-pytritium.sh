@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # pytritium: a third-party compiled Rust BitNet engine, run by bitprobe as a generate-only probe
-# (adapters/python/tritium_probe.py). Sourced by scripts/setup.sh (ROOT, say, die, file_sha256).
+# (adapters/python/tritium_probe.py). Sourced by scripts/setup.sh (ROOT, say, die, file_sha256, python_tag, pip_install_pinned).
 #
 # PyPI pytritium 1.1.0rc2 (a pre-release, hence --pre), the abi3 manylinux_2_28 x86_64 wheel
 # (CPython >= 3.9), pinned by sha256 and installed with pip into .cache/python/tritium
@@ -21,19 +21,9 @@ if [[ ! -f "$tritium_stamp" || "$(cat "$tritium_stamp")" != "$tritium_stamp_want
     [[ "$py_ok" == 1 ]] \
         || die "scripts/setup.d/35-pytritium.sh pins the pytritium wheel for CPython >= 3.9 on x86_64 Linux; python3 here is $(python3 -c 'import sys, platform; print(sys.version.split()[0], platform.machine())')"
     say "installing pytritium $PYTRITIUM_VERSION with pip into .cache/python/tritium"
-    tmp="$(mktemp -d)"
-    trap 'rm -rf "$tmp"' EXIT
-    printf 'pytritium==%s --hash=sha256:%s\n' "$PYTRITIUM_VERSION" "$PYTRITIUM_WHEEL_SHA256" >"$tmp/req.txt"
-    rm -rf "$tritium_dir"
-    mkdir -p "$tritium_dir"
-    python3 -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
-        --only-binary=:all: --pre --no-compile --root-user-action=ignore --target "$tritium_dir" \
-        -r "$tmp/req.txt" \
-        || die "pip could not install pytritium==$PYTRITIUM_VERSION (sha256 $PYTRITIUM_WHEEL_SHA256) into $tritium_dir"
+    pip_install_pinned "$tritium_dir" pytritium "$PYTRITIUM_VERSION" "$PYTRITIUM_WHEEL_SHA256"
     PYTHONPATH="$tritium_dir" python3 -c 'import tritium; tritium.Model.load' \
         || die "pytritium in $tritium_dir does not import (import tritium; tritium.Model.load)"
     printf '%s\n' "$tritium_stamp_want" >"$tritium_stamp"
-    rm -rf "$tmp"
-    trap - EXIT
 fi
 unset tritium_dir tritium_stamp tritium_stamp_want py_ok

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # The trained model of the `trained-*` forge presets (issue 20). Sourced by scripts/setup.sh
-# (bash, set -euo pipefail, with ROOT, say, die, file_sha256).
+# (bash, set -euo pipefail, with ROOT, say, die, file_sha256, python_tag and pip_install_pinned).
 #
 # 1. JAX for CPU and its imports (trainer/requirements.txt: jax/jaxlib 0.10.2, ml-dtypes 0.7.0,
 #    opt-einsum 3.4.0, numpy 2.4.6; CPython 3.11 manylinux x86_64 wheels pinned by version and
@@ -17,15 +17,11 @@ trainer_stamp="$trainer_dir/.bitprobe-stamp"
 trainer_stamp_want="$(file_sha256 "$trainer_req")"
 if [[ ! -f "$trainer_stamp" || "$(cat "$trainer_stamp")" != "$trainer_stamp_want" || ! -d "$trainer_dir/jax" ]]; then
     command -v python3 >/dev/null 2>&1 || die "python3 is required to train the trained-* model"
-    py_tag="$(python3 -c 'import sys, platform; print(f"cp{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}")')"
+    py_tag="$(python_tag)"
     [[ "$py_tag" == "cp311-x86_64" ]] \
         || die "trainer/requirements.txt pins JAX wheels for CPython 3.11 on x86_64; python3 here is $py_tag (add that platform's wheel hashes)"
     say "installing the trainer's JAX (CPU) with pip into .cache/python/trainer"
-    rm -rf "$trainer_dir"
-    mkdir -p "$trainer_dir"
-    python3 -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
-        --only-binary=:all: --no-compile --root-user-action=ignore --target "$trainer_dir" -r "$trainer_req" \
-        || die "pip could not install trainer/requirements.txt into $trainer_dir"
+    pip_install_pinned "$trainer_dir" "$trainer_req"
     PYTHONPATH="$trainer_dir" python3 -c "import jax, numpy, sys; sys.exit(jax.__version__ != '0.10.2')" \
         || die "jax in $trainer_dir does not import as version 0.10.2"
     printf '%s\n' "$trainer_stamp_want" >"$trainer_stamp"
