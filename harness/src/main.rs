@@ -94,10 +94,12 @@ enum Command {
     /// Run every model of models.toml through its case files; write receipt.json, report.md
     /// and report.html; list regressions against the previous run.
     ///
+    /// Each model runs through every engine its entry lists (`engines`, default ours), judged
+    /// against its `reference` (default the vendored bitnet.cpp): one result per pair.
     /// A model that cannot be loaded, or crashes a probe, is a failed row with its error;
     /// the sweep goes on. The baseline is the newest earlier receipt next to --out unless
     /// --baseline says otherwise. Regressions: new failures, metrics worse by more than a
-    /// decade, engine/oracle speed ratio drops beyond --speed-tolerance, models that stopped
+    /// decade, engine/reference speed ratio drops beyond --speed-tolerance, models that stopped
     /// loading. Exit status: 0 no regression (without a baseline: no failure), 1 regressions,
     /// 2 usage error or unreadable models.toml/baseline.
     Sweep(SweepArgs),

@@ -6,7 +6,7 @@
 //! - a trial that passed, or did not exist, now fails;
 //! - a trial's NMSE or KL got worse by more than a decade ([`DECADE`]); a bit-exact or zero
 //!   value counts as [`FLOOR`], so leaving bit-exactness for anything above 1e-11 counts;
-//! - the engine/oracle speed ratio (prefill or decode) dropped by more than the allowed share
+//! - the engine/reference speed ratio (prefill or decode) dropped by more than the allowed share
 //!   (10% by default), in its median and in every repetition ([`speed_dropped`]).
 //!
 //! Fixed failures and recovered models are reported as improvements. Regressions are listed

@@ -107,7 +107,7 @@ pub struct Settings {
 pub struct SpeedSettings {
     pub prompt_tokens: usize,
     pub decode_tokens: usize,
-    /// Alternating engine/oracle repetitions after one warm-up each; medians are reported.
+    /// Alternating engine/reference repetitions after one warm-up each; medians are reported.
     pub reps: usize,
 }
 
@@ -404,7 +404,7 @@ pub enum ChangeKind {
     NewFailure,
     /// A metric got worse by more than a decade.
     MetricWorse,
-    /// The engine/oracle speed ratio dropped by more than the allowed share.
+    /// The engine/reference speed ratio dropped by more than the allowed share.
     SpeedDrop,
     /// A trial that failed now passes.
     Fixed,
