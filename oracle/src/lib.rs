@@ -27,12 +27,13 @@ mod tap;
 pub use oracle_probe::OracleProbe;
 
 use probe::{Error, Result};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::Path;
 use std::process::ExitCode;
 use std::ptr::NonNull;
-use std::sync::{Mutex, Once};
+use std::sync::Once;
 
 /// Which bitnet.cpp this crate was built from, as recorded by `build_common.rs`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,8 +189,13 @@ fn protocol_stdout() -> std::io::Result<std::fs::File> {
     Ok(std::fs::File::from(protocol))
 }
 
-/// The last lines bitnet.cpp logged (llama.cpp's and ggml's logger), newest last.
-static LOG_TAIL: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
+thread_local! {
+    /// The last lines bitnet.cpp logged on this thread (llama.cpp's and ggml's logger), newest
+    /// last. llama.cpp logs a model load on the loading thread, so a load's error is read
+    /// from its own thread's lines: per thread, concurrent loads in one process (the tests)
+    /// never read each other's.
+    static LOG_TAIL: RefCell<VecDeque<String>> = const { RefCell::new(VecDeque::new()) };
+}
 const LOG_TAIL_LINES: usize = 64;
 
 /// Receives llama.cpp's log; keeps a tail for error messages, echoes to stderr when
@@ -207,36 +213,35 @@ unsafe extern "C" fn log_callback(
     if std::env::var_os("BITPROBE_ORACLE_LOG").is_some() {
         eprint!("{text}");
     }
-    let Ok(mut tail) = LOG_TAIL.lock() else {
-        return;
-    };
-    // llama.cpp sometimes logs one line in pieces; glue pieces until a newline.
-    let open = tail.back().is_some_and(|l| !l.ends_with('\n'));
-    if open {
-        tail.back_mut().unwrap().push_str(&text);
-    } else {
-        tail.push_back(text.into_owned());
-    }
-    while tail.len() > LOG_TAIL_LINES {
-        tail.pop_front();
-    }
+    let _ = LOG_TAIL.try_with(|tail| {
+        let Ok(mut tail) = tail.try_borrow_mut() else {
+            return;
+        };
+        // llama.cpp sometimes logs one line in pieces; glue pieces until a newline.
+        match tail.back_mut() {
+            Some(last) if !last.ends_with('\n') => last.push_str(&text),
+            _ => tail.push_back(text.into_owned()),
+        }
+        while tail.len() > LOG_TAIL_LINES {
+            tail.pop_front();
+        }
+    });
 }
 
 const LOG_MARK: &str = "\u{0}mark\n";
 
 /// Marks the log so `log_since_mark` returns only what a call printed.
 fn log_mark() {
-    if let Ok(mut tail) = LOG_TAIL.lock() {
-        tail.push_back(LOG_MARK.to_string());
-    }
+    LOG_TAIL.with_borrow_mut(|tail| tail.push_back(LOG_MARK.to_string()));
 }
 
 /// The error lines logged since the last `log_mark`, joined with "; " (or all lines when none
 /// look like errors).
 fn log_since_mark() -> String {
-    let Ok(tail) = LOG_TAIL.lock() else {
-        return String::new();
-    };
+    LOG_TAIL.with_borrow(since_mark)
+}
+
+fn since_mark(tail: &VecDeque<String>) -> String {
     let start = tail
         .iter()
         .rposition(|l| l == LOG_MARK)
