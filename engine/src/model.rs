@@ -196,8 +196,10 @@ const TERNARY_TYPES: &str = "F32, F16, I2_S, TQ1_0, TQ2_0";
 const FLOAT_TYPES: &str = "F32, F16";
 
 impl Model {
+    /// Reads the model at `path` into huge pages ([`GgufFile::open_in_huge_pages`]: every
+    /// decode step streams all of it).
     pub fn load(path: &Path) -> Result<Model, ModelError> {
-        let file = GgufFile::open(path)?;
+        let file = GgufFile::open_in_huge_pages(path)?;
         Model::from_gguf(file, &path.display().to_string())
     }
 

@@ -328,3 +328,83 @@ fn ggml_type_table_matches_vendored_ggml() {
     assert_eq!(GgmlType::Q4_0.data_size(33), None);
     assert_eq!(GgmlType::F32.data_size(u64::MAX), None);
 }
+
+/// A file of at least `HUGE_PAGE_MIN_FILE` bytes: one F32 tensor of a known pattern.
+fn large_file(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>) {
+    let n = (engine::gguf::HUGE_PAGE_MIN_FILE as usize) / 4 + 1024;
+    let data: Vec<u8> = (0..n as u32)
+        .flat_map(|i| (i ^ 0x5a5a).to_le_bytes())
+        .collect();
+    let path = dir.join("large.gguf");
+    let mut w = GgufWriter::new();
+    w.add_u32("x.n", 7).unwrap();
+    let d = data.clone();
+    w.add_tensor_with("big", &[n as u64], GgmlType::F32, move || d)
+        .unwrap();
+    w.write_file(&path).unwrap();
+    (path, data)
+}
+
+#[test]
+fn huge_page_loads_read_the_same_image_as_the_map() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bitprobe-gguf-huge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (path, data) = large_file(&dir);
+    let mapped = GgufFile::open(&path).unwrap();
+    assert!(mapped.file_size() >= engine::gguf::HUGE_PAGE_MIN_FILE);
+    for f in [
+        GgufFile::open_in_huge_pages(&path).unwrap(),
+        GgufFile::copy_into_huge_pages(&path).unwrap(),
+    ] {
+        assert_eq!(f.bytes(), mapped.bytes());
+        assert_eq!(f.tensor_bytes("big").unwrap(), data.as_slice());
+        assert_eq!(f.get("x.n"), Some(&GgufValue::U32(7)));
+        // Whatever the kernel granted, the share is a share; on Linux it is known.
+        let share = f.huge_page_share();
+        assert_eq!(share.is_some(), cfg!(target_os = "linux"), "{share:?}");
+        assert!(share.is_none_or(|s| (0.0..=1.0).contains(&s)), "{share:?}");
+    }
+    // The copy starts on a 2 MiB boundary, so every 2 MiB of it can be one huge page.
+    let copy = GgufFile::copy_into_huge_pages(&path).unwrap();
+    assert_eq!(copy.bytes().as_ptr() as usize % (2 << 20), 0);
+    // A small file keeps the plain map (nothing copied): same image.
+    let small = dir.join("small.gguf");
+    let mut w = GgufWriter::new();
+    w.add_tensor_with("t", &[128, 2], GgmlType::I2_S, || filler(96, 3))
+        .unwrap();
+    w.write_file(&small).unwrap();
+    let f = GgufFile::open_in_huge_pages(&small).unwrap();
+    assert_eq!(f.bytes(), std::fs::read(&small).unwrap().as_slice());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn huge_page_loads_name_the_file_they_cannot_read() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bitprobe-gguf-huge-err-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("missing.gguf");
+    for e in [
+        GgufFile::open_in_huge_pages(&missing).unwrap_err(),
+        GgufFile::copy_into_huge_pages(&missing).unwrap_err(),
+    ] {
+        assert!(matches!(e, GgufError::Io { .. }), "{e:?}");
+        assert!(e.to_string().contains("missing.gguf"), "{e}");
+    }
+    for e in [
+        GgufFile::open_in_huge_pages(&dir).unwrap_err(),
+        GgufFile::copy_into_huge_pages(&dir).unwrap_err(),
+    ] {
+        assert!(matches!(e, GgufError::NotAFile(_)), "{e:?}");
+    }
+    // Not GGUF: the copy is parsed like the map.
+    let junk = dir.join("junk.gguf");
+    std::fs::write(&junk, b"GGUF\x03\0\0\0").unwrap();
+    let e = GgufFile::copy_into_huge_pages(&junk)
+        .unwrap_err()
+        .to_string();
+    let m = GgufFile::open(&junk).unwrap_err().to_string();
+    assert_eq!(e, m);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -312,7 +312,7 @@ pub fn table(r: &BenchReport) -> String {
     let ceiling = r.decode_ceiling();
     let _ = writeln!(
         out,
-        "decode ceiling  {:.2} tok/s = {:.2} GB/s read bandwidth (best of 7 streaming passes, median {:.2}, spread {:.0}%) / {:.3} GB per step · {}",
+        "decode ceiling  {:.2} tok/s = {:.2} GB/s read bandwidth (best of 7 streaming passes in 2 MiB pages, median {:.2}, spread {:.0}%) / {:.3} GB per step · {}",
         ceiling,
         r.read_bandwidth / 1e9,
         r.read_bandwidth_median / 1e9,

@@ -20,7 +20,8 @@ mod writer;
 
 pub use error::GgufError;
 pub use reader::{
-    GgufFile, TensorInfo, GGML_MAX_DIMS, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_NESTING,
+    GgufFile, TensorInfo, GGML_MAX_DIMS, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, HUGE_PAGE_MIN_FILE,
+    HUGE_PAGE_SHARE, MAX_ARRAY_NESTING,
 };
 pub use types::{GgmlType, QK_I2_S, QK_K};
 pub use value::{GgufArray, GgufValue, GgufValueType};

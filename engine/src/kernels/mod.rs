@@ -61,9 +61,11 @@ pub(crate) fn check_len(
 }
 
 /// How far ahead of its reads a streaming kernel prefetches (decode matmuls, which read
-/// each weight byte once). Measured on the 2B-4T shapes: 3–8 KiB all reach about 1.7× the
-/// bandwidth of the hardware prefetcher alone; 4 KiB also crosses one page ahead.
-pub const PREFETCH_BYTES: usize = 4096;
+/// each weight byte once). Measured with the F16 head's row loop (2560 × 128256) on weights
+/// in 2 MiB pages, one thread, best of 5: no prefetch 13.3–13.6 GB/s, 512 B 14.3, 1–2 KiB
+/// 14.5–14.9, 3 KiB 14.3, 4 KiB 11.1–11.3, 8 KiB 10.4; the 2B-4T TQ1_0 decode 8.2–8.3 tok/s
+/// at 2 KiB against 7.9–8.0 at 4 KiB (the value before the weights moved to huge pages).
+pub const PREFETCH_BYTES: usize = 2048;
 
 /// Prefetches the cache line at `p` into L1 (`prefetcht0`): a hint, it never faults, so `p`
 /// may point past the end of an allocation. No-op off x86_64.
