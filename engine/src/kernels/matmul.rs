@@ -317,22 +317,19 @@ pub fn matmul_with(
         }
         // F16/F32 weights with two or more tokens: ggml hands these to tinyBLAS
         // (`llamafile_sgemm`, see [`sgemm`]) with the f32 activations as they are.
-        WeightView::F16 { data, .. } if sgemm::accepts(nt, cols) => {
-            run(&|r, t0, v| {
-                let row = &data[r * cols * 2..(r + 1) * cols * 2];
-                for (k, o) in v.iter_mut().enumerate() {
-                    let t = t0 + k;
-                    *o = sgemm::dot_f16_with(simd, row, &x[t * cols..(t + 1) * cols]);
-                }
-            });
-        }
-        WeightView::F32 { data, .. } if sgemm::accepts(nt, cols) => {
-            run(&|r, t0, v| {
-                let row = &data[r * cols * 4..(r + 1) * cols * 4];
-                for (k, o) in v.iter_mut().enumerate() {
-                    let t = t0 + k;
-                    *o = sgemm::dot_f32_with(simd, row, &x[t * cols..(t + 1) * cols]);
-                }
+        WeightView::F16 { data, .. } | WeightView::F32 { data, .. } if sgemm::accepts(nt, cols) => {
+            let ty = if matches!(w, WeightView::F16 { .. }) {
+                sgemm::AType::F16
+            } else {
+                sgemm::AType::F32
+            };
+            par_row_ranges(rows, ROWS_PER_TASK, |r0, r1| {
+                sgemm::rows_with(simd, ty, data, (r0, r1), x, cols, |r, t, v| {
+                    // SAFETY: r0 ≤ r < r1 ≤ rows and t < nt, and `out.len() == nt·rows`
+                    // (checked above); `par_row_ranges` gives each task disjoint rows, so
+                    // no other task touches this element.
+                    unsafe { *optr.ptr().add(t * rows + r) = v };
+                });
             });
         }
         // Otherwise (one token, or cols % 16 != 0) ggml's `vec_dot` loop: F16 rounds each
