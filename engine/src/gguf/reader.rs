@@ -81,11 +81,37 @@ impl Backing {
 const HUGE_PAGE: usize = 2 << 20;
 
 /// Least share of a model in huge pages that [`GgufFile::open_in_huge_pages`] accepts from
-/// the file map before it copies the file into huge pages of its own. Measured on the 2B-4T
-/// I2_S model (one thread): the file map at 88% decodes within 3% of the full copy
-/// (10.7/10.3 vs 11.3/10.4 tok/s) and loads in 0.05–0.09 s instead of 0.5–3 s; the TQ1_0
-/// map at 46% decodes 18% slower than its copy.
-pub const HUGE_PAGE_SHARE: f64 = 0.85;
+/// the file map before it re-reads the file (and, failing that, copies it). Measured on the
+/// 2B-4T I2_S model, one thread: the map at 88% huge streamed the FFN matrices 10% slower
+/// than at 100% (decode 2–3% slower in all); re-reading the 46–88% huge TQ1_0, TQ2_0 and
+/// I2_S files through the advised map left each 99.8–99.97% huge, at 0.6–1.2 s once.
+pub const HUGE_PAGE_SHARE: f64 = 0.95;
+
+fn io_error(path: &Path, action: &'static str, source: std::io::Error) -> GgufError {
+    GgufError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Opens `path` for reading and returns it with its length, after checking that it is a
+/// regular file: opening a FIFO blocks until someone writes to it, and a folder opens fine
+/// and only fails at the map ("No such device").
+fn open_file(path: &Path) -> Result<(File, u64), GgufError> {
+    if !std::fs::metadata(path)
+        .map_err(|e| io_error(path, "open", e))?
+        .is_file()
+    {
+        return Err(GgufError::NotAFile(path.to_path_buf()));
+    }
+    let file = File::open(path).map_err(|e| io_error(path, "open", e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| io_error(path, "stat", e))?
+        .len();
+    Ok((file, len))
+}
 
 /// `MemAvailable` of `/proc/meminfo` in bytes.
 fn mem_available() -> Option<u64> {
@@ -149,29 +175,28 @@ impl std::fmt::Debug for GgufFile {
 impl GgufFile {
     /// Memory-maps and parses the file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
-        let path = path.as_ref();
-        let io = |action, source| GgufError::Io {
-            action,
-            path: path.to_path_buf(),
-            source,
-        };
-        // Checked before opening: opening a FIFO blocks until someone writes to it, and a
-        // folder opens fine and only fails at the map ("No such device").
-        if !std::fs::metadata(path)
-            .map_err(|e| io("open", e))?
-            .is_file()
-        {
-            return Err(GgufError::NotAFile(path.to_path_buf()));
-        }
-        let file = File::open(path).map_err(|e| io("open", e))?;
-        let len = file.metadata().map_err(|e| io("stat", e))?.len();
+        GgufFile::open_map(path.as_ref(), false)
+    }
+
+    /// [`GgufFile::open`]; with `huge`, the map is advised for huge pages and faulted in
+    /// before the header is read (advice only: refused or ignored without THP).
+    fn open_map(path: &Path, huge: bool) -> Result<GgufFile, GgufError> {
+        let (file, len) = open_file(path)?;
         let backing = if len == 0 {
             Backing::Owned(Vec::new())
         } else {
             // SAFETY: the map is read-only. Like every mmap-based model loader (llama.cpp
             // included) we rely on the file not being truncated or rewritten while it is
             // mapped; bitprobe only maps model files it does not modify.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io("mmap", e))?;
+            let map =
+                unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error(path, "mmap", e))?;
+            #[cfg(not(target_os = "linux"))]
+            let _ = huge;
+            #[cfg(target_os = "linux")]
+            if huge {
+                let _ = map.advise(memmap2::Advice::HugePage);
+                let _ = map.advise(memmap2::Advice::PopulateRead);
+            }
             Backing::Mmap(map)
         };
         GgufFile::parse(backing)
@@ -185,27 +210,43 @@ impl GgufFile {
     /// First the file map is advised for huge pages and faulted in: the kernel maps the page
     /// cache's 2 MiB folios as such (and reads the file in that size if it is not cached
     /// yet). When less than [`HUGE_PAGE_SHARE`] of the map ends up in huge pages (the file
-    /// was cached in small pieces, as `write` or an earlier reader left it), the file is
-    /// copied into anonymous memory on a 2 MiB boundary advised for huge pages: one copy of
-    /// the file at load, which on a VM returning freed memory to its host can take seconds.
+    /// was cached in small pieces, as `write` or an earlier reader left it), the file's
+    /// cached pages are dropped and it is read again through the advised map, which leaves
+    /// it cached in 2 MiB folios for every later load. Only if that still falls short is
+    /// the file copied into anonymous memory on a 2 MiB boundary advised for huge pages:
+    /// one copy per load, which on a VM returning freed memory to its host can take seconds.
     /// [`GgufFile::huge_page_share`] tells what the kernel granted. Files under
     /// [`HUGE_PAGE_MIN_FILE`], files larger than half the available memory, and systems
     /// without transparent huge pages keep the plain map.
     pub fn open_in_huge_pages(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
         let path = path.as_ref();
-        let mapped = GgufFile::open(path)?;
-        if mapped.file_size() < HUGE_PAGE_MIN_FILE {
+        let small = std::fs::metadata(path).is_ok_and(|m| m.len() < HUGE_PAGE_MIN_FILE);
+        let mapped = GgufFile::open_map(path, !small)?;
+        if small {
             return Ok(mapped);
         }
-        #[cfg(target_os = "linux")]
-        if let Backing::Mmap(map) = &mapped.backing {
-            // Advice only: refused or ignored without THP, and the map works the same.
-            let _ = map.advise(memmap2::Advice::HugePage);
-            let _ = map.advise(memmap2::Advice::PopulateRead);
+        if mapped
+            .huge_page_share()
+            .is_none_or(|s| s >= HUGE_PAGE_SHARE)
+        {
+            return Ok(mapped);
         }
-        match mapped.huge_page_share() {
-            Some(share) if share < HUGE_PAGE_SHARE => {}
-            _ => return Ok(mapped),
+        // The page cache holds the file in small pieces. Drop them (`POSIX_FADV_DONTNEED`
+        // leaves pages that other processes map alone) and read it again through the advised
+        // map, which the kernel then caches in 2 MiB folios: once per file, not per load.
+        drop(mapped);
+        #[cfg(target_os = "linux")]
+        if let Ok(file) = File::open(path) {
+            use std::os::fd::AsRawFd;
+            // SAFETY: `file` is open for the whole call; fadvise only reads its arguments.
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        }
+        let mapped = GgufFile::open_map(path, true)?;
+        if mapped
+            .huge_page_share()
+            .is_none_or(|s| s >= HUGE_PAGE_SHARE)
+        {
+            return Ok(mapped);
         }
         // A copy needs memory of its own: only when it fits twice into what is available
         // (the page cache keeps the file too), else the map stays.
@@ -222,19 +263,8 @@ impl GgufFile {
     pub fn copy_into_huge_pages(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
         use std::io::Read;
         let path = path.as_ref();
-        let io = |action, source| GgufError::Io {
-            action,
-            path: path.to_path_buf(),
-            source,
-        };
-        if !std::fs::metadata(path)
-            .map_err(|e| io("open", e))?
-            .is_file()
-        {
-            return Err(GgufError::NotAFile(path.to_path_buf()));
-        }
-        let mut file = File::open(path).map_err(|e| io("open", e))?;
-        let len = file.metadata().map_err(|e| io("stat", e))?.len();
+        let (mut file, len) = open_file(path)?;
+        let io = |action, source| io_error(path, action, source);
         let len = usize::try_from(len).map_err(|_| {
             io(
                 "read",

@@ -102,13 +102,14 @@ impl AType {
     }
 }
 
-/// Rows of [`TILE`] weight rows × [`TILE`] tokens computed together by the AVX-512 kernel.
-pub const TILE: usize = 4;
+/// Weight rows × tokens computed together by the AVX-512 kernel: 24 accumulators, four
+/// weight vectors and one token vector fill 29 of the 32 vector registers.
+pub const TILE: (usize, usize) = (4, 6);
 
 /// Every output of weight rows `r0..r1` of `a` (`ty` elements, `k` per row, row-major from
 /// row 0) against the `b.len() / k` token rows of `b`: `store(r, t, value)` once per pair.
 /// Each value is bit for bit [`dot_f16_with`] / [`dot_f32_with`] of its pair: at the AVX-512
-/// level, [`TILE`] × [`TILE`] outputs run together, each on its own accumulator in the same
+/// level, [`TILE`] outputs run together, each on its own accumulator in the same
 /// order (one `vfmadd` chain per output hid the FMA latency behind nothing: 0.49× the oracle's
 /// F16 prefill on the 2B-4T shapes); the rows and tokens left over go one at a time.
 pub fn rows_with(
@@ -139,15 +140,17 @@ pub fn rows_with(
     let mut r = r0;
     #[cfg(target_arch = "x86_64")]
     if simd.clamp() == Simd::Avx512 {
-        let (tr, tt) = (r0 + (r1 - r0) / TILE * TILE, nt / TILE * TILE);
+        const TR: usize = TILE.0;
+        const TT: usize = TILE.1;
+        let (tr, tt) = (r0 + (r1 - r0) / TR * TR, nt / TT * TT);
         while r < tr {
-            for t in (0..tt).step_by(TILE) {
-                let mut out = [[0f32; TILE]; TILE];
-                // SAFETY: AVX-512 was detected (clamped level); rows r..r+TILE ≤ r1 are within
-                // `a` (asserted: r1 ≤ a.len()/rb), tokens t..t+TILE ≤ nt within `b`, and
+            for t in (0..tt).step_by(TT) {
+                let mut out = [[0f32; TT]; TR];
+                // SAFETY: AVX-512 was detected (clamped level); rows r..r+TR ≤ r1 are within
+                // `a` (asserted: r1 ≤ a.len()/rb), tokens t..t+TT ≤ nt within `b`, and
                 // k % 16 == 0 (`check`): the kernel reads k elements of each.
                 unsafe {
-                    x86::tile_avx512::<TILE, TILE>(
+                    x86::tile_avx512::<TR, TT>(
                         ty,
                         a.as_ptr().add(r * rb),
                         rb,
@@ -163,11 +166,11 @@ pub fn rows_with(
                 }
             }
             for t in tt..nt {
-                for i in r..r + TILE {
+                for i in r..r + TR {
                     store(i, t, one(i, t));
                 }
             }
-            r += TILE;
+            r += TR;
         }
     }
     for r in r..r1 {
