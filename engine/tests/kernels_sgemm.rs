@@ -110,12 +110,12 @@ fn run(simd: Simd, w: &WeightView, x: &[f32]) -> Vec<f32> {
 
 /// One token: `ggml_vec_dot_f16` on the f16-rounded row. Two tokens: tinyBLAS on the f32
 /// rows. cols % 16 != 0: `vec_dot` even for many tokens. Row and token counts around the
-/// AVX-512 kernel's 4 × 6 tiles (and 37 rows: two row tasks, 32 + 5) take the tiles and
-/// the one-at-a-time remainders alike.
+/// AVX-512 kernel's 4 × 6 tiles (and 37 rows: two row tasks, 32 + 5; 784 columns: four
+/// chunks of k, 3 × 256 + 16) take the tiles and the one-at-a-time remainders alike.
 #[test]
 fn matmul_takes_tiny_blas_exactly_when_ggml_does() {
     let mut rng = Rng::new(32);
-    for (rows, cols) in [(9usize, 256usize), (5, 40), (37, 64), (4, 16)] {
+    for (rows, cols) in [(9usize, 256usize), (5, 40), (37, 64), (4, 16), (13, 784)] {
         let w = rng.vec(rows * cols, 1.0);
         let (wh, wf) = (f16_bytes(&w), f32_bytes(&w));
         for nt in [1usize, 2, 4, 5, 6, 9, 13] {

@@ -111,7 +111,8 @@ pub const TILE: (usize, usize) = (4, 6);
 /// Each value is bit for bit [`dot_f16_with`] / [`dot_f32_with`] of its pair: at the AVX-512
 /// level, [`TILE`] outputs run together, each on its own accumulator in the same
 /// order (one `vfmadd` chain per output hid the FMA latency behind nothing: 0.49× the oracle's
-/// F16 prefill on the 2B-4T shapes); the rows and tokens left over go one at a time.
+/// F16 prefill on the 2B-4T shapes); tokens left over go in tiles of one token, rows left
+/// over (fewer than a tile) one output at a time.
 pub fn rows_with(
     simd: Simd,
     ty: AType,
@@ -142,36 +143,44 @@ pub fn rows_with(
     if simd.clamp() == Simd::Avx512 {
         const TR: usize = TILE.0;
         const TT: usize = TILE.1;
-        let (tr, tt) = (r0 + (r1 - r0) / TR * TR, nt / TT * TT);
-        while r < tr {
-            for t in (0..tt).step_by(TT) {
-                let mut out = [[0f32; TT]; TR];
-                // SAFETY: AVX-512 was detected (clamped level); rows r..r+TR ≤ r1 are within
-                // `a` (asserted: r1 ≤ a.len()/rb), tokens t..t+TT ≤ nt within `b`, and
-                // k % 16 == 0 (`check`): the kernel reads k elements of each.
-                unsafe {
-                    x86::tile_avx512::<TR, TT>(
-                        ty,
-                        a.as_ptr().add(r * rb),
-                        rb,
-                        b.as_ptr().add(t * k),
-                        k,
-                        &mut out,
-                    )
-                };
-                for (i, row) in out.iter().enumerate() {
-                    for (j, &v) in row.iter().enumerate() {
-                        store(r + i, t + j, v);
-                    }
-                }
-            }
-            for t in tt..nt {
-                for i in r..r + TR {
-                    store(i, t, one(i, t));
-                }
-            }
-            r += TR;
+        let (n_rg, n_tg) = ((r1 - r0) / TR, nt / TT);
+        let (tr, tt) = (r0 + n_rg * TR, n_tg * TT);
+        if n_rg > 0 && n_tg > 0 {
+            // SAFETY: AVX-512 was detected (clamped level); rows r0..tr ≤ r1 are within `a`
+            // (asserted: r1 ≤ a.len()/rb), tokens 0..tt ≤ nt within `b`, and k % 16 == 0
+            // (`check`): the kernel reads k elements of each.
+            x86::ACC.with(|acc| unsafe {
+                x86::tiles_avx512::<TR, TT>(
+                    ty,
+                    a.as_ptr().add(r0 * rb),
+                    rb,
+                    n_rg,
+                    b.as_ptr(),
+                    k,
+                    n_tg,
+                    &mut acc.borrow_mut(),
+                    &mut |i, t, v| store(r0 + i, t, v),
+                )
+            });
         }
+        if n_rg > 0 && tt < nt {
+            // The tokens left over, one per tile: still TR independent chains.
+            // SAFETY: as above, for tokens tt..nt.
+            x86::ACC.with(|acc| unsafe {
+                x86::tiles_avx512::<TR, 1>(
+                    ty,
+                    a.as_ptr().add(r0 * rb),
+                    rb,
+                    n_rg,
+                    b.as_ptr().add(tt * k),
+                    k,
+                    nt - tt,
+                    &mut acc.borrow_mut(),
+                    &mut |i, t, v| store(r0 + i, tt + t, v),
+                )
+            });
+        }
+        r = tr;
     }
     for r in r..r1 {
         for t in 0..nt {
@@ -256,44 +265,91 @@ mod x86 {
         reduce16_zmm(acc)
     }
 
-    /// `RM × RN` outputs of [`super::dot_f16_avx512`] / [`super::dot_f32_avx512`] at once:
-    /// rows `a + i·a_stride` (bytes) against `b + j·k` (floats), each output on its own
-    /// accumulator in the single-output order, then the same reduce.
+    thread_local! {
+        /// The accumulators of [`tiles_avx512`] between chunks of `k`, per thread.
+        pub(super) static ACC: std::cell::RefCell<Vec<__m512>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Chunk of `k` per pass of [`tiles_avx512`]: the chunk of a 4-row group (4 × 512 bytes
+    /// of F16) for the task's 8 groups and of one 6-token group (6 KiB) stay in L1 together.
+    const KC: usize = 256;
+
+    /// `RM × RN` outputs at a time, each on its own 16-lane accumulator in the one-output
+    /// kernel's order, over `n_rg` groups of `RM` rows (`a`, `a_stride` bytes apart) ×
+    /// `n_tg` groups of `RN` tokens (`b`, `k` floats apart), `k` in chunks of [`KC`]: per
+    /// chunk, every row group passes over one token group while both are in L1, and each
+    /// output's accumulator waits in memory between chunks — the same FMAs in the same order,
+    /// so every output is bit for bit the one-output kernel's
+    /// ([`super::dot_f16_avx512`] / [`super::dot_f32_avx512`]). `out(row, token, value)` with
+    /// `row < n_rg·RM`, `token < n_tg·RN`.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F/BW/VL and F16C; `k % 16 == 0`; each of the `RM` rows holds
-    /// `k` elements of `ty` and each of the `RN` token rows `k` floats.
+    /// The CPU has AVX-512 F/BW/VL and F16C; `k % 16 == 0`; each of the `n_rg·RM` rows holds
+    /// `k` elements of `ty` and each of the `n_tg·RN` token rows `k` floats.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-    pub(super) unsafe fn tile_avx512<const RM: usize, const RN: usize>(
+    pub(super) unsafe fn tiles_avx512<const RM: usize, const RN: usize>(
         ty: super::AType,
         a: *const u8,
         a_stride: usize,
+        n_rg: usize,
         b: *const f32,
         k: usize,
-        out: &mut [[f32; RN]; RM],
+        n_tg: usize,
+        acc: &mut Vec<__m512>,
+        out: &mut dyn FnMut(usize, usize, f32),
     ) {
-        let mut acc = [[_mm512_setzero_ps(); RN]; RM];
-        for l in (0..k).step_by(16) {
-            let mut av = [_mm512_setzero_ps(); RM];
-            for (i, v) in av.iter_mut().enumerate() {
-                let p = a.add(i * a_stride);
-                *v = match ty {
-                    super::AType::F16 => {
-                        _mm512_cvtph_ps(_mm256_loadu_si256(p.add(2 * l) as *const __m256i))
+        {
+            acc.clear();
+            acc.resize(n_rg * n_tg * RM * RN, _mm512_setzero_ps());
+            for k0 in (0..k).step_by(KC) {
+                let k1 = (k0 + KC).min(k);
+                for tg in 0..n_tg {
+                    for rg in 0..n_rg {
+                        let c = &mut acc[(rg * n_tg + tg) * RM * RN..][..RM * RN];
+                        let mut v = [[_mm512_setzero_ps(); RN]; RM];
+                        for i in 0..RM {
+                            for j in 0..RN {
+                                v[i][j] = c[i * RN + j];
+                            }
+                        }
+                        let ap = a.add(rg * RM * a_stride);
+                        let bp = b.add(tg * RN * k);
+                        for l in (k0..k1).step_by(16) {
+                            let mut av = [_mm512_setzero_ps(); RM];
+                            for (i, w) in av.iter_mut().enumerate() {
+                                let p = ap.add(i * a_stride);
+                                *w = match ty {
+                                    super::AType::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(
+                                        p.add(2 * l) as *const __m256i,
+                                    )),
+                                    super::AType::F32 => _mm512_loadu_ps((p as *const f32).add(l)),
+                                };
+                            }
+                            for j in 0..RN {
+                                let bv = _mm512_loadu_ps(bp.add(j * k + l));
+                                for i in 0..RM {
+                                    v[i][j] = _mm512_fmadd_ps(av[i], bv, v[i][j]);
+                                }
+                            }
+                        }
+                        for i in 0..RM {
+                            for j in 0..RN {
+                                c[i * RN + j] = v[i][j];
+                            }
+                        }
                     }
-                    super::AType::F32 => _mm512_loadu_ps((p as *const f32).add(l)),
-                };
-            }
-            for j in 0..RN {
-                let bv = _mm512_loadu_ps(b.add(j * k + l));
-                for i in 0..RM {
-                    acc[i][j] = _mm512_fmadd_ps(av[i], bv, acc[i][j]);
                 }
             }
-        }
-        for i in 0..RM {
-            for j in 0..RN {
-                out[i][j] = reduce16_zmm(acc[i][j]);
+            for rg in 0..n_rg {
+                for tg in 0..n_tg {
+                    let c = &acc[(rg * n_tg + tg) * RM * RN..][..RM * RN];
+                    for i in 0..RM {
+                        for j in 0..RN {
+                            out(rg * RM + i, tg * RN + j, reduce16_zmm(c[i * RN + j]));
+                        }
+                    }
+                }
             }
         }
     }
