@@ -10,6 +10,7 @@
 //! eight independent chains deep. Each figure is the best of several passes (the machine's
 //! ceiling, not its average mood); the spread of the passes is reported beside it.
 
+use crate::hugepage::HugeBuffer;
 use std::time::Instant;
 
 /// One ceiling: the best pass, the median, and how the passes spread.
@@ -38,15 +39,16 @@ fn summarize(mut v: Vec<f64>) -> Measured {
 pub fn read_bandwidth(threads: usize) -> Measured {
     const BYTES: usize = 1 << 30;
     let threads = threads.max(1);
-    let mut block = HugeBuffer::new(BYTES);
-    for (i, v) in block.as_mut().chunks_exact_mut(8).enumerate() {
+    // Failing to map 1 GiB is out of memory, which the `Vec` this replaced aborted on too.
+    let mut block = HugeBuffer::new(BYTES)
+        .unwrap_or_else(|e| panic!("bandwidth probe: cannot map {BYTES} bytes: {e}"));
+    for (i, v) in block.bytes_mut().chunks_exact_mut(8).enumerate() {
         v.copy_from_slice(&(i as u64).to_le_bytes());
     }
-    // 64-byte aligned (the buffer starts on a 2 MiB boundary, or a page for the fallback).
-    // SAFETY: `block` holds BYTES initialised bytes at a 64-byte aligned address and
-    // outlives `buf`; `[u64; 8]` has no invalid bit patterns.
+    // SAFETY: `block` holds BYTES initialised bytes starting on a 2 MiB (so 64-byte) boundary
+    // and outlives `buf`; `[u64; 8]` has no invalid bit patterns.
     let buf: &[[u64; 8]] = unsafe {
-        std::slice::from_raw_parts(block.as_ref().as_ptr() as *const [u64; 8], BYTES / 64)
+        std::slice::from_raw_parts(block.bytes().as_ptr() as *const [u64; 8], BYTES / 64)
     };
     let chunk = buf.len().div_ceil(threads);
     let mut passes = Vec::new();
@@ -77,56 +79,6 @@ fn stream(part: &[[u64; 8]]) -> u64 {
         }
     }
     part.iter().fold(0u64, |a, b| a.wrapping_add(b[0]) ^ b[7])
-}
-
-/// `len` bytes of anonymous memory on a 2 MiB boundary, advised for huge pages (a
-/// heap `Vec` when the map fails).
-enum HugeBuffer {
-    Map {
-        map: memmap2::MmapMut,
-        start: usize,
-        len: usize,
-    },
-    Heap(Vec<[u64; 8]>),
-}
-
-impl HugeBuffer {
-    const HUGE_PAGE: usize = 2 << 20;
-
-    fn new(len: usize) -> HugeBuffer {
-        match memmap2::MmapOptions::new()
-            .len(len + Self::HUGE_PAGE)
-            .map_anon()
-        {
-            Ok(map) => {
-                let start = map.as_ptr().align_offset(Self::HUGE_PAGE);
-                #[cfg(target_os = "linux")]
-                let _ = map.advise_range(memmap2::Advice::HugePage, start, len);
-                HugeBuffer::Map { map, start, len }
-            }
-            Err(_) => HugeBuffer::Heap(vec![[0; 8]; len / 64]),
-        }
-    }
-
-    fn as_ref(&self) -> &[u8] {
-        match self {
-            HugeBuffer::Map { map, start, len } => &map[*start..*start + *len],
-            // SAFETY: a slice of [u64; 8] viewed as its bytes.
-            HugeBuffer::Heap(v) => unsafe {
-                std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 64)
-            },
-        }
-    }
-
-    fn as_mut(&mut self) -> &mut [u8] {
-        match self {
-            HugeBuffer::Map { map, start, len } => &mut map[*start..*start + *len],
-            // SAFETY: as for `as_ref`; every byte pattern is a valid u64.
-            HugeBuffer::Heap(v) => unsafe {
-                std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 64)
-            },
-        }
-    }
 }
 
 /// int8 multiply-accumulates per second (one u8·i8 product added to an i32 is one MAC) on

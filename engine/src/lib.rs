@@ -19,6 +19,7 @@ pub mod faults;
 pub mod forge;
 pub mod forward;
 pub mod gguf;
+pub mod hugepage;
 pub mod kernels;
 pub mod model;
 pub mod quant;

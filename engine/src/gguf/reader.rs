@@ -14,6 +14,7 @@ use std::path::Path;
 use super::error::GgufError;
 use super::types::GgmlType;
 use super::value::{GgufArray, GgufValue, GgufValueType};
+use crate::hugepage::{self, HugeBuffer};
 
 /// `GGUF` as the little-endian u32 the file starts with.
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
@@ -56,14 +57,8 @@ impl TensorInfo {
 
 enum Backing {
     Mmap(memmap2::Mmap),
-    /// The file read into anonymous memory advised for transparent huge pages
-    /// ([`GgufFile::open_in_huge_pages`]); the image is `len` bytes from `start`, the first
-    /// [`HUGE_PAGE`] boundary of the map.
-    Copied {
-        map: memmap2::Mmap,
-        start: usize,
-        len: usize,
-    },
+    /// The file read into anonymous memory in huge pages ([`GgufFile::copy_into_huge_pages`]).
+    Copied(HugeBuffer),
     Owned(Vec<u8>),
 }
 
@@ -71,14 +66,11 @@ impl Backing {
     fn bytes(&self) -> &[u8] {
         match self {
             Backing::Mmap(m) => m,
-            Backing::Copied { map, start, len } => &map[*start..*start + *len],
+            Backing::Copied(buf) => buf.bytes(),
             Backing::Owned(v) => v,
         }
     }
 }
-
-/// x86-64's (and most Linux targets') transparent-huge-page size: 2 MiB.
-const HUGE_PAGE: usize = 2 << 20;
 
 /// Least share of a model in huge pages that [`GgufFile::open_in_huge_pages`] accepts from
 /// the file map before it re-reads the file (and, failing that, copies it). Measured on the
@@ -119,27 +111,6 @@ fn mem_available() -> Option<u64> {
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-/// KiB in huge pages (`AnonHugePages` + `FilePmdMapped`) over the mappings of
-/// `/proc/self/smaps` that overlap `base..base + len`.
-fn huge_kib_in(base: usize, len: usize) -> Option<u64> {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
-    let (mut inside, mut kib) = (false, 0u64);
-    for line in smaps.lines() {
-        let mut words = line.split_whitespace();
-        let first = words.next().unwrap_or("");
-        if let Some((lo, hi)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
-            let (lo, hi) = (
-                usize::from_str_radix(lo, 16).ok()?,
-                usize::from_str_radix(hi, 16).ok()?,
-            );
-            inside = lo < base + len && base < hi;
-        } else if inside && (first == "AnonHugePages:" || first == "FilePmdMapped:") {
-            kib += words.next()?.parse::<u64>().ok()?;
-        }
-    }
-    Some(kib)
 }
 
 /// Files smaller than this keep the plain map in [`GgufFile::open_in_huge_pages`]: a few
@@ -225,10 +196,7 @@ impl GgufFile {
         if small {
             return Ok(mapped);
         }
-        if mapped
-            .huge_page_share()
-            .is_none_or(|s| s >= HUGE_PAGE_SHARE)
-        {
+        if mapped.huge_enough() {
             return Ok(mapped);
         }
         // The page cache holds the file in small pieces. Drop them (`POSIX_FADV_DONTNEED`
@@ -242,10 +210,7 @@ impl GgufFile {
             unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         }
         let mapped = GgufFile::open_map(path, true)?;
-        if mapped
-            .huge_page_share()
-            .is_none_or(|s| s >= HUGE_PAGE_SHARE)
-        {
+        if mapped.huge_enough() {
             return Ok(mapped);
         }
         // A copy needs memory of its own: only when it fits twice into what is available
@@ -271,20 +236,16 @@ impl GgufFile {
                 std::io::Error::other("file larger than the address space"),
             )
         })?;
-        let mut map = memmap2::MmapOptions::new()
-            .len(len + HUGE_PAGE)
-            .map_anon()
-            .map_err(|e| io("allocate memory for", e))?;
-        let start = map.as_ptr().align_offset(HUGE_PAGE);
-        #[cfg(target_os = "linux")]
-        // Advice only, as for the file map.
-        let _ = map.advise_range(memmap2::Advice::HugePage, start, len);
-        file.read_exact(&mut map[start..start + len])
+        let mut buf = HugeBuffer::new(len).map_err(|e| io("allocate memory for", e))?;
+        file.read_exact(buf.bytes_mut())
             .map_err(|e| io("read", e))?;
-        let map = map
-            .make_read_only()
-            .map_err(|e| io("protect the copy of", e))?;
-        GgufFile::parse(Backing::Copied { map, start, len })
+        GgufFile::parse(Backing::Copied(buf))
+    }
+
+    /// Whether at least [`HUGE_PAGE_SHARE`] of the image is in huge pages (or nobody can
+    /// tell: off Linux, an owned image).
+    fn huge_enough(&self) -> bool {
+        self.huge_page_share().is_none_or(|s| s >= HUGE_PAGE_SHARE)
     }
 
     /// The share of the file's image that the kernel maps in huge pages: `AnonHugePages` +
@@ -292,12 +253,13 @@ impl GgufFile {
     /// (pages not faulted in yet count as small). `None` off Linux, for an owned image, or
     /// when smaps cannot be read.
     pub fn huge_page_share(&self) -> Option<f64> {
-        let (base, len) = match &self.backing {
-            Backing::Mmap(m) => (m.as_ptr() as usize, m.len()),
-            Backing::Copied { map, start, len } => (map.as_ptr() as usize + start, *len),
-            Backing::Owned(_) => return None,
-        };
-        huge_kib_in(base, len).map(|kib| (kib as f64 * 1024.0 / len as f64).min(1.0))
+        match &self.backing {
+            Backing::Owned(_) => None,
+            backing => {
+                let bytes = backing.bytes();
+                hugepage::share(bytes.as_ptr() as usize, bytes.len())
+            }
+        }
     }
 
     /// Parses a GGUF image held in memory (tests, fuzzing, generated files).

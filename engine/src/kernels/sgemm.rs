@@ -145,40 +145,44 @@ pub fn rows_with(
         const TT: usize = TILE.1;
         let (n_rg, n_tg) = ((r1 - r0) / TR, nt / TT);
         let (tr, tt) = (r0 + n_rg * TR, n_tg * TT);
-        if n_rg > 0 && n_tg > 0 {
-            // SAFETY: AVX-512 was detected (clamped level); rows r0..tr ≤ r1 are within `a`
-            // (asserted: r1 ≤ a.len()/rb), tokens 0..tt ≤ nt within `b`, and k % 16 == 0
-            // (`check`): the kernel reads k elements of each.
-            x86::ACC.with(|acc| unsafe {
-                x86::tiles_avx512::<TR, TT>(
-                    ty,
-                    a.as_ptr().add(r0 * rb),
-                    rb,
-                    n_rg,
-                    b.as_ptr(),
-                    k,
-                    n_tg,
-                    &mut acc.borrow_mut(),
-                    &mut |i, t, v| store(r0 + i, t, v),
-                )
+        // SAFETY (both calls): AVX-512 was detected (clamped level); rows r0..tr ≤ r1 are
+        // within `a` (asserted: r1 ≤ a.len()/rb), the tokens t0..t0 + groups·RN ≤ nt within
+        // `b`, and k % 16 == 0 (`check`): the kernel reads k elements of each.
+        let mut tiles = |t0: usize, n_tg: usize, rn_is_tt: bool| {
+            let b0 = b[t0 * k..].as_ptr();
+            let store = &mut |i: usize, t: usize, v: f32| store(r0 + i, t0 + t, v);
+            x86::ACC.with_borrow_mut(|acc| unsafe {
+                if rn_is_tt {
+                    x86::tiles_avx512::<TR, TT>(
+                        ty,
+                        a[r0 * rb..].as_ptr(),
+                        rb,
+                        n_rg,
+                        b0,
+                        k,
+                        n_tg,
+                        acc,
+                        store,
+                    )
+                } else {
+                    x86::tiles_avx512::<TR, 1>(
+                        ty,
+                        a[r0 * rb..].as_ptr(),
+                        rb,
+                        n_rg,
+                        b0,
+                        k,
+                        n_tg,
+                        acc,
+                        store,
+                    )
+                }
             });
-        }
-        if n_rg > 0 && tt < nt {
-            // The tokens left over, one per tile: still TR independent chains.
-            // SAFETY: as above, for tokens tt..nt.
-            x86::ACC.with(|acc| unsafe {
-                x86::tiles_avx512::<TR, 1>(
-                    ty,
-                    a.as_ptr().add(r0 * rb),
-                    rb,
-                    n_rg,
-                    b.as_ptr().add(tt * k),
-                    k,
-                    nt - tt,
-                    &mut acc.borrow_mut(),
-                    &mut |i, t, v| store(r0 + i, tt + t, v),
-                )
-            });
+        };
+        if n_rg > 0 {
+            // Groups of TT tokens, then the tokens left over one per tile (still TR chains).
+            tiles(0, n_tg, true);
+            tiles(tt, nt - tt, false);
         }
         r = tr;
     }
@@ -299,55 +303,53 @@ mod x86 {
         acc: &mut Vec<__m512>,
         out: &mut dyn FnMut(usize, usize, f32),
     ) {
-        {
-            acc.clear();
-            acc.resize(n_rg * n_tg * RM * RN, _mm512_setzero_ps());
-            for k0 in (0..k).step_by(KC) {
-                let k1 = (k0 + KC).min(k);
-                for tg in 0..n_tg {
-                    for rg in 0..n_rg {
-                        let c = &mut acc[(rg * n_tg + tg) * RM * RN..][..RM * RN];
-                        let mut v = [[_mm512_setzero_ps(); RN]; RM];
-                        for i in 0..RM {
-                            for j in 0..RN {
-                                v[i][j] = c[i * RN + j];
+        acc.clear();
+        acc.resize(n_rg * n_tg * RM * RN, _mm512_setzero_ps());
+        for k0 in (0..k).step_by(KC) {
+            let k1 = (k0 + KC).min(k);
+            for tg in 0..n_tg {
+                for rg in 0..n_rg {
+                    let c = &mut acc[(rg * n_tg + tg) * RM * RN..][..RM * RN];
+                    let mut v = [[_mm512_setzero_ps(); RN]; RM];
+                    for i in 0..RM {
+                        for j in 0..RN {
+                            v[i][j] = c[i * RN + j];
+                        }
+                    }
+                    let ap = a.add(rg * RM * a_stride);
+                    let bp = b.add(tg * RN * k);
+                    for l in (k0..k1).step_by(16) {
+                        let mut av = [_mm512_setzero_ps(); RM];
+                        for (i, w) in av.iter_mut().enumerate() {
+                            let p = ap.add(i * a_stride);
+                            *w = match ty {
+                                super::AType::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(
+                                    p.add(2 * l) as *const __m256i,
+                                )),
+                                super::AType::F32 => _mm512_loadu_ps((p as *const f32).add(l)),
+                            };
+                        }
+                        for j in 0..RN {
+                            let bv = _mm512_loadu_ps(bp.add(j * k + l));
+                            for i in 0..RM {
+                                v[i][j] = _mm512_fmadd_ps(av[i], bv, v[i][j]);
                             }
                         }
-                        let ap = a.add(rg * RM * a_stride);
-                        let bp = b.add(tg * RN * k);
-                        for l in (k0..k1).step_by(16) {
-                            let mut av = [_mm512_setzero_ps(); RM];
-                            for (i, w) in av.iter_mut().enumerate() {
-                                let p = ap.add(i * a_stride);
-                                *w = match ty {
-                                    super::AType::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(
-                                        p.add(2 * l) as *const __m256i,
-                                    )),
-                                    super::AType::F32 => _mm512_loadu_ps((p as *const f32).add(l)),
-                                };
-                            }
-                            for j in 0..RN {
-                                let bv = _mm512_loadu_ps(bp.add(j * k + l));
-                                for i in 0..RM {
-                                    v[i][j] = _mm512_fmadd_ps(av[i], bv, v[i][j]);
-                                }
-                            }
-                        }
-                        for i in 0..RM {
-                            for j in 0..RN {
-                                c[i * RN + j] = v[i][j];
-                            }
+                    }
+                    for i in 0..RM {
+                        for j in 0..RN {
+                            c[i * RN + j] = v[i][j];
                         }
                     }
                 }
             }
-            for rg in 0..n_rg {
-                for tg in 0..n_tg {
-                    let c = &acc[(rg * n_tg + tg) * RM * RN..][..RM * RN];
-                    for i in 0..RM {
-                        for j in 0..RN {
-                            out(rg * RM + i, tg * RN + j, reduce16_zmm(c[i * RN + j]));
-                        }
+        }
+        for rg in 0..n_rg {
+            for tg in 0..n_tg {
+                let c = &acc[(rg * n_tg + tg) * RM * RN..][..RM * RN];
+                for i in 0..RM {
+                    for j in 0..RN {
+                        out(rg * RM + i, tg * RN + j, reduce16_zmm(c[i * RN + j]));
                     }
                 }
             }
