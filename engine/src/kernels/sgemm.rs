@@ -145,44 +145,17 @@ pub fn rows_with(
         const TT: usize = TILE.1;
         let (n_rg, n_tg) = ((r1 - r0) / TR, nt / TT);
         let (tr, tt) = (r0 + n_rg * TR, n_tg * TT);
-        // SAFETY (both calls): AVX-512 was detected (clamped level); rows r0..tr ≤ r1 are
-        // within `a` (asserted: r1 ≤ a.len()/rb), the tokens t0..t0 + groups·RN ≤ nt within
-        // `b`, and k % 16 == 0 (`check`): the kernel reads k elements of each.
-        let mut tiles = |t0: usize, n_tg: usize, rn_is_tt: bool| {
-            let b0 = b[t0 * k..].as_ptr();
-            let store = &mut |i: usize, t: usize, v: f32| store(r0 + i, t0 + t, v);
-            x86::ACC.with_borrow_mut(|acc| unsafe {
-                if rn_is_tt {
-                    x86::tiles_avx512::<TR, TT>(
-                        ty,
-                        a[r0 * rb..].as_ptr(),
-                        rb,
-                        n_rg,
-                        b0,
-                        k,
-                        n_tg,
-                        acc,
-                        store,
-                    )
-                } else {
-                    x86::tiles_avx512::<TR, 1>(
-                        ty,
-                        a[r0 * rb..].as_ptr(),
-                        rb,
-                        n_rg,
-                        b0,
-                        k,
-                        n_tg,
-                        acc,
-                        store,
-                    )
-                }
-            });
-        };
         if n_rg > 0 {
+            let rows = &a[r0 * rb..];
+            let store = &mut |i: usize, t: usize, v: f32| store(r0 + i, t, v);
             // Groups of TT tokens, then the tokens left over one per tile (still TR chains).
-            tiles(0, n_tg, true);
-            tiles(tt, nt - tt, false);
+            // SAFETY (both): AVX-512 was detected (clamped level); `rows` holds the n_rg·TR
+            // rows r0..tr ≤ r1 (asserted: r1 ≤ a.len()/rb), the tokens asked for are < nt,
+            // and k % 16 == 0 (`check`).
+            unsafe {
+                x86::tiles::<TR, TT>(ty, rows, rb, n_rg, b, k, 0, n_tg, store);
+                x86::tiles::<TR, 1>(ty, rows, rb, n_rg, b, k, tt, nt - tt, store);
+            }
         }
         r = tr;
     }
@@ -271,7 +244,41 @@ mod x86 {
 
     thread_local! {
         /// The accumulators of [`tiles_avx512`] between chunks of `k`, per thread.
-        pub(super) static ACC: std::cell::RefCell<Vec<__m512>> = const { std::cell::RefCell::new(Vec::new()) };
+        static ACC: std::cell::RefCell<Vec<__m512>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// [`tiles_avx512`] for `n_tg` groups of `RN` tokens from token `t0` of `b`, with this
+    /// thread's accumulator buffer; `out(row, token)` counts tokens from 0 of `b`.
+    ///
+    /// # Safety
+    /// As [`tiles_avx512`]: AVX-512 F/BW/VL and F16C, `k % 16 == 0`, `rows` holds `n_rg·RM`
+    /// rows of `a_stride` bytes, `b` holds tokens up to `t0 + n_tg·RN` of `k` floats.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tiles<const RM: usize, const RN: usize>(
+        ty: super::AType,
+        rows: &[u8],
+        a_stride: usize,
+        n_rg: usize,
+        b: &[f32],
+        k: usize,
+        t0: usize,
+        n_tg: usize,
+        out: &mut dyn FnMut(usize, usize, f32),
+    ) {
+        debug_assert!(rows.len() >= n_rg * RM * a_stride && b.len() >= (t0 + n_tg * RN) * k);
+        ACC.with_borrow_mut(|acc| {
+            tiles_avx512::<RM, RN>(
+                ty,
+                rows.as_ptr(),
+                a_stride,
+                n_rg,
+                b[t0 * k..].as_ptr(),
+                k,
+                n_tg,
+                acc,
+                &mut |i, t, v| out(i, t0 + t, v),
+            )
+        })
     }
 
     /// Chunk of `k` per pass of [`tiles_avx512`]: the chunk of a 4-row group (4 × 512 bytes
