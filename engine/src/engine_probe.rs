@@ -3,6 +3,7 @@
 use crate::faults::Fault;
 use crate::forward::{Logits, Session, Tap};
 use crate::gguf::GgufFile;
+use crate::kernels::workers::kept_awake;
 use crate::model::{Arch, Model};
 use crate::sampling::Sampler;
 use crate::tokenizer::{truth::Truth, Tokenizer, TokenizerError};
@@ -124,10 +125,18 @@ impl EngineProbe {
         capture: &Capture,
     ) -> (Vec<f32>, Vec<probe::StageTensor>) {
         let (model, session) = (&self.model, &mut self.session);
-        self.pool.install(|| {
+        let mut pass = || {
             let mut tap = Tap::new(capture, session.n_past);
             let l = session.forward(model, tokens, logits, &mut tap).to_vec();
             (l, tap.out)
+        };
+        // Other threads polling between matmuls pays at decode only (`kernels::workers`).
+        self.pool.install(|| {
+            if tokens.len() == 1 {
+                kept_awake(pass)
+            } else {
+                pass()
+            }
         })
     }
 }
@@ -225,9 +234,11 @@ impl Decoder for EngineDecoder<'_> {
         let (model, session, sampler, keep) =
             (&p.model, &mut p.session, &mut self.sampler, req.keep_logits);
         Ok(p.pool.install(|| {
-            let mut tap = Tap::new(&req.capture, session.n_past);
-            let l = session.forward(model, &[input], Logits::Last, &mut tap);
-            (sampler.choose(l), keep.then(|| l.to_vec()), tap.out)
+            kept_awake(|| {
+                let mut tap = Tap::new(&req.capture, session.n_past);
+                let l = session.forward(model, &[input], Logits::Last, &mut tap);
+                (sampler.choose(l), keep.then(|| l.to_vec()), tap.out)
+            })
         }))
     }
 }

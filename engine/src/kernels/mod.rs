@@ -18,6 +18,7 @@ pub mod rope;
 pub mod sgemm;
 pub mod simd;
 pub mod softmax;
+pub mod workers;
 
 pub use matmul::WeightView;
 pub use simd::Simd;
