@@ -1,7 +1,8 @@
 //! The pool's other threads, kept awake through a forward pass.
 //!
-//! A decode step is ~210 matmuls of 50–700 µs with serial work between them (norms, RoPE,
-//! attention, quantizing activations). An idle rayon worker yields a few dozen times and
+//! A 2B-4T I2_S decode step is 210 ternary matmuls of 25–350 µs each on one thread (attn_k
+//! to ffn_gate, `docs/performance.md`) and the head, with serial work between them (norms,
+//! RoPE, attention, quantizing activations). An idle rayon worker yields a few dozen times and
 //! then sleeps on a futex, and waking it for the next matmul costs a system call and, on a
 //! VM, an inter-processor interrupt. [`kept_awake`] runs a pass while the other workers
 //! poll for the pass's tasks (`rayon::yield_now`), as ggml's own threads spin between
