@@ -269,6 +269,9 @@ mod x86 {
         out: &mut dyn FnMut(usize, usize, f32),
     ) {
         debug_assert!(rows.len() >= n_rg * RM * a_stride && b.len() >= (t0 + n_tg * RN) * k);
+        if n_rg == 0 || n_tg == 0 {
+            return; // nothing to compute: do not pack the rows for it
+        }
         ACC.with_borrow_mut(|acc| {
             PACK.with_borrow_mut(|pack| {
                 tiles_avx512::<RM, RN>(

@@ -26,7 +26,9 @@ impl Drop for Done<'_> {
 }
 
 /// Runs `f` on this rayon worker while every other worker of its pool polls for work
-/// until `f` returns. Outside a pool, or in a pool of one thread, just runs `f`.
+/// until `f` returns. Outside a pool, or in a pool of one thread, just runs `f`. Allocates
+/// nothing: the pollers are `rayon::join` stack jobs, not spawned ones (a decode step
+/// allocates nothing).
 pub fn kept_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     let (Some(me), n) = (rayon::current_thread_index(), rayon::current_num_threads()) else {
         return f();
@@ -35,22 +37,29 @@ pub fn kept_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         return f();
     }
     let done = AtomicBool::new(false);
-    rayon::scope(|s| {
-        for _ in 1..n {
-            s.spawn(|_| {
-                // A poller this thread picks up itself (while `f` waits inside a join)
-                // must not poll here: `f` could not return under it.
-                if rayon::current_thread_index() == Some(me) {
-                    return;
-                }
-                while !done.load(Ordering::Acquire) {
-                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                        std::hint::spin_loop();
-                    }
-                }
-            });
+    let poll = || {
+        // A poller this thread runs itself (popped while `f` waits inside a join, or
+        // after `f`, not stolen) must not poll here: `f` could not return under it.
+        if rayon::current_thread_index() == Some(me) {
+            return;
         }
+        while !done.load(Ordering::Acquire) {
+            if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                std::hint::spin_loop();
+            }
+        }
+    };
+    with_pollers(n - 1, &poll, || {
         let _done = Done(&done);
         f()
     })
+}
+
+/// `f()` beside `k` jobs running `poll`, each offered to the other workers by a
+/// `rayon::join`; returns when `f` and every poller have.
+fn with_pollers<R: Send>(k: usize, poll: &(impl Fn() + Sync), f: impl FnOnce() -> R + Send) -> R {
+    if k == 0 {
+        return f();
+    }
+    rayon::join(|| with_pollers(k - 1, poll, f), poll).0
 }
