@@ -157,6 +157,8 @@ pub struct Scratch {
     act_scales: Vec<f32>,
     act_sums: Vec<i32>,
     xh: Vec<f32>,
+    /// Token rows packed for tinyBLAS's tiles ([`sgemm::pack_tokens`]).
+    sgemm_tokens: Vec<sgemm::Lane16>,
     q8k: Vec<BlockQ8K>,
     /// TQ1_0/TQ2_0 activations for the VNNI kernels ([`tq_vnni::decode_acts`] for one
     /// token, [`tq_vnni::pair_acts`] for several).
@@ -323,8 +325,9 @@ pub fn matmul_with(
             } else {
                 sgemm::AType::F32
             };
+            let toks = sgemm::pack_tokens(simd, x, cols, &mut scratch.sgemm_tokens);
             par_row_ranges(rows, ROWS_PER_TASK, |r0, r1| {
-                sgemm::rows_with(simd, ty, data, (r0, r1), x, cols, |r, t, v| {
+                sgemm::rows_with(simd, ty, data, (r0, r1), &toks, |r, t, v| {
                     // SAFETY: r0 ≤ r < r1 ≤ rows and t < nt, and `out.len() == nt·rows`
                     // (checked above); `par_row_ranges` gives each task disjoint rows, so
                     // no other task touches this element.

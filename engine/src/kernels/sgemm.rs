@@ -106,33 +106,107 @@ impl AType {
 /// weight vectors and one token vector fill 29 of the 32 vector registers.
 pub const TILE: (usize, usize) = (4, 6);
 
+/// Chunk of `k` per pass of the AVX-512 tiles. Measured on the 2B-4T `ffn_up` shape
+/// (6912 × 2560, F16, 128 tokens, one thread, 32-row tasks) with the tokens packed per task:
+/// 107 GFLOP/s at 128, 115 at 256, 117 at 384, 117 at 512 (F32: 108–109 at 256–512); packed
+/// once per matmul ([`pack_tokens`]): 112 at 256, 115–123 at 384, 116 at 512 and 768 (F32
+/// 105, 106–114, 107, 109).
+pub const KC: usize = 384;
+
+/// 16 floats on a 64-byte boundary: the unit of the packed tokens ([`Tokens`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(C, align(64))]
+pub struct Lane16(pub [f32; KN]);
+
+/// The token rows of one matmul (`b`, `k` floats each) and, for the AVX-512 tiles, the same
+/// values packed once for every task: chunk by chunk of `k` ([`KC`]), each token's chunk
+/// contiguous and 64-byte aligned (token `t`'s chunk `c` at float `nt·c·KC + t·kn`, `kn` the
+/// chunk's width). Made by [`pack_tokens`].
+#[derive(Clone, Copy, Debug)]
+pub struct Tokens<'a> {
+    b: &'a [f32],
+    k: usize,
+    /// Empty unless the AVX-512 tiles will run.
+    packed: &'a [Lane16],
+}
+
+impl Tokens<'_> {
+    /// Tokens (rows of `b`).
+    pub fn len(&self) -> usize {
+        self.b.len() / self.k.max(1)
+    }
+
+    /// Whether there are no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The `b.len() / k` token rows of `b` for [`rows_with`] at `simd`, packed into `buf` (grown
+/// as needed, never shrunk) when the AVX-512 tiles will use them. Packing once per matmul
+/// instead of once per task: copying each task's token chunks took ~15% of an F16 prefill.
+pub fn pack_tokens<'a>(simd: Simd, b: &'a [f32], k: usize, buf: &'a mut Vec<Lane16>) -> Tokens<'a> {
+    assert!(
+        k.is_multiple_of(KN) && b.len().is_multiple_of(k.max(1)),
+        "tinyBLAS: {} token values, k = {k}",
+        b.len()
+    );
+    if simd.clamp() != Simd::Avx512 || b.is_empty() {
+        return Tokens { b, k, packed: &[] };
+    }
+    let nt = b.len() / k;
+    let n = b.len() / KN;
+    if buf.len() < n {
+        buf.resize(n, Lane16::default());
+    }
+    let dst: &mut [f32] = bytemuck_f32(&mut buf[..n]);
+    for k0 in (0..k).step_by(KC) {
+        let kn = KC.min(k - k0);
+        for t in 0..nt {
+            let at = nt * k0 + t * kn;
+            dst[at..at + kn].copy_from_slice(&b[t * k + k0..][..kn]);
+        }
+    }
+    Tokens {
+        b,
+        k,
+        packed: &buf[..n],
+    }
+}
+
+/// The floats of `lanes`, in order.
+fn bytemuck_f32(lanes: &mut [Lane16]) -> &mut [f32] {
+    // SAFETY: `Lane16` is `repr(C)` over `[f32; 16]` with no padding (64 bytes, align 64),
+    // so `lanes` is `16·len` contiguous, initialized, aligned f32; the borrow is carried over.
+    unsafe { std::slice::from_raw_parts_mut(lanes.as_mut_ptr() as *mut f32, lanes.len() * KN) }
+}
+
 /// Every output of weight rows `r0..r1` of `a` (`ty` elements, `k` per row, row-major from
-/// row 0) against the `b.len() / k` token rows of `b`: `store(r, t, value)` once per pair.
-/// Each value is bit for bit [`dot_f16_with`] / [`dot_f32_with`] of its pair: at the AVX-512
-/// level, [`TILE`] outputs run together, each on its own accumulator in the same
-/// order (one `vfmadd` chain per output hid the FMA latency behind nothing: 0.49× the oracle's
-/// F16 prefill on the 2B-4T shapes); tokens left over go in tiles of one token, rows left
-/// over (fewer than a tile) one output at a time.
+/// row 0) against the tokens `b` ([`pack_tokens`], made at the same `simd`): `store(r, t,
+/// value)` once per pair. Each value is bit for bit [`dot_f16_with`] / [`dot_f32_with`] of
+/// its pair: at the AVX-512 level, [`TILE`] outputs run together, each on its own
+/// accumulator in the same order (one `vfmadd` chain per output hid the FMA latency behind
+/// nothing: 0.49× the oracle's F16 prefill on the 2B-4T shapes); tokens left over go in
+/// tiles of as many tokens, rows left over (fewer than a tile) one output at a time.
 pub fn rows_with(
     simd: Simd,
     ty: AType,
     a: &[u8],
     (r0, r1): (usize, usize),
-    b: &[f32],
-    k: usize,
+    b: &Tokens,
     mut store: impl FnMut(usize, usize, f32),
 ) {
+    let k = b.k;
     check(a.len(), ty.size(), k);
     assert!(
-        r1 <= a.len() / (ty.size() * k.max(1)) && r0 <= r1 && b.len().is_multiple_of(k),
-        "tinyBLAS: rows {r0}..{r1} of {} bytes, b of {} values, k = {k}",
+        r1 <= a.len() / (ty.size() * k.max(1)) && r0 <= r1,
+        "tinyBLAS: rows {r0}..{r1} of {} bytes, k = {k}",
         a.len(),
-        b.len()
     );
-    let nt = b.len() / k.max(1);
+    let nt = b.len();
     let rb = ty.size() * k;
     let one = |r: usize, t: usize| {
-        let (row, bt) = (&a[r * rb..(r + 1) * rb], &b[t * k..(t + 1) * k]);
+        let (row, bt) = (&a[r * rb..(r + 1) * rb], &b.b[t * k..(t + 1) * k]);
         match ty {
             AType::F16 => dot_f16_with(simd, row, bt),
             AType::F32 => dot_f32_with(simd, row, bt),
@@ -140,24 +214,22 @@ pub fn rows_with(
     };
     let mut r = r0;
     #[cfg(target_arch = "x86_64")]
-    if simd.clamp() == Simd::Avx512 {
+    if simd.clamp() == Simd::Avx512 && !b.packed.is_empty() {
         const TR: usize = TILE.0;
-        const TT: usize = TILE.1;
-        let (n_rg, n_tg) = ((r1 - r0) / TR, nt / TT);
-        let (tr, tt) = (r0 + n_rg * TR, n_tg * TT);
+        let n_rg = (r1 - r0) / TR;
         if n_rg > 0 {
             let rows = &a[r0 * rb..];
-            let store = &mut |i: usize, t: usize, v: f32| store(r0 + i, t, v);
-            // Groups of TT tokens, then the tokens left over one per tile (still TR chains).
-            // SAFETY (both): AVX-512 was detected (clamped level); `rows` holds the n_rg·TR
-            // rows r0..tr ≤ r1 (asserted: r1 ≤ a.len()/rb), the tokens asked for are < nt,
-            // and k % 16 == 0 (`check`).
+            // SAFETY: AVX-512 was detected (clamped level); `rows` holds the n_rg·TR rows
+            // r0..r0 + n_rg·TR ≤ r1 (asserted: r1 ≤ a.len()/rb); `b.packed` holds the nt
+            // tokens of k floats each in the chunk layout (`pack_tokens` at Avx512, which
+            // asserted k % 16 == 0).
             unsafe {
-                x86::tiles::<TR, TT>(ty, rows, rb, n_rg, b, k, 0, n_tg, store);
-                x86::tiles::<TR, 1>(ty, rows, rb, n_rg, b, k, tt, nt - tt, store);
+                x86::tiles(ty, rows, rb, n_rg, b.packed, nt, k, &mut |i, t, v| {
+                    store(r0 + i, t, v)
+                });
             }
         }
-        r = tr;
+        r = r0 + n_rg * TR;
     }
     for r in r..r1 {
         for t in 0..nt {
@@ -245,102 +317,150 @@ mod x86 {
     thread_local! {
         /// The accumulators of [`tiles_avx512`] between chunks of `k`, per thread.
         static ACC: std::cell::RefCell<Vec<__m512>> = const { std::cell::RefCell::new(Vec::new()) };
-        /// The current chunk of `k` of the rows (as f32) and of one token group, packed
-        /// ([`tiles_avx512`]), per thread.
+        /// The current chunk of `k` of the rows, as f32 ([`tiles_avx512`]), per thread.
         static PACK: std::cell::RefCell<Vec<__m512>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
-    /// [`tiles_avx512`] for `n_tg` groups of `RN` tokens from token `t0` of `b`, with this
-    /// thread's accumulator buffer; `out(row, token)` counts tokens from 0 of `b`.
+    /// [`tiles_avx512`] with this thread's buffers.
     ///
     /// # Safety
-    /// As [`tiles_avx512`]: AVX-512 F/BW/VL and F16C, `k % 16 == 0`, `rows` holds `n_rg·RM`
-    /// rows of `a_stride` bytes, `b` holds tokens up to `t0 + n_tg·RN` of `k` floats.
+    /// As [`tiles_avx512`]: AVX-512 F/BW/VL and F16C, `k % 16 == 0`, `rows` holds `n_rg·4`
+    /// rows of `a_stride` bytes, `toks` holds `nt` tokens of `k` floats in the chunk layout
+    /// of [`super::pack_tokens`].
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tiles<const RM: usize, const RN: usize>(
+    pub(super) unsafe fn tiles(
         ty: super::AType,
         rows: &[u8],
         a_stride: usize,
         n_rg: usize,
-        b: &[f32],
+        toks: &[super::Lane16],
+        nt: usize,
         k: usize,
-        t0: usize,
-        n_tg: usize,
         out: &mut dyn FnMut(usize, usize, f32),
     ) {
-        debug_assert!(rows.len() >= n_rg * RM * a_stride && b.len() >= (t0 + n_tg * RN) * k);
-        if n_rg == 0 || n_tg == 0 {
-            return; // nothing to compute: do not pack the rows for it
+        const RM: usize = super::TILE.0;
+        debug_assert!(rows.len() >= n_rg * RM * a_stride && toks.len() * 16 >= nt * k);
+        if n_rg == 0 || nt == 0 {
+            return;
         }
         ACC.with_borrow_mut(|acc| {
             PACK.with_borrow_mut(|pack| {
-                tiles_avx512::<RM, RN>(
+                tiles_avx512(
                     ty,
                     rows.as_ptr(),
                     a_stride,
                     n_rg,
-                    b[t0 * k..].as_ptr(),
+                    toks.as_ptr() as *const f32,
+                    nt,
                     k,
-                    n_tg,
                     acc,
                     pack,
-                    &mut |i, t, v| out(i, t0 + t, v),
+                    out,
                 )
             })
         })
     }
 
-    /// Chunk of `k` per pass of [`tiles_avx512`]. Measured on the 2B-4T `ffn_up` shape
-    /// (6912 × 2560, F16, 128 tokens, one thread, 32-row tasks): 107 GFLOP/s at 128,
-    /// 115 at 256, 117 at 384, 117 at 512 (F32: 108–109 at 256–512).
-    const KC: usize = 384;
-
-    /// `RM × RN` outputs at a time, each on its own 16-lane accumulator in the one-output
-    /// kernel's order, over `n_rg` groups of `RM` rows (`a`, `a_stride` bytes apart) ×
-    /// `n_tg` groups of `RN` tokens (`b`, `k` floats apart), `k` in chunks of [`KC`].
-    ///
-    /// Per chunk, the chunk of every row is widened to f32 (exact) and packed `KC` apart in
-    /// `pack`, and then, per token group, the group's chunk is copied behind it; every row
-    /// group passes over that token group while both sit in L1. Packing matters twice: rows
-    /// and tokens a multiple of 1–4 KiB apart in the model (5120, 10240, 13824 bytes) share
-    /// L1 sets and evict each other, and the activations are not 64-byte aligned, so every
-    /// load of them split two cache lines. Each output's accumulator waits in memory between
-    /// chunks — the same FMAs in the same order, so every output is bit for bit the
-    /// one-output kernel's ([`super::dot_f16_avx512`] / [`super::dot_f32_avx512`]).
-    /// `out(row, token, value)` with `row < n_rg·RM`, `token < n_tg·RN`.
-    ///
-    /// Measured as above: 99 GFLOP/s reading the rows and tokens in place (k chunks of
-    /// 256, F16), 117 packed; F32 86 → 109. The tile alone, in L1, runs at 224 (the FMA
-    /// ports' 232): what is left goes to the accumulators' trips to L2 between chunks.
+    /// One `RM × RN` tile over one chunk of `kn` floats: rows at `ap` ([`super::KC`] apart),
+    /// tokens at `bp` (`kn` apart), accumulators `c` (`RM·RN`, row-major), which start from
+    /// zero instead when `first`. Each accumulator takes its FMAs in `k` order.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F/BW/VL and F16C; `k % 16 == 0`; each of the `n_rg·RM` rows holds
-    /// `k` elements of `ty` and each of the `n_tg·RN` token rows `k` floats.
+    /// AVX-512 F (inlined into [`tiles_avx512`]); `ap`, `bp` aligned and readable as said,
+    /// `kn % 16 == 0`.
+    #[inline(always)]
+    unsafe fn tile<const RM: usize, const RN: usize>(
+        ap: *const f32,
+        bp: *const f32,
+        kn: usize,
+        c: &mut [__m512],
+        first: bool,
+    ) {
+        let mut v = [[_mm512_setzero_ps(); RN]; RM];
+        if !first {
+            for i in 0..RM {
+                for j in 0..RN {
+                    v[i][j] = c[i * RN + j];
+                }
+            }
+        }
+        for l in (0..kn).step_by(16) {
+            let mut av = [_mm512_setzero_ps(); RM];
+            for (i, w) in av.iter_mut().enumerate() {
+                *w = _mm512_load_ps(ap.add(i * super::KC + l));
+            }
+            for j in 0..RN {
+                let bv = _mm512_load_ps(bp.add(j * kn + l));
+                for i in 0..RM {
+                    v[i][j] = _mm512_fmadd_ps(av[i], bv, v[i][j]);
+                }
+            }
+        }
+        for i in 0..RM {
+            for j in 0..RN {
+                c[i * RN + j] = v[i][j];
+            }
+        }
+    }
+
+    /// Every output of `n_rg` groups of 4 rows (`a`, `a_stride` bytes apart) × `nt` tokens
+    /// (`toks`, packed by [`super::pack_tokens`]), 4 × 6 tiles and one 4 × (`nt mod 6`) tile
+    /// per row group, `k` in chunks of [`super::KC`], each output on its own 16-lane
+    /// accumulator in the one-output kernel's order.
+    ///
+    /// Per chunk, the chunk of every row is widened to f32 (exact) and packed `KC` apart in
+    /// `pack`; then every token group, with its chunk in L1, passes over every row group.
+    /// Packing matters twice: rows and tokens a multiple of 1–4 KiB apart in the model
+    /// (5120, 10240, 13824 bytes) share L1 sets and evict each other, and the activations are
+    /// not 64-byte aligned, so every load of them split two cache lines. Each output's
+    /// accumulator waits in memory between chunks — the same FMAs in the same order, so every
+    /// output is bit for bit the one-output kernel's ([`super::dot_f16_avx512`] /
+    /// [`super::dot_f32_avx512`]). `out(row, token, value)` with `row < n_rg·4`, `token < nt`.
+    ///
+    /// Measured on the 2B-4T `ffn_up` shape (F16, 128 tokens, one thread, 32-row tasks):
+    /// 99 GFLOP/s reading the rows and tokens in place (k chunks of 256), 117 with rows and
+    /// tokens packed per task; F32 86 → 109. On a second machine of the same kind, tokens
+    /// packed per task → once per matmul: F16 93 → 115–123, F32 85 → 106–114; the tile loop
+    /// then takes two thirds of the time (~170 GFLOP/s while it runs; alone, in L1, 224 — the
+    /// FMA ports' 232), widening the rows a tenth, the accumulators' trips to L2 a sixth.
+    /// Tried without gain: prefetching the next chunk of the rows into L2 or the next tile's
+    /// accumulators into L1, and widening each row group just before its first tile.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL and F16C; `k % 16 == 0`; each of the `n_rg·4` rows holds
+    /// `k` elements of `ty`; `toks` holds `nt` tokens of `k` floats in the chunk layout,
+    /// 64-byte aligned.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-    pub(super) unsafe fn tiles_avx512<const RM: usize, const RN: usize>(
+    pub(super) unsafe fn tiles_avx512(
         ty: super::AType,
         a: *const u8,
         a_stride: usize,
         n_rg: usize,
-        b: *const f32,
+        toks: *const f32,
+        nt: usize,
         k: usize,
-        n_tg: usize,
         acc: &mut Vec<__m512>,
         pack: &mut Vec<__m512>,
         out: &mut dyn FnMut(usize, usize, f32),
     ) {
+        const RM: usize = super::TILE.0;
+        const RN: usize = super::TILE.1;
+        const KC: usize = super::KC;
+        let (n_tg, left) = (nt / RN, nt % RN);
         let n_rows = n_rg * RM;
-        acc.clear();
-        acc.resize(n_rg * n_tg * RM * RN, _mm512_setzero_ps());
-        // `n_rows` packed row chunks, then one token group's chunk; 64-byte aligned.
-        pack.clear();
-        pack.resize((n_rows + RN) * KC / 16, _mm512_setzero_ps());
+        // Per row group: n_tg tiles of RM × RN, then one of RM × left.
+        let per_rg = nt * RM;
+        if acc.len() < n_rg * per_rg {
+            acc.resize(n_rg * per_rg, _mm512_setzero_ps());
+        }
+        if pack.len() < n_rows * KC / 16 {
+            pack.resize(n_rows * KC / 16, _mm512_setzero_ps());
+        }
         let rows_pk = pack.as_mut_ptr() as *mut f32;
-        let toks_pk = rows_pk.add(n_rows * KC);
-        for k0 in (0..k).step_by(KC) {
-            let kn = KC.min(k - k0);
-            for r in 0..n_rows {
+        // Rows `4·rg..4·rg + 4`, chunk `k0..k0 + kn`, widened to f32 into `rows_pk`.
+        let pack_rows = |rg: usize, k0: usize, kn: usize| {
+            for r in rg * RM..(rg + 1) * RM {
                 let (src, dst) = (a.add(r * a_stride), rows_pk.add(r * KC));
                 for l in (0..kn).step_by(16) {
                     let w = match ty {
@@ -352,50 +472,49 @@ mod x86 {
                     _mm512_store_ps(dst.add(l), w);
                 }
             }
+        };
+        for k0 in (0..k).step_by(KC) {
+            let kn = KC.min(k - k0);
+            let first = k0 == 0;
+            for rg in 0..n_rg {
+                pack_rows(rg, k0, kn);
+            }
+            let chunk = toks.add(nt * k0);
             for tg in 0..n_tg {
-                let bp = b.add(tg * RN * k + k0);
-                for j in 0..RN {
-                    for l in (0..kn).step_by(16) {
-                        let v = _mm512_loadu_ps(bp.add(j * k + l));
-                        _mm512_store_ps(toks_pk.add(j * KC + l), v);
-                    }
-                }
+                let bp = chunk.add(tg * RN * kn);
                 for rg in 0..n_rg {
-                    let c = &mut acc[(rg * n_tg + tg) * RM * RN..][..RM * RN];
-                    let mut v = [[_mm512_setzero_ps(); RN]; RM];
-                    for i in 0..RM {
-                        for j in 0..RN {
-                            v[i][j] = c[i * RN + j];
-                        }
-                    }
+                    let c = &mut acc[rg * per_rg + tg * RM * RN..][..RM * RN];
+                    tile::<RM, RN>(rows_pk.add(rg * RM * KC), bp, kn, c, first);
+                }
+            }
+            if left > 0 {
+                let bp = chunk.add(n_tg * RN * kn);
+                for rg in 0..n_rg {
+                    let c = &mut acc[rg * per_rg + n_tg * RM * RN..][..RM * left];
                     let ap = rows_pk.add(rg * RM * KC);
-                    for l in (0..kn).step_by(16) {
-                        let mut av = [_mm512_setzero_ps(); RM];
-                        for (i, w) in av.iter_mut().enumerate() {
-                            *w = _mm512_load_ps(ap.add(i * KC + l));
-                        }
-                        for j in 0..RN {
-                            let bv = _mm512_load_ps(toks_pk.add(j * KC + l));
-                            for i in 0..RM {
-                                v[i][j] = _mm512_fmadd_ps(av[i], bv, v[i][j]);
-                            }
-                        }
-                    }
-                    for i in 0..RM {
-                        for j in 0..RN {
-                            c[i * RN + j] = v[i][j];
-                        }
+                    match left {
+                        1 => tile::<RM, 1>(ap, bp, kn, c, first),
+                        2 => tile::<RM, 2>(ap, bp, kn, c, first),
+                        3 => tile::<RM, 3>(ap, bp, kn, c, first),
+                        4 => tile::<RM, 4>(ap, bp, kn, c, first),
+                        _ => tile::<RM, 5>(ap, bp, kn, c, first),
                     }
                 }
             }
         }
         for rg in 0..n_rg {
             for tg in 0..n_tg {
-                let c = &acc[(rg * n_tg + tg) * RM * RN..][..RM * RN];
+                let c = &acc[rg * per_rg + tg * RM * RN..][..RM * RN];
                 for i in 0..RM {
                     for j in 0..RN {
                         out(rg * RM + i, tg * RN + j, reduce16_zmm(c[i * RN + j]));
                     }
+                }
+            }
+            let c = &acc[rg * per_rg + n_tg * RM * RN..][..RM * left];
+            for i in 0..RM {
+                for j in 0..left {
+                    out(rg * RM + i, n_tg * RN + j, reduce16_zmm(c[i * left + j]));
                 }
             }
         }
