@@ -110,7 +110,7 @@ fn run(simd: Simd, w: &WeightView, x: &[f32]) -> Vec<f32> {
 
 /// One token: `ggml_vec_dot_f16` on the f16-rounded row. Two tokens: tinyBLAS on the f32
 /// rows. cols % 16 != 0: `vec_dot` even for many tokens. Row and token counts around the
-/// AVX-512 kernel's 4 × 6 tiles (and 37 rows: two row tasks, 32 + 5; 784 columns: three
+/// AVX-512 kernel's 4 × 6 tiles (and 37 rows: three row tasks, 16 + 16 + 5; 784 columns: three
 /// chunks of k, 2 × 384 + 16) take the tiles and the one-at-a-time remainders alike.
 #[test]
 fn matmul_takes_tiny_blas_exactly_when_ggml_does() {

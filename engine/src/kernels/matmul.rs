@@ -174,6 +174,11 @@ fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
 
 /// Weight rows per rayon task (at least, for streams: [`stream_rows_per_task`]).
 const ROWS_PER_TASK: usize = 32;
+/// Weight rows per rayon task of tinyBLAS's tiles ([`sgemm::rows_with`]). On the 2B-4T
+/// `ffn_up` shape (F16/F32, 128 tokens, one thread), GFLOP/s, alternating runs: 8 rows
+/// 114/110, 12 rows 119–120/110–114, 16 rows 116–121/109–113, 24 rows 117/109, 32 rows
+/// 115–116/106, 64 rows 113–114/105–106.
+const SGEMM_ROWS: usize = 16;
 /// Weight rows per rayon task when I2_S rows are unpacked into a panel (prefill): 32 rows
 /// of up to 6912 codes stay in L2 while every token tile passes over them.
 #[cfg(target_arch = "x86_64")]
@@ -326,7 +331,7 @@ pub fn matmul_with(
                 sgemm::AType::F32
             };
             let toks = sgemm::pack_tokens(simd, x, cols, &mut scratch.sgemm_tokens);
-            par_row_ranges(rows, ROWS_PER_TASK, |r0, r1| {
+            par_row_ranges(rows, SGEMM_ROWS, |r0, r1| {
                 sgemm::rows_with(simd, ty, data, (r0, r1), &toks, |r, t, v| {
                     // SAFETY: r0 ≤ r < r1 ≤ rows and t < nt, and `out.len() == nt·rows`
                     // (checked above); `par_row_ranges` gives each task disjoint rows, so
