@@ -1,6 +1,7 @@
 //! The engine's kernels alone, at the BitNet b1.58 2B-4T sizes (hidden 2560, FFN 6912,
-//! 20 heads × 128, 5 KV heads, vocab 128256): ternary matmuls per weight type, the F16 tied
-//! head, one decode step of attention, RMSNorm and the int8 activation quantizer.
+//! 20 heads × 128, 5 KV heads, vocab 128256): ternary matmuls per weight type, F16/F32
+//! prefill matmuls (tinyBLAS's order), the F16 tied head, one decode step of attention,
+//! RMSNorm and the int8 activation quantizer.
 //!
 //! `cargo bench -p engine --bench kernels` (about two minutes); `-- --quick` for a faster
 //! pass, a filter such as `-- i2s/ffn_up` for one kernel. Decode matmuls report GB/s of
@@ -38,6 +39,7 @@ enum Fmt {
     TQ1,
     TQ2,
     F16,
+    F32,
 }
 
 impl Fmt {
@@ -47,6 +49,7 @@ impl Fmt {
             Fmt::TQ1 => "tq1_0",
             Fmt::TQ2 => "tq2_0",
             Fmt::F16 => "f16",
+            Fmt::F32 => "f32",
         }
     }
 }
@@ -69,6 +72,7 @@ impl Mat {
             Fmt::TQ1 => pack::pack_tq1_0(&ternary()),
             Fmt::TQ2 => pack::pack_tq2_0(&ternary()),
             Fmt::F16 => pack::pack_f16(&s.normal(n).iter().map(|v| v * 0.02).collect::<Vec<_>>()),
+            Fmt::F32 => pack::pack_f32(&s.normal(n).iter().map(|v| v * 0.02).collect::<Vec<_>>()),
         };
         Mat {
             fmt,
@@ -85,6 +89,7 @@ impl Mat {
             Fmt::TQ1 => WeightView::TQ1 { data, rows, cols },
             Fmt::TQ2 => WeightView::TQ2 { data, rows, cols },
             Fmt::F16 => WeightView::F16 { data, rows, cols },
+            Fmt::F32 => WeightView::F32 { data, rows, cols },
         }
     }
 
@@ -143,6 +148,33 @@ fn ternary_matmuls(c: &mut Criterion) {
                         })
                     });
                 }
+            }
+        }
+        g.finish();
+    }
+}
+
+/// F16 and F32 prefill: tinyBLAS's tiles (`kernels::sgemm`) at ffn_up and ffn_down,
+/// [`PREFILL`] tokens, 1 and 2 threads; tokens/s (×2·rows·cols for FLOP/s).
+fn tiny_blas(c: &mut Criterion) {
+    let simd = Simd::current();
+    for fmt in [Fmt::F16, Fmt::F32] {
+        let mut g = c.benchmark_group(format!("matmul/{}", fmt.name()));
+        for (shape, rows, cols) in [("ffn_up", N_FF, N_EMBD), ("ffn_down", N_EMBD, N_FF)] {
+            let m = Mat::new(fmt, shape, rows, cols);
+            g.throughput(Throughput::Elements(PREFILL as u64));
+            let x = activations(shape, PREFILL * cols);
+            let mut out = vec![0f32; PREFILL * rows];
+            let mut s = Scratch::default();
+            for threads in THREADS {
+                let p = pool(threads);
+                let id = BenchmarkId::new(format!("{shape}/{PREFILL}tok"), format!("t{threads}"));
+                g.bench_function(id, |b| {
+                    b.iter(|| {
+                        p.install(|| matmul_with(simd, &m.view(), black_box(&x), &mut out, &mut s))
+                            .unwrap()
+                    })
+                });
             }
         }
         g.finish();
@@ -331,6 +363,6 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));
-    targets = ternary_matmuls, decode_stream, f16_head, attention, rows
+    targets = ternary_matmuls, tiny_blas, decode_stream, f16_head, attention, rows
 }
 criterion_main!(benches);

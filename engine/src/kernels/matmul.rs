@@ -174,11 +174,29 @@ fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
 
 /// Weight rows per rayon task (at least, for streams: [`stream_rows_per_task`]).
 const ROWS_PER_TASK: usize = 32;
-/// Weight rows per rayon task of tinyBLAS's tiles ([`sgemm::rows_with`]). On the 2B-4T
-/// `ffn_up` shape (F16/F32, 128 tokens, one thread), GFLOP/s, alternating runs: 8 rows
-/// 114/110, 12 rows 119–120/110–114, 16 rows 116–121/109–113, 24 rows 117/109, 32 rows
-/// 115–116/106, 64 rows 113–114/105–106.
-const SGEMM_ROWS: usize = 16;
+/// Weight rows per rayon task of tinyBLAS's tiles ([`sgemm::rows_with`]): every task reads
+/// all the packed tokens (`nt·k` floats), from L2 while they fit there and from L3 once they
+/// do not, so tasks are short while the tokens take at most 1.5 MiB (of the Xeon's 2 MiB L2)
+/// and four times longer past that. Measured with the 2B-4T shapes, one thread, GFLOP/s
+/// F16/F32, alternating runs:
+///
+/// | shape, tokens (packed size) | 16 rows | 32 rows | 64 rows |
+/// |---|---|---|---|
+/// | ffn_up, 128 (1.3 MB) | 116–121 / 109–113 | 115–116 / 106 | 113–114 / 105–106 |
+/// | ffn_up, 192 (2.0 MB) | 108 | | 114 |
+/// | ffn_up, 256 (2.6 MB) | 90–104 | | 108–110 |
+/// | ffn_down, 128 (3.5 MB) | 97–100 / 93 | 107 | 115–119 / 109–113 |
+///
+/// (ffn_up, 128 tokens: 8 rows 114/110, 12 rows 119–120/110–114, 24 rows 117/109; ffn_down:
+/// 128 rows 115–116/103–105.)
+fn sgemm_rows(nt: usize, k: usize) -> usize {
+    const TOKENS_IN_L2: usize = 3 << 19;
+    if nt * k * 4 <= TOKENS_IN_L2 {
+        16
+    } else {
+        64
+    }
+}
 /// Weight rows per rayon task when I2_S rows are unpacked into a panel (prefill): 32 rows
 /// of up to 6912 codes stay in L2 while every token tile passes over them.
 #[cfg(target_arch = "x86_64")]
@@ -331,7 +349,7 @@ pub fn matmul_with(
                 sgemm::AType::F32
             };
             let toks = sgemm::pack_tokens(simd, x, cols, &mut scratch.sgemm_tokens);
-            par_row_ranges(rows, SGEMM_ROWS, |r0, r1| {
+            par_row_ranges(rows, sgemm_rows(nt, cols), |r0, r1| {
                 sgemm::rows_with(simd, ty, data, (r0, r1), &toks, |r, t, v| {
                     // SAFETY: r0 ≤ r < r1 ≤ rows and t < nt, and `out.len() == nt·rows`
                     // (checked above); `par_row_ranges` gives each task disjoint rows, so
