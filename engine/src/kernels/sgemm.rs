@@ -328,7 +328,7 @@ mod x86 {
     /// rows of `a_stride` bytes, `toks` holds `nt` tokens of `k` floats in the chunk layout
     /// of [`super::pack_tokens`].
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tiles(
+    pub(super) unsafe fn tiles<F: FnMut(usize, usize, f32)>(
         ty: super::AType,
         rows: &[u8],
         a_stride: usize,
@@ -336,7 +336,7 @@ mod x86 {
         toks: &[super::Lane16],
         nt: usize,
         k: usize,
-        out: &mut dyn FnMut(usize, usize, f32),
+        out: &mut F,
     ) {
         const RM: usize = super::TILE.0;
         debug_assert!(rows.len() >= n_rg * RM * a_stride && toks.len() * 16 >= nt * k);
@@ -432,7 +432,7 @@ mod x86 {
     /// 64-byte aligned.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-    pub(super) unsafe fn tiles_avx512(
+    pub(super) unsafe fn tiles_avx512<F: FnMut(usize, usize, f32)>(
         ty: super::AType,
         a: *const u8,
         a_stride: usize,
@@ -442,7 +442,7 @@ mod x86 {
         k: usize,
         acc: &mut Vec<__m512>,
         pack: &mut Vec<__m512>,
-        out: &mut dyn FnMut(usize, usize, f32),
+        out: &mut F,
     ) {
         const RM: usize = super::TILE.0;
         const RN: usize = super::TILE.1;
