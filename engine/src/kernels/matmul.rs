@@ -197,6 +197,7 @@ fn sgemm_rows(nt: usize, k: usize) -> usize {
         64
     }
 }
+
 /// Weight rows per rayon task when I2_S rows are unpacked into a panel (prefill): 32 rows
 /// of up to 6912 codes stay in L2 while every token tile passes over them.
 #[cfg(target_arch = "x86_64")]
