@@ -147,7 +147,7 @@ impl Tokens<'_> {
 /// instead of once per task: copying each task's token chunks took ~15% of an F16 prefill.
 pub fn pack_tokens<'a>(simd: Simd, b: &'a [f32], k: usize, buf: &'a mut Vec<Lane16>) -> Tokens<'a> {
     assert!(
-        k.is_multiple_of(KN) && b.len().is_multiple_of(k.max(1)),
+        k.is_multiple_of(KN) && (k > 0 || b.is_empty()) && b.len().is_multiple_of(k.max(1)),
         "tinyBLAS: {} token values, k = {k}",
         b.len()
     );
@@ -458,9 +458,11 @@ mod x86 {
             pack.resize(n_rows * KC / 16, _mm512_setzero_ps());
         }
         let rows_pk = pack.as_mut_ptr() as *mut f32;
-        // Rows `4·rg..4·rg + 4`, chunk `k0..k0 + kn`, widened to f32 into `rows_pk`.
-        let pack_rows = |rg: usize, k0: usize, kn: usize| {
-            for r in rg * RM..(rg + 1) * RM {
+        for k0 in (0..k).step_by(KC) {
+            let kn = KC.min(k - k0);
+            let first = k0 == 0;
+            // The chunk of every row, widened to f32, `KC` apart.
+            for r in 0..n_rows {
                 let (src, dst) = (a.add(r * a_stride), rows_pk.add(r * KC));
                 for l in (0..kn).step_by(16) {
                     let w = match ty {
@@ -471,13 +473,6 @@ mod x86 {
                     };
                     _mm512_store_ps(dst.add(l), w);
                 }
-            }
-        };
-        for k0 in (0..k).step_by(KC) {
-            let kn = KC.min(k - k0);
-            let first = k0 == 0;
-            for rg in 0..n_rg {
-                pack_rows(rg, k0, kn);
             }
             let chunk = toks.add(nt * k0);
             for tg in 0..n_tg {
