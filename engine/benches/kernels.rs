@@ -115,7 +115,6 @@ fn activations(name: &str, n: usize) -> Vec<f32> {
 /// matrix, so decode figures here are cache-warm (attn_q fits L2); [`decode_stream`] reads
 /// from memory as a model does.
 fn ternary_matmuls(c: &mut Criterion) {
-    let simd = Simd::current();
     let shapes = [
         ("attn_q", N_EMBD, N_EMBD),
         ("ffn_up", N_FF, N_EMBD),
@@ -133,49 +132,46 @@ fn ternary_matmuls(c: &mut Criterion) {
                 } else {
                     Throughput::Elements(nt as u64)
                 });
-                let x = activations(shape, nt * cols);
-                let mut out = vec![0f32; nt * rows];
-                let mut s = Scratch::default();
-                for threads in THREADS {
-                    let p = pool(threads);
-                    let id = BenchmarkId::new(format!("{shape}/{nt}tok"), format!("t{threads}"));
-                    g.bench_function(id, |b| {
-                        b.iter(|| {
-                            p.install(|| {
-                                matmul_with(simd, &m.view(), black_box(&x), &mut out, &mut s)
-                            })
-                            .unwrap()
-                        })
-                    });
-                }
+                matmul_threads(&mut g, &m, shape, nt);
             }
         }
         g.finish();
     }
 }
 
+/// `nt` tokens through `m` (activations named after `shape`), once per thread count of
+/// [`THREADS`], in group `g` (whose throughput the caller set).
+fn matmul_threads(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    m: &Mat,
+    shape: &str,
+    nt: usize,
+) {
+    let simd = Simd::current();
+    let x = activations(shape, nt * m.cols);
+    let mut out = vec![0f32; nt * m.rows];
+    let mut s = Scratch::default();
+    for threads in THREADS {
+        let p = pool(threads);
+        let id = BenchmarkId::new(format!("{shape}/{nt}tok"), format!("t{threads}"));
+        g.bench_function(id, |b| {
+            b.iter(|| {
+                p.install(|| matmul_with(simd, &m.view(), black_box(&x), &mut out, &mut s))
+                    .unwrap()
+            })
+        });
+    }
+}
+
 /// F16 and F32 prefill: tinyBLAS's tiles (`kernels::sgemm`) at ffn_up and ffn_down,
 /// [`PREFILL`] tokens, 1 and 2 threads; tokens/s (×2·rows·cols for FLOP/s).
 fn tiny_blas(c: &mut Criterion) {
-    let simd = Simd::current();
     for fmt in [Fmt::F16, Fmt::F32] {
         let mut g = c.benchmark_group(format!("matmul/{}", fmt.name()));
         for (shape, rows, cols) in [("ffn_up", N_FF, N_EMBD), ("ffn_down", N_EMBD, N_FF)] {
             let m = Mat::new(fmt, shape, rows, cols);
             g.throughput(Throughput::Elements(PREFILL as u64));
-            let x = activations(shape, PREFILL * cols);
-            let mut out = vec![0f32; PREFILL * rows];
-            let mut s = Scratch::default();
-            for threads in THREADS {
-                let p = pool(threads);
-                let id = BenchmarkId::new(format!("{shape}/{PREFILL}tok"), format!("t{threads}"));
-                g.bench_function(id, |b| {
-                    b.iter(|| {
-                        p.install(|| matmul_with(simd, &m.view(), black_box(&x), &mut out, &mut s))
-                            .unwrap()
-                    })
-                });
-            }
+            matmul_threads(&mut g, &m, shape, PREFILL);
         }
         g.finish();
     }

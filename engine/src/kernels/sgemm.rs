@@ -159,7 +159,7 @@ pub fn pack_tokens<'a>(simd: Simd, b: &'a [f32], k: usize, buf: &'a mut Vec<Lane
     if buf.len() < n {
         buf.resize(n, Lane16::default());
     }
-    let dst: &mut [f32] = bytemuck_f32(&mut buf[..n]);
+    let dst: &mut [f32] = floats_mut(&mut buf[..n]);
     for k0 in (0..k).step_by(KC) {
         let kn = KC.min(k - k0);
         for t in 0..nt {
@@ -175,7 +175,7 @@ pub fn pack_tokens<'a>(simd: Simd, b: &'a [f32], k: usize, buf: &'a mut Vec<Lane
 }
 
 /// The floats of `lanes`, in order.
-fn bytemuck_f32(lanes: &mut [Lane16]) -> &mut [f32] {
+fn floats_mut(lanes: &mut [Lane16]) -> &mut [f32] {
     // SAFETY: `Lane16` is `repr(C)` over `[f32; 16]` with no padding (64 bytes, align 64),
     // so `lanes` is `16·len` contiguous, initialized, aligned f32; the borrow is carried over.
     unsafe { std::slice::from_raw_parts_mut(lanes.as_mut_ptr() as *mut f32, lanes.len() * KN) }
