@@ -287,7 +287,7 @@ fn long_work_shows_progress_on_a_terminal_only() {
 #[test]
 fn ctrl_c_on_bitprobe_alone_stops_its_probe_servers() {
     let spec = format!("cmd:{} --defect hang", broken_probe().display());
-    let mut child = bin()
+    let child = bin()
         .args([
             "diff",
             "--engine",
@@ -300,7 +300,7 @@ fn ctrl_c_on_bitprobe_alone_stops_its_probe_servers() {
             "300",
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id();
@@ -319,8 +319,13 @@ fn ctrl_c_on_bitprobe_alone_stops_its_probe_servers() {
         .status()
         .unwrap()
         .success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let t = Instant::now();
     while servers.iter().any(|&s| alive(s)) && t.elapsed() < Duration::from_secs(3) {
         std::thread::sleep(Duration::from_millis(50));

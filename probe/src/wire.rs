@@ -32,6 +32,7 @@ use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -477,15 +478,34 @@ fn live() -> std::sync::MutexGuard<'static, Vec<u32>> {
     LIVE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Set for good by [`kill_all_servers`]: the process is about to exit.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
 /// Kills every probe server still running (for a SIGINT/SIGTERM handler: call, then exit).
+/// From then on no server starts, and a thread that finds its server dead waits for the
+/// exit instead of reporting a crash ([`hold_if_stopping`]).
 pub fn kill_all_servers() {
-    for pid in live().drain(..) {
+    let mut live = live();
+    STOPPING.store(true, Ordering::SeqCst);
+    for pid in live.drain(..) {
         // SIGKILL by pid: Child handles live on other threads; the pid is still ours (not
         // reaped), so it cannot have been reused.
         let _ = Command::new("kill")
             .args(["-9", &pid.to_string()])
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// Once [`kill_all_servers`] has run, blocks the calling thread for good: the signal handler
+/// is about to exit the process (130), and a server it killed must not come back as a
+/// crash — an error that could reach the exit status (2) or a receipt before the handler's
+/// exit does — nor a new server be started in its place.
+fn hold_if_stopping() {
+    if STOPPING.load(Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
     }
 }
 
@@ -570,7 +590,20 @@ impl RemoteProbe {
             ))
         })?;
         let pid = child.id();
-        live().push(pid);
+        let stopping = {
+            let mut live = live();
+            let stopping = STOPPING.load(Ordering::SeqCst);
+            if !stopping {
+                live.push(pid);
+            }
+            stopping
+        };
+        if stopping {
+            // Started while the handler killed the others: not in its list, so killed here.
+            let _ = child.kill();
+            let _ = child.wait();
+            hold_if_stopping();
+        }
         let stdin = BufWriter::with_capacity(1 << 20, child.stdin.take().expect("piped stdin"));
         let stdout = BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped stdout"));
         let stderr = child.stderr.take().expect("piped stderr");
@@ -692,6 +725,7 @@ impl RemoteProbe {
     }
 
     fn crashed(&mut self) -> Error {
+        hold_if_stopping();
         let mut server = self.server.take().expect("server started");
         drop(server.stdin);
         let status = match wait_at_most(&server.child, Duration::from_secs(5)) {
