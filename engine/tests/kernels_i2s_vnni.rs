@@ -172,6 +172,45 @@ fn dot_row_equals_reference() {
     not(cpu_avx512_vnni),
     ignore = "this CPU has no AVX-512 F/BW/VL/VNNI: the VNNI kernels cannot run here"
 )]
+fn four_rows_at_once_equal_four_single_rows() {
+    assert!(
+        i2s_vnni::has_vnni(),
+        "the build saw AVX-512 VNNI on this CPU but the engine does not detect it"
+    );
+    let mut rng = Rng::new(33);
+    for &cols in COLS {
+        for amp in [3i64, 127, 128] {
+            let w = random_packed(&mut rng, 6, cols);
+            let qp = pair_order(&random_q(&mut rng, cols, amp));
+            // Rows 0..4 and 2..6: the four need not start on a multiple of four.
+            for r0 in [0, 2] {
+                let rows = &w[r0 * cols / 4..];
+                // SAFETY: `has_vnni()` returned true above; `w` has 6·cols/4 + 32 bytes
+                // (`random_packed`), so rows r0..r0 + 4 ≤ 6 are there; `qp` has cols values;
+                // every entry of COLS is a multiple of 128.
+                let got = unsafe { i2s_vnni::x86::dot_rows4(rows.as_ptr(), qp.as_ptr(), cols) };
+                let one = |k: usize| {
+                    // SAFETY: as above, for the single row r0 + k < 6.
+                    unsafe {
+                        i2s_vnni::x86::dot_row(rows[k * cols / 4..].as_ptr(), qp.as_ptr(), cols)
+                    }
+                };
+                assert_eq!(
+                    got,
+                    [one(0), one(1), one(2), one(3)],
+                    "cols={cols} amp={amp} r0={r0}"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[cfg_attr(
+    not(cpu_avx512_vnni),
+    ignore = "this CPU has no AVX-512 F/BW/VL/VNNI: the VNNI kernels cannot run here"
+)]
 fn panel_gemm_equals_reference() {
     assert!(
         i2s_vnni::has_vnni(),

@@ -515,7 +515,17 @@ unsafe fn matmul_i2s_vnni(
         };
         if fast.len() == 1 {
             prefetch_start(data[r0 * rb..].as_ptr(), (r1 - r0) * rb);
-            for r in r0..r1 {
+            let mut r = r0;
+            while r + 4 <= r1 {
+                // SAFETY: as for `dot_row` below, for rows r..r+4 < r1 ≤ rows: `data[r·rb..]`
+                // holds their 4·cols/4 bytes (validated view).
+                let dots = unsafe { x86::dot_rows4(data[r * rb..].as_ptr(), q8p.as_ptr(), cols) };
+                for (k, dot) in dots.into_iter().enumerate() {
+                    store(fast[0], r + k, dot);
+                }
+                r += 4;
+            }
+            for r in r..r1 {
                 // SAFETY: VNNI is present (our contract); `data.len() ≥ rows·cols/4`, so
                 // `data[r·rb..]` holds the row's cols/4 bytes, and q8p holds ≥ nt·cols ≥
                 // cols values (row 0 = the one fast token); cols % 128 == 0, ≤ MAX_COLS.
