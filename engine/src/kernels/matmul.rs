@@ -463,8 +463,9 @@ pub fn matmul_with(
 }
 
 /// I2_S on AVX-512 VNNI ([`i2s_vnni`]), activations already in `scratch.q8`, scales and
-/// sums: tokens whose i16 lanes cannot wrap go through the exact VNNI kernels — row by row
-/// for a single such token (decode), unpacked panels for several (prefill) — and the
+/// sums: tokens whose i16 lanes cannot wrap go through the exact VNNI kernels — four rows
+/// per call for a single such token (decode, [`i2s_vnni::x86::dot_rows4`], the last rows of
+/// a task one by one), unpacked panels for several (prefill) — and the
 /// others through ggml's wrap-exact dot, row by row. Same bits either way.
 ///
 /// # Safety
@@ -593,8 +594,8 @@ unsafe fn i2s_dot(simd: Simd, row: &[u8], q: &[i8]) -> i32 {
 }
 
 /// TQ1_0/TQ2_0 on AVX-512 VNNI ([`tq_vnni`]), activations already in `scratch.q8k`: one
-/// token streams through the packed rows ([`tq_vnni::x86::tq1_dot_row`],
-/// [`tq_vnni::x86::tq2_dot_row`]); several are paired and meet each panel of rows unpacked
+/// token streams through the packed rows ([`tq_vnni::x86::tq1_dot_rows`] four rows at a
+/// time, [`tq_vnni::x86::tq1_dot_row`] and [`tq_vnni::x86::tq2_dot_row`] one); several are paired and meet each panel of rows unpacked
 /// once ([`tq_vnni::x86::gemm_panel`]). ggml's bits either way.
 ///
 /// # Safety

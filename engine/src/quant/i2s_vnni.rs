@@ -19,7 +19,9 @@
 //! - [`x86::dot_row`] (one token, decode): masks each packed byte with `0xC0`, `0x30`,
 //!   `0x0C`, `0x03` instead of shifting, so shift group `n` contributes `4^(3−n)·code·q`
 //!   into its own accumulator; every lane of it is a multiple of `4^(3−n)`, divided out
-//!   exactly by an arithmetic shift at the end.
+//!   exactly by an arithmetic shift at the end. [`x86::dot_rows4`] does four consecutive
+//!   rows per call (what the driver uses), so that the per-row reduction and finishing
+//!   arithmetic overlap the next rows' loads.
 //! - [`x86::gemm_panel`] (two or more tokens, prefill): unpacks a panel of rows to one
 //!   code byte per weight once ([`x86::unpack_panel`]) and applies it to every token in
 //!   4-row × 6-token register tiles, so each weight is unpacked once per call instead of

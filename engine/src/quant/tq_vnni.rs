@@ -49,6 +49,8 @@
 //!   `4 + m'/4` for odd `n`, so odd planes move them to dwords 12..15), and plane 0 takes
 //!   the qh trits transposed into dwords 12..15 (trit `n` of `qh[j]` at byte `4n + j`:
 //!   value `240 + 4n + j`, lane `4 + n`). Quants are zero wherever a plane holds nothing.
+//!   Decoding, not memory, bounds it, so the driver hands it four rows at a time
+//!   ([`x86::tq1_dot_rows`]) to overlap their decoding.
 //! - Prefill ([`x86::gemm_panel`]) unpacks each row once to one code byte per weight in
 //!   32-value slices (TQ2_0 in slice order 0, 4, 1, 5, 2, 6, 3, 7 as its planes come out,
 //!   TQ1_0 in value order), and pairs tokens: a 64-byte quant line holds one slice of two
