@@ -173,8 +173,8 @@ fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
 }
 
 /// TQ1_0 rows per decode kernel call ([`tq_vnni::x86::tq1_dot_rows`]): 2B-4T TQ1_0 decode,
-/// alternating runs, one thread 7.9 → 8.1 tok/s, two 16.9–17.0 → 17.8–18.1 (two rows: no
-/// change).
+/// alternating runs, one thread 7.9 → 8.1 tok/s, two 16.7–17.0 → 17.6–18.1 (two rows: no
+/// change on one thread).
 #[cfg(target_arch = "x86_64")]
 const TQ1_ROWS: usize = 4;
 
@@ -524,8 +524,8 @@ unsafe fn matmul_i2s_vnni(
             prefetch_start(data[r0 * rb..].as_ptr(), (r1 - r0) * rb);
             let mut r = r0;
             while r + 4 <= r1 {
-                // SAFETY: as for `dot_row` below, for rows r..r+4 < r1 ≤ rows: `data[r·rb..]`
-                // holds their 4·cols/4 bytes (validated view).
+                // SAFETY: as for `dot_row` below, for rows r..r + 4 ≤ r1 ≤ rows:
+                // `data[r·rb..]` holds their 4·cols/4 bytes (validated view).
                 let dots = unsafe { x86::dot_rows4(data[r * rb..].as_ptr(), q8p.as_ptr(), cols) };
                 for (k, dot) in dots.into_iter().enumerate() {
                     store(fast[0], r + k, dot);
@@ -594,9 +594,10 @@ unsafe fn i2s_dot(simd: Simd, row: &[u8], q: &[i8]) -> i32 {
 }
 
 /// TQ1_0/TQ2_0 on AVX-512 VNNI ([`tq_vnni`]), activations already in `scratch.q8k`: one
-/// token streams through the packed rows ([`tq_vnni::x86::tq1_dot_rows`] four rows at a
-/// time, [`tq_vnni::x86::tq1_dot_row`] and [`tq_vnni::x86::tq2_dot_row`] one); several are paired and meet each panel of rows unpacked
-/// once ([`tq_vnni::x86::gemm_panel`]). ggml's bits either way.
+/// token streams through the packed rows (TQ1_0 four at a time,
+/// [`tq_vnni::x86::tq1_dot_rows`], and a task's last ones by [`tq_vnni::x86::tq1_dot_row`];
+/// TQ2_0 one at a time, [`tq_vnni::x86::tq2_dot_row`]); several are paired and meet each
+/// panel of rows unpacked once ([`tq_vnni::x86::gemm_panel`]). ggml's bits either way.
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI and GFNI ([`tq_vnni::available`] and a clamped

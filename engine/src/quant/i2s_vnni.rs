@@ -231,8 +231,8 @@ pub mod x86 {
     /// `Σ code·q` of one block (32 packed bytes, activations in natural order).
     ///
     /// # Safety
-    /// The CPU has AVX-512 F/BW/VL/VNNI (only [`dot_row`] and [`dot_rows4`] call it); `w` points to 32
-    /// readable bytes and `y` to 128 readable values.
+    /// The CPU has AVX-512 F/BW/VL/VNNI (only [`dot_row`] and [`dot_rows4`] call it); `w`
+    /// points to 32 readable bytes and `y` to 128 readable values.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn dot_block_256(w: *const u8, y: *const i8) -> i32 {

@@ -528,7 +528,7 @@ pub mod x86 {
     /// result is the one-row kernel's, bit for bit), and the rows' independent decoding
     /// overlaps — TQ1_0 decode is bound by its decoding, not by memory. Prefetches the next
     /// `R` rows, as far into them as it has read into these. (TQ2_0 rows, bound by memory,
-    /// gained nothing this way: 11.0–11.2 → 10.1–10.5 tok/s with two or four rows.)
+    /// were slower this way: 11.0–11.2 → 10.1–10.5 tok/s with two or four rows.)
     ///
     /// # Safety
     /// As [`tq1_dot_row`] for each of the `R` rows.
