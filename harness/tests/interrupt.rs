@@ -6,18 +6,11 @@
 
 mod common;
 
+use common::alive;
 use probe::wire::RemoteProbe;
 use probe::{Capture, OpenRequest, Probe};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-/// Running, not a zombie left for its parent to reap.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !s.rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-    })
-}
 
 #[test]
 fn servers_killed_by_an_interrupt_are_not_reported_as_crashes_nor_restarted() {

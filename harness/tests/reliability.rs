@@ -26,13 +26,6 @@ fn children_of(pid: u32) -> Vec<u32> {
     out
 }
 
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !s.rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-    })
-}
-
 #[test]
 fn threads_beyond_the_cores_are_capped_with_a_warning() {
     let (o, took) = bitprobe(&[

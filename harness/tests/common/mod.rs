@@ -1,5 +1,5 @@
 //! What the CLI-driving integration tests share: running `bitprobe`, describing its output,
-//! the `broken_probe` example's path, scratch folders.
+//! the `broken_probe` example's path, whether a process runs, scratch folders.
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::path::PathBuf;
@@ -46,6 +46,14 @@ pub fn broken_probe() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// Whether process `pid` runs: it exists and is not a zombie left for its parent to reap.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    })
 }
 
 /// A fresh folder under the temp dir, named for this process and `name`.
