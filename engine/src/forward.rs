@@ -10,6 +10,7 @@ use crate::kernels::matmul::Scratch as MatmulScratch;
 use crate::model::Model;
 use half::f16;
 use probe::{Capture, Stage, StageTensor};
+use rayon::prelude::*;
 
 /// Which logits rows a pass computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -248,9 +249,15 @@ impl Session {
             scale(up, w.ffn_up_scale);
             tap.take(Stage::FfnUp, li, up, &[ff]);
 
-            // ffn_sub_out: gate = act(gate) ⊙ up (SiLU for bitnet, ReLU² for bitnet-b1.58)
-            fault.act(m.hp.arch, gate, hn);
-            crate::kernels::act::mul(hn, up, gate);
+            // ffn_sub_out: gate = act(gate) ⊙ up (SiLU for bitnet, ReLU² for bitnet-b1.58),
+            // token by token (elementwise: the tokens of a prompt in parallel)
+            gate.par_chunks_mut(ff)
+                .zip(hn.par_chunks_mut(ff))
+                .zip(up.par_chunks(ff))
+                .for_each(|((gate, hn), up)| {
+                    fault.act(m.hp.arch, gate, hn);
+                    crate::kernels::act::mul(hn, up, gate);
+                });
             tap.take(Stage::FfnSubOut, li, gate, &[ff]);
 
             // ffn_sub_norm: hn = RMSNorm(gate) · blk.l.ffn_sub_norm

@@ -8,7 +8,8 @@
 //! for TQ1_0/TQ2_0, f16 for F16, nothing for F32 — then every output element is one
 //! `vec_dot` of a weight row with a converted activation row.
 //!
-//! Work is split over output rows in chunks on rayon; each element is computed by one call
+//! The activation rows of a prompt are converted in parallel, one token per task. Work is
+//! split over output rows in chunks on rayon; each element is computed by one call
 //! whose order depends on nothing but the data, so results do not depend on the thread
 //! count or the chunking. Each task walks its weight rows once and applies each row to
 //! every token while it is hot in L1 (prefill re-uses the weight traffic). Decode reads
@@ -151,7 +152,9 @@ pub struct Scratch {
     q8: Vec<i8>,
     /// Activation rows in pair order ([`i2s_vnni::to_pair_order`]), fast tokens only.
     q8p: Vec<i8>,
-    /// Tokens whose I2_S lanes cannot wrap ([`i2s_vnni::cannot_wrap`]), and the others.
+    /// Whether each token's I2_S lanes cannot wrap ([`i2s_vnni::cannot_wrap`]); the tokens
+    /// for which that holds, and the others.
+    wrap_free: Vec<bool>,
     fast: Vec<usize>,
     slow: Vec<usize>,
     act_scales: Vec<f32>,
@@ -313,15 +316,15 @@ pub fn matmul_with(
             grow(&mut scratch.q8, nt * cols);
             grow(&mut scratch.act_scales, nt);
             grow(&mut scratch.act_sums, nt);
-            for t in 0..nt {
-                let (s, sum) = i2s::quantize_row_i8_s_with(
-                    simd,
-                    &x[t * cols..(t + 1) * cols],
-                    &mut scratch.q8[t * cols..(t + 1) * cols],
-                );
-                scratch.act_scales[t] = s;
-                scratch.act_sums[t] = sum;
-            }
+            // Token by token (the tokens of a prompt in parallel).
+            scratch.q8[..nt * cols]
+                .par_chunks_mut(cols)
+                .zip(x.par_chunks(cols))
+                .zip(scratch.act_scales[..nt].par_iter_mut())
+                .zip(scratch.act_sums[..nt].par_iter_mut())
+                .for_each(|(((q, x), scale), sum)| {
+                    (*scale, *sum) = i2s::quantize_row_i8_s_with(simd, x, q);
+                });
             let scale = i2s::scale(data, rows * cols);
             #[cfg(target_arch = "x86_64")]
             if simd == Simd::Avx512 && i2s_vnni::has_vnni() && cols <= i2s_vnni::MAX_COLS {
@@ -486,18 +489,27 @@ unsafe fn matmul_i2s_vnni(
 ) {
     use i2s_vnni::x86;
     grow(&mut scratch.q8p, nt * cols);
+    grow(&mut scratch.wrap_free, nt);
+    // Token by token (the tokens of a prompt in parallel): which cannot wrap, and those in
+    // pair order, in token order.
+    let q8 = &scratch.q8[..nt * cols];
+    scratch.wrap_free[..nt]
+        .par_iter_mut()
+        .zip(q8.par_chunks(cols))
+        .for_each(|(ok, q)| *ok = i2s_vnni::cannot_wrap(q));
     scratch.fast.clear();
     scratch.slow.clear();
-    for t in 0..nt {
-        let q = &scratch.q8[t * cols..(t + 1) * cols];
-        if i2s_vnni::cannot_wrap(q) {
-            let f = scratch.fast.len();
-            i2s_vnni::to_pair_order(q, &mut scratch.q8p[f * cols..(f + 1) * cols]);
+    for (t, &ok) in scratch.wrap_free[..nt].iter().enumerate() {
+        if ok {
             scratch.fast.push(t);
         } else {
             scratch.slow.push(t);
         }
     }
+    scratch.q8p[..scratch.fast.len() * cols]
+        .par_chunks_mut(cols)
+        .zip(scratch.fast.par_iter())
+        .for_each(|(qp, &t)| i2s_vnni::to_pair_order(&q8[t * cols..(t + 1) * cols], qp));
     let (q8, q8p, scales, sums) = (
         &scratch.q8[..],
         &scratch.q8p[..],
