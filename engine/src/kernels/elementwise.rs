@@ -2,6 +2,7 @@
 
 use crate::gguf::GgmlType;
 use half::f16;
+use rayon::prelude::*;
 
 /// `x[i] = token_embd[tokens[i]]` as f32 (`ggml_get_rows`: F16 rows are converted with
 /// `ggml_fp16_to_fp32`, exact). `d` values per row.
@@ -25,11 +26,12 @@ pub fn get_rows(ty: GgmlType, table: &[u8], d: usize, tokens: &[u32], x: &mut [f
     }
 }
 
-/// RMSNorm·gamma of each `width`-long row ([`super::norm::rms_norm`]).
+/// RMSNorm·gamma of each `width`-long row ([`super::norm::rms_norm`]), the rows (the tokens
+/// of a prompt) in parallel.
 pub fn rms_norm_rows(x: &[f32], gamma: &[f32], eps: f32, out: &mut [f32], width: usize) {
-    for (xr, or) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
-        super::norm::rms_norm(xr, gamma, eps, or);
-    }
+    x.par_chunks_exact(width)
+        .zip(out.par_chunks_exact_mut(width))
+        .for_each(|(xr, or)| super::norm::rms_norm(xr, gamma, eps, or));
 }
 
 /// `x += y` (`ggml_add` of the residual).
