@@ -404,12 +404,11 @@ pub fn matmul_with(
         WeightView::TQ1 { data, .. } | WeightView::TQ2 { data, .. } => {
             let nbk = cols / QK_K;
             grow(&mut scratch.q8k, nt * nbk);
-            for t in 0..nt {
-                q8k::quantize_row_q8_k(
-                    &x[t * cols..(t + 1) * cols],
-                    &mut scratch.q8k[t * nbk..(t + 1) * nbk],
-                );
-            }
+            // Token by token (the tokens of a prompt in parallel).
+            scratch.q8k[..nt * nbk]
+                .par_chunks_mut(nbk)
+                .zip(x.par_chunks(cols))
+                .for_each(|(y, x)| q8k::quantize_row_q8_k(x, y));
             let is_tq1 = matches!(w, WeightView::TQ1 { .. });
             #[cfg(target_arch = "x86_64")]
             if simd == Simd::Avx512 && tq_vnni::available() {
@@ -672,13 +671,13 @@ unsafe fn matmul_tq_vnni(
     }
     let np = nt.div_ceil(2);
     grow(&mut scratch.tq_lines, np * nb * PAIR_LINES);
-    for (p, lines) in scratch.tq_lines[..np * nb * PAIR_LINES]
-        .chunks_exact_mut(nb * PAIR_LINES)
+    scratch.tq_lines[..np * nb * PAIR_LINES]
+        .par_chunks_exact_mut(nb * PAIR_LINES)
         .enumerate()
-    {
-        let b = (2 * p + 1 < nt).then(|| &ys[(2 * p + 1) * nb..(2 * p + 2) * nb]);
-        tq_vnni::pair_acts(fmt, &ys[2 * p * nb..(2 * p + 1) * nb], b, lines);
-    }
+        .for_each(|(p, lines)| {
+            let b = (2 * p + 1 < nt).then(|| &ys[(2 * p + 1) * nb..(2 * p + 2) * nb]);
+            tq_vnni::pair_acts(fmt, &ys[2 * p * nb..(2 * p + 1) * nb], b, lines);
+        });
     let acts = &scratch.tq_lines[..np * nb * PAIR_LINES];
     par_row_ranges(rows, PANEL_ROWS, |r0, r1| {
         PANEL.with(|panel| {
