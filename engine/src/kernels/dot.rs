@@ -202,7 +202,7 @@ pub fn dot_f32_scalar(w: &[u8], x: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
-    use crate::kernels::{prefetch, PREFETCH_BYTES};
+    use crate::kernels::{opaque, prefetch, PREFETCH_BYTES};
     use std::arch::x86_64::*;
 
     /// Reduces 16 lanes given as two 8-lane halves (`lo` = lanes 0..8) in the oracle's
@@ -255,22 +255,24 @@ pub(crate) mod x86 {
     pub unsafe fn dot_f16_avx2<const PREFETCH: bool>(w: *const u8, x: &[f32]) -> f32 {
         let n = x.len();
         let np = n & !63;
-        let xp = x.as_ptr();
         let mut a = [_mm256_setzero_ps(); 8];
-        let mut i = 0;
-        while i < np {
+        // Two pointers walked (see `opaque`).
+        let (mut wp, mut xp) = (w, x.as_ptr());
+        let w_end = w.add(2 * np);
+        while wp < w_end {
             if PREFETCH {
-                prefetch(w.wrapping_add(2 * i + PREFETCH_BYTES));
-                prefetch(w.wrapping_add(2 * i + PREFETCH_BYTES + 64));
+                prefetch(wp.wrapping_add(PREFETCH_BYTES));
+                prefetch(wp.wrapping_add(PREFETCH_BYTES + 64));
             }
             for k in 0..8 {
                 a[k] = _mm256_fmadd_ps(
-                    ld_f16x8(w.add(2 * (i + 8 * k))),
-                    _mm256_loadu_ps(xp.add(i + 8 * k)),
+                    ld_f16x8(wp.add(16 * k)),
+                    _mm256_loadu_ps(xp.add(8 * k)),
                     a[k],
                 );
             }
-            i += 64;
+            wp = wp.add(128);
+            xp = opaque(xp.add(64));
         }
         let lo = _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6]));
         let hi = _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]));
@@ -294,21 +296,22 @@ pub(crate) mod x86 {
     pub unsafe fn dot_f16_avx512<const PREFETCH: bool>(w: *const u8, x: &[f32]) -> f32 {
         let n = x.len();
         let np = n & !63;
-        let xp = x.as_ptr();
         let mut a = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        while i < np {
+        // Two pointers walked, the FMAs' operand plain `[reg + disp]` (see `opaque`).
+        let (mut wp, mut xp) = (w, x.as_ptr());
+        let w_end = w.add(2 * np);
+        while wp < w_end {
             if PREFETCH {
                 // Two lines a step: the 128 bytes this step reads, PREFETCH_BYTES later.
-                prefetch(w.wrapping_add(2 * i + PREFETCH_BYTES));
-                prefetch(w.wrapping_add(2 * i + PREFETCH_BYTES + 64));
+                prefetch(wp.wrapping_add(PREFETCH_BYTES));
+                prefetch(wp.wrapping_add(PREFETCH_BYTES + 64));
             }
             for k in 0..4 {
-                let wv =
-                    _mm512_cvtph_ps(_mm256_loadu_si256(w.add(2 * (i + 16 * k)) as *const __m256i));
-                a[k] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xp.add(i + 16 * k)), a[k]);
+                let wv = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(32 * k) as *const __m256i));
+                a[k] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xp.add(16 * k)), a[k]);
             }
-            i += 64;
+            wp = wp.add(128);
+            xp = opaque(xp.add(64));
         }
         let v = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
         let mut s = reduce16_zmm(v) as f64;
@@ -329,19 +332,20 @@ pub(crate) mod x86 {
     pub unsafe fn dot_f32_avx2(w: *const u8, x: &[f32]) -> f32 {
         let n = x.len();
         let np = n & !63;
-        let xp = x.as_ptr();
-        let wp = w as *const f32;
         let mut a = [_mm256_setzero_ps(); 8];
-        let mut i = 0;
-        while i < np {
+        // Two pointers walked (see `opaque`).
+        let (mut wp, mut xp) = (w as *const f32, x.as_ptr());
+        let w_end = wp.add(np);
+        while wp < w_end {
             for k in 0..8 {
                 a[k] = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(wp.add(i + 8 * k)),
-                    _mm256_loadu_ps(xp.add(i + 8 * k)),
+                    _mm256_loadu_ps(wp.add(8 * k)),
+                    _mm256_loadu_ps(xp.add(8 * k)),
                     a[k],
                 );
             }
-            i += 64;
+            wp = wp.add(64);
+            xp = opaque(xp.add(64));
         }
         let lo = _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6]));
         let hi = _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]));
@@ -362,19 +366,20 @@ pub(crate) mod x86 {
     pub unsafe fn dot_f32_avx512(w: *const u8, x: &[f32]) -> f32 {
         let n = x.len();
         let np = n & !63;
-        let xp = x.as_ptr();
-        let wp = w as *const f32;
         let mut a = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        while i < np {
+        // Two pointers walked (see `opaque`).
+        let (mut wp, mut xp) = (w as *const f32, x.as_ptr());
+        let w_end = wp.add(np);
+        while wp < w_end {
             for k in 0..4 {
                 a[k] = _mm512_fmadd_ps(
-                    _mm512_loadu_ps(wp.add(i + 16 * k)),
-                    _mm512_loadu_ps(xp.add(i + 16 * k)),
+                    _mm512_loadu_ps(wp.add(16 * k)),
+                    _mm512_loadu_ps(xp.add(16 * k)),
                     a[k],
                 );
             }
-            i += 64;
+            wp = wp.add(64);
+            xp = opaque(xp.add(64));
         }
         let v = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
         let mut s = reduce16_zmm(v);

@@ -82,6 +82,32 @@ pub(crate) fn prefetch(p: *const u8) {
     let _ = p;
 }
 
+/// `p`, unknown to the optimizer from here on: no instruction, but LLVM can no longer
+/// rewrite a pointer walked in a loop as another pointer plus a shared index. A kernel
+/// that walks its weight and activation rows calls this on one of them each step, so its
+/// multiply-adds keep a plain `[reg + disp]` memory operand. Intel cores split a
+/// three-operand instruction with an indexed operand (`[reg + reg·s]`) into two µops at
+/// rename, and the F16 head's loop streamed slower that way: 2B-4T, one thread, the
+/// model's own map, 14.2–15.1 GB/s indexed against 16.1–16.9 walked, which is what the
+/// same loop compiled from C by gcc (walked pointers) reaches (`docs/performance.md`).
+#[inline(always)]
+pub(crate) fn opaque<T>(p: *const T) -> *const T {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut p = p;
+        // SAFETY: an empty template: no instruction runs and nothing is read or written;
+        // the register comes back as it went in. (Hence `nomem` with a pointer operand: it
+        // is never dereferenced here.)
+        #[allow(clippy::pointers_in_nomem_asm_block)]
+        unsafe {
+            std::arch::asm!("/* {0} */", inout(reg) p, options(pure, nomem, nostack, preserves_flags))
+        };
+        p
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    p
+}
+
 /// Prefetches `len` bytes from `p` (see [`prefetch`]): the start of a stream, before the
 /// kernel's own prefetches [`PREFETCH_BYTES`] ahead take over.
 #[inline]
