@@ -23,8 +23,14 @@ impl Simd {
     /// All levels, lowest first.
     pub const ALL: [Simd; 3] = [Simd::Scalar, Simd::Avx2, Simd::Avx512];
 
-    /// The best level this CPU supports.
+    /// The best level this CPU supports (detected once: every kernel call clamps its level
+    /// to it, the F16 head alone 128,256 times a token).
     pub fn detect() -> Simd {
+        static DETECTED: OnceLock<Simd> = OnceLock::new();
+        *DETECTED.get_or_init(Simd::detect_now)
+    }
+
+    fn detect_now() -> Simd {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 = std::arch::is_x86_feature_detected!("avx2")
