@@ -123,11 +123,32 @@ pub fn vec_dot_f32_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
         // SAFETY: `clamp` only yields a level `Simd::detect` found on this CPU; the assert
         // above gives the `4·x.len()` bytes of `w_row` the kernel reads (unaligned loads).
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { x86::dot_f32_avx2(w_row.as_ptr(), x) },
+        Simd::Avx2 => unsafe { x86::dot_f32_avx2::<false>(w_row.as_ptr(), x) },
         // SAFETY: as for Avx2.
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { x86::dot_f32_avx512(w_row.as_ptr(), x) },
+        Simd::Avx512 => unsafe { x86::dot_f32_avx512::<false>(w_row.as_ptr(), x) },
         #[allow(unreachable_patterns)]
+        _ => dot_f32_scalar(w_row, x),
+    }
+}
+
+/// [`vec_dot_f32_with`] for rows read in a long stream (one token through a whole F32
+/// matrix): same arithmetic, plus software prefetch of the weight bytes
+/// [`super::PREFETCH_BYTES`] ahead, which may reach past the row (prefetches never fault).
+pub fn vec_dot_f32_stream_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
+    assert!(
+        w_row.len() >= 4 * x.len(),
+        "f32 dot: row has {} bytes, need {}",
+        w_row.len(),
+        4 * x.len()
+    );
+    match simd.clamp() {
+        // SAFETY: as in `vec_dot_f32_with`; the prefetches past the row never fault.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { x86::dot_f32_avx2::<true>(w_row.as_ptr(), x) },
+        // SAFETY: as for Avx2.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { x86::dot_f32_avx512::<true>(w_row.as_ptr(), x) },
         _ => dot_f32_scalar(w_row, x),
     }
 }
@@ -327,9 +348,10 @@ pub(crate) mod x86 {
     /// # Safety
     /// The CPU has AVX2, FMA and F16C (dispatch at a clamped level ≥ Avx2); `w` points to
     /// `4·x.len()` readable bytes (any alignment: unaligned loads). The loop reads 64 f32
-    /// of each while `i < n & !63`, the tail goes through a `4·n`-byte slice.
+    /// of each while `i < n & !63`, the tail goes through a `4·n`-byte slice. With
+    /// `PREFETCH`, it also prefetches [`PREFETCH_BYTES`] ahead (never faults).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f32_avx2(w: *const u8, x: &[f32]) -> f32 {
+    pub unsafe fn dot_f32_avx2<const PREFETCH: bool>(w: *const u8, x: &[f32]) -> f32 {
         let n = x.len();
         let np = n & !63;
         let mut a = [_mm256_setzero_ps(); 8];
@@ -337,6 +359,12 @@ pub(crate) mod x86 {
         let (mut wp, mut xp) = (w as *const f32, x.as_ptr());
         let w_end = wp.add(np);
         while wp < w_end {
+            if PREFETCH {
+                // The four lines this step reads, PREFETCH_BYTES later.
+                for l in 0..4 {
+                    prefetch((wp as *const u8).wrapping_add(PREFETCH_BYTES + 64 * l));
+                }
+            }
             for k in 0..8 {
                 a[k] = _mm256_fmadd_ps(
                     _mm256_loadu_ps(wp.add(8 * k)),
@@ -357,13 +385,13 @@ pub(crate) mod x86 {
         s
     }
 
-    /// `ggml_vec_dot_f32`'s AVX-512 order.
+    /// `ggml_vec_dot_f32`'s AVX-512 order (`PREFETCH` as in [`dot_f32_avx2`]).
     ///
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL (dispatch at a clamped Avx512); `w` points to
     /// `4·x.len()` readable bytes (reads as in [`dot_f32_avx2`]).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-    pub unsafe fn dot_f32_avx512(w: *const u8, x: &[f32]) -> f32 {
+    pub unsafe fn dot_f32_avx512<const PREFETCH: bool>(w: *const u8, x: &[f32]) -> f32 {
         let n = x.len();
         let np = n & !63;
         let mut a = [_mm512_setzero_ps(); 4];
@@ -371,6 +399,11 @@ pub(crate) mod x86 {
         let (mut wp, mut xp) = (w as *const f32, x.as_ptr());
         let w_end = wp.add(np);
         while wp < w_end {
+            if PREFETCH {
+                for l in 0..4 {
+                    prefetch((wp as *const u8).wrapping_add(PREFETCH_BYTES + 64 * l));
+                }
+            }
             for k in 0..4 {
                 a[k] = _mm512_fmadd_ps(
                     _mm512_loadu_ps(wp.add(16 * k)),

@@ -391,13 +391,21 @@ pub fn matmul_with(
                 }
             });
         }
+        // F32 as F16 above, without the rounding: one stream of rows, with prefetch.
         WeightView::F32 { data, .. } => {
             let rb = cols * 4;
-            run(&|r, t0, v| {
-                let row = &data[r * rb..(r + 1) * rb];
-                for (k, o) in v.iter_mut().enumerate() {
-                    let t = t0 + k;
-                    *o = dot::vec_dot_f32_with(simd, row, &x[t * cols..(t + 1) * cols]);
+            par_row_ranges(rows, stream_rows_per_task(rows), |r0, r1| {
+                prefetch_start(data[r0 * rb..].as_ptr(), (r1 - r0) * rb);
+                for r in r0..r1 {
+                    let row = &data[r * rb..(r + 1) * rb];
+                    for t in 0..nt {
+                        let v =
+                            dot::vec_dot_f32_stream_with(simd, row, &x[t * cols..(t + 1) * cols]);
+                        // SAFETY: t < nt, r < r1 ≤ rows and `out.len() == nt·rows`, so in
+                        // bounds; `par_row_ranges` gives each task disjoint rows r0..r1,
+                        // so this element has no other reader or writer.
+                        unsafe { *optr.ptr().add(t * rows + r) = v };
+                    }
                 }
             });
         }
