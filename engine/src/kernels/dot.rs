@@ -48,23 +48,7 @@ pub fn vec_dot_f16(w_row: &[f16], x_f16: &[f16]) -> f32 {
 /// matrix): same arithmetic, plus software prefetch of the weight bytes
 /// [`super::PREFETCH_BYTES`] ahead, which may reach past the row (prefetches never fault).
 pub fn vec_dot_f16_stream_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
-    assert!(
-        w_row.len() >= 2 * x.len(),
-        "f16 dot: row has {} bytes, need {}",
-        w_row.len(),
-        2 * x.len()
-    );
-    match simd.clamp() {
-        // SAFETY: `clamp` only yields a level `Simd::detect` found on this CPU (Avx2 = AVX2
-        // + FMA + F16C; Avx512 adds F/BW/VL); the assert above gives the `2·x.len()` bytes
-        // of `w_row` the kernel reads. Its prefetches past the row never fault.
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { x86::dot_f16_avx2::<true>(w_row.as_ptr(), x) },
-        // SAFETY: as for Avx2.
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { x86::dot_f16_avx512::<true>(w_row.as_ptr(), x) },
-        _ => dot_f16_scalar(w_row, x),
-    }
+    dot_f16_at::<true>(simd, w_row, x)
 }
 
 /// Dot of an f16 weight row (raw LE bytes, `2·x.len()` of them) with an activation row
@@ -75,6 +59,11 @@ pub fn vec_dot_f16_bytes(w_row: &[u8], x: &[f32]) -> f32 {
 
 /// [`vec_dot_f16_bytes`] at an explicit SIMD level (clamped to what the CPU has).
 pub fn vec_dot_f16_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
+    dot_f16_at::<false>(simd, w_row, x)
+}
+
+/// The f16 dot at `simd` (clamped), prefetching ahead of the row with `PREFETCH`.
+fn dot_f16_at<const PREFETCH: bool>(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
     assert!(
         w_row.len() >= 2 * x.len(),
         "f16 dot: row has {} bytes, need {}",
@@ -83,13 +72,14 @@ pub fn vec_dot_f16_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
     );
     match simd.clamp() {
         Simd::Scalar => dot_f16_scalar(w_row, x),
-        // SAFETY: `clamp` only yields a level `Simd::detect` found on this CPU; the assert
-        // above gives the `2·x.len()` bytes of `w_row` the kernel reads.
+        // SAFETY: `clamp` only yields a level `Simd::detect` found on this CPU (Avx2 = AVX2
+        // + FMA + F16C; Avx512 adds F/BW/VL); the assert above gives the `2·x.len()` bytes
+        // of `w_row` the kernel reads. Prefetches past the row never fault.
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { x86::dot_f16_avx2::<false>(w_row.as_ptr(), x) },
+        Simd::Avx2 => unsafe { x86::dot_f16_avx2::<PREFETCH>(w_row.as_ptr(), x) },
         // SAFETY: as for Avx2.
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { x86::dot_f16_avx512::<false>(w_row.as_ptr(), x) },
+        Simd::Avx512 => unsafe { x86::dot_f16_avx512::<PREFETCH>(w_row.as_ptr(), x) },
         #[allow(unreachable_patterns)]
         _ => dot_f16_scalar(w_row, x),
     }
@@ -112,6 +102,18 @@ pub fn vec_dot_f32(w_row: &[f32], x: &[f32]) -> f32 {
 
 /// [`vec_dot_f32_bytes`] at an explicit SIMD level (clamped to what the CPU has).
 pub fn vec_dot_f32_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
+    dot_f32_at::<false>(simd, w_row, x)
+}
+
+/// [`vec_dot_f32_with`] for rows read in a long stream (one token through a whole F32
+/// matrix): same arithmetic, plus software prefetch of the weight bytes
+/// [`super::PREFETCH_BYTES`] ahead, which may reach past the row (prefetches never fault).
+pub fn vec_dot_f32_stream_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
+    dot_f32_at::<true>(simd, w_row, x)
+}
+
+/// The f32 dot at `simd` (clamped), prefetching ahead of the row with `PREFETCH`.
+fn dot_f32_at<const PREFETCH: bool>(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
     assert!(
         w_row.len() >= 4 * x.len(),
         "f32 dot: row has {} bytes, need {}",
@@ -122,33 +124,13 @@ pub fn vec_dot_f32_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
         Simd::Scalar => dot_f32_scalar(w_row, x),
         // SAFETY: `clamp` only yields a level `Simd::detect` found on this CPU; the assert
         // above gives the `4·x.len()` bytes of `w_row` the kernel reads (unaligned loads).
+        // Prefetches past the row never fault.
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { x86::dot_f32_avx2::<false>(w_row.as_ptr(), x) },
+        Simd::Avx2 => unsafe { x86::dot_f32_avx2::<PREFETCH>(w_row.as_ptr(), x) },
         // SAFETY: as for Avx2.
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { x86::dot_f32_avx512::<false>(w_row.as_ptr(), x) },
+        Simd::Avx512 => unsafe { x86::dot_f32_avx512::<PREFETCH>(w_row.as_ptr(), x) },
         #[allow(unreachable_patterns)]
-        _ => dot_f32_scalar(w_row, x),
-    }
-}
-
-/// [`vec_dot_f32_with`] for rows read in a long stream (one token through a whole F32
-/// matrix): same arithmetic, plus software prefetch of the weight bytes
-/// [`super::PREFETCH_BYTES`] ahead, which may reach past the row (prefetches never fault).
-pub fn vec_dot_f32_stream_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
-    assert!(
-        w_row.len() >= 4 * x.len(),
-        "f32 dot: row has {} bytes, need {}",
-        w_row.len(),
-        4 * x.len()
-    );
-    match simd.clamp() {
-        // SAFETY: as in `vec_dot_f32_with`; the prefetches past the row never fault.
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { x86::dot_f32_avx2::<true>(w_row.as_ptr(), x) },
-        // SAFETY: as for Avx2.
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { x86::dot_f32_avx512::<true>(w_row.as_ptr(), x) },
         _ => dot_f32_scalar(w_row, x),
     }
 }

@@ -240,6 +240,38 @@ fn par_row_ranges(rows: usize, per_task: usize, f: impl Fn(usize, usize) + Sync)
         });
 }
 
+/// `out[t·rows + r] = dot(row r, token t)` over rows of `rb` bytes in `data` and the
+/// `x.len() / cols` tokens of `x`, the rows read as one stream: each task prefetches the start
+/// of its range, `dot` (a streaming kernel) the rest.
+///
+/// # Safety
+/// `data` holds `rows·rb` bytes, `x.len()` is a multiple of `cols`, and `optr` points to
+/// `(x.len() / cols)·rows` writable f32 that nothing else accesses during the call.
+unsafe fn stream_rows(
+    data: &[u8],
+    rows: usize,
+    rb: usize,
+    x: &[f32],
+    cols: usize,
+    optr: SendPtr<f32>,
+    dot: impl Fn(&[u8], &[f32]) -> f32 + Sync,
+) {
+    let nt = x.len() / cols;
+    par_row_ranges(rows, stream_rows_per_task(rows), |r0, r1| {
+        prefetch_start(data[r0 * rb..].as_ptr(), (r1 - r0) * rb);
+        for r in r0..r1 {
+            let row = &data[r * rb..(r + 1) * rb];
+            for t in 0..nt {
+                let v = dot(row, &x[t * cols..(t + 1) * cols]);
+                // SAFETY: t < nt and r < r1 ≤ rows, so in bounds of the nt·rows elements
+                // (our contract); `par_row_ranges` gives each task disjoint rows r0..r1, so
+                // this element has no other reader or writer.
+                unsafe { *optr.ptr().add(t * rows + r) = v };
+            }
+        }
+    });
+}
+
 /// Prefetches the first [`PREFETCH_BYTES`] of a task's `len`-byte stream at `p`; the
 /// kernel's own prefetches cover the rest.
 fn prefetch_start(p: *const u8, len: usize) {
@@ -375,39 +407,23 @@ pub fn matmul_with(
             grow(&mut scratch.xh, nt * cols);
             dot::round_to_f16(x, &mut scratch.xh[..nt * cols]);
             let xh = &scratch.xh[..nt * cols];
-            let rb = cols * 2;
-            par_row_ranges(rows, stream_rows_per_task(rows), |r0, r1| {
-                prefetch_start(data[r0 * rb..].as_ptr(), (r1 - r0) * rb);
-                for r in r0..r1 {
-                    let row = &data[r * rb..(r + 1) * rb];
-                    for t in 0..nt {
-                        let v =
-                            dot::vec_dot_f16_stream_with(simd, row, &xh[t * cols..(t + 1) * cols]);
-                        // SAFETY: t < nt, r < r1 ≤ rows and `out.len() == nt·rows`, so in
-                        // bounds; `par_row_ranges` gives each task disjoint rows r0..r1,
-                        // so this element has no other reader or writer.
-                        unsafe { *optr.ptr().add(t * rows + r) = v };
-                    }
-                }
-            });
+            // SAFETY: the view was validated (rows·cols f16 in `data`), `xh` holds nt rows
+            // of cols, and `optr` is `out`: nt·rows f32 (checked above), unused until we
+            // return.
+            unsafe {
+                stream_rows(data, rows, cols * 2, xh, cols, optr, |row, x| {
+                    dot::vec_dot_f16_stream_with(simd, row, x)
+                })
+            };
         }
-        // F32 as F16 above, without the rounding: one stream of rows, with prefetch.
+        // F32 as F16, without the rounding.
         WeightView::F32 { data, .. } => {
-            let rb = cols * 4;
-            par_row_ranges(rows, stream_rows_per_task(rows), |r0, r1| {
-                prefetch_start(data[r0 * rb..].as_ptr(), (r1 - r0) * rb);
-                for r in r0..r1 {
-                    let row = &data[r * rb..(r + 1) * rb];
-                    for t in 0..nt {
-                        let v =
-                            dot::vec_dot_f32_stream_with(simd, row, &x[t * cols..(t + 1) * cols]);
-                        // SAFETY: t < nt, r < r1 ≤ rows and `out.len() == nt·rows`, so in
-                        // bounds; `par_row_ranges` gives each task disjoint rows r0..r1,
-                        // so this element has no other reader or writer.
-                        unsafe { *optr.ptr().add(t * rows + r) = v };
-                    }
-                }
-            });
+            // SAFETY: as for F16 (rows·cols f32 in the validated `data`).
+            unsafe {
+                stream_rows(data, rows, cols * 4, x, cols, optr, |row, x| {
+                    dot::vec_dot_f32_stream_with(simd, row, x)
+                })
+            };
         }
         WeightView::TQ1 { data, .. } | WeightView::TQ2 { data, .. } => {
             let nbk = cols / QK_K;
