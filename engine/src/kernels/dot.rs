@@ -205,7 +205,7 @@ pub fn dot_f32_scalar(w: &[u8], x: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
-    use crate::kernels::{opaque, prefetch, PREFETCH_BYTES};
+    use crate::kernels::{opaque, prefetch, prefetch_range, PREFETCH_BYTES};
     use std::arch::x86_64::*;
 
     /// Reduces 16 lanes given as two 8-lane halves (`lo` = lanes 0..8) in the oracle's
@@ -343,9 +343,7 @@ pub(crate) mod x86 {
         while wp < w_end {
             if PREFETCH {
                 // The four lines this step reads, PREFETCH_BYTES later.
-                for l in 0..4 {
-                    prefetch((wp as *const u8).wrapping_add(PREFETCH_BYTES + 64 * l));
-                }
+                prefetch_range((wp as *const u8).wrapping_add(PREFETCH_BYTES), 256);
             }
             for k in 0..8 {
                 a[k] = _mm256_fmadd_ps(
@@ -382,9 +380,8 @@ pub(crate) mod x86 {
         let w_end = wp.add(np);
         while wp < w_end {
             if PREFETCH {
-                for l in 0..4 {
-                    prefetch((wp as *const u8).wrapping_add(PREFETCH_BYTES + 64 * l));
-                }
+                // The four lines this step reads, PREFETCH_BYTES later.
+                prefetch_range((wp as *const u8).wrapping_add(PREFETCH_BYTES), 256);
             }
             for k in 0..4 {
                 a[k] = _mm512_fmadd_ps(
