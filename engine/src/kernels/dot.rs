@@ -252,8 +252,9 @@ pub(crate) mod x86 {
     /// # Safety
     /// The CPU has AVX2, FMA and F16C (callers dispatch here only at a clamped
     /// [`crate::kernels::Simd::Avx2`] or above); `w` points to `2·x.len()` readable bytes.
-    /// The loop reads 128 bytes of `w` and 64 floats of `x` per step while `i < n & !63`,
-    /// then the tail through a `2·n`-byte slice, so nothing past those lengths.
+    /// The loop reads 128 bytes of `w` and 64 floats of `x` per step over the first
+    /// `n & !63` values, then the tail through a `2·n`-byte slice, so nothing past those
+    /// lengths.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_f16_avx2<const PREFETCH: bool>(w: *const u8, x: &[f32]) -> f32 {
         let n = x.len();
@@ -330,8 +331,8 @@ pub(crate) mod x86 {
     /// # Safety
     /// The CPU has AVX2, FMA and F16C (dispatch at a clamped level ≥ Avx2); `w` points to
     /// `4·x.len()` readable bytes (any alignment: unaligned loads). The loop reads 64 f32
-    /// of each while `i < n & !63`, the tail goes through a `4·n`-byte slice. With
-    /// `PREFETCH`, it also prefetches [`PREFETCH_BYTES`] ahead (never faults).
+    /// of each per step over the first `n & !63`, the tail goes through a `4·n`-byte
+    /// slice. With `PREFETCH`, it also prefetches [`PREFETCH_BYTES`] ahead (never faults).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_f32_avx2<const PREFETCH: bool>(w: *const u8, x: &[f32]) -> f32 {
         let n = x.len();
