@@ -491,7 +491,7 @@ pub mod x86 {
 
     /// One TQ1_0 row (`nb` blocks of 54 bytes at `row`) against one token's decode
     /// activations ([`super::decode_acts`] with [`Format::Tq1`]): ggml's dot, bit for bit.
-    /// Prefetches [`PREFETCH_BYTES`] ahead of the row (a hint).
+    /// [`tq1_dot_rows`] of one row (the driver's last `rows mod 4` rows of a task).
     ///
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI and GFNI ([`super::available`]); `row` holds
@@ -499,33 +499,12 @@ pub mod x86 {
     /// `54b + 52`) and `acts` `Format::Tq1.decode_len(nb)` lines.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni,avx2,fma,f16c")]
     pub unsafe fn tq1_dot_row(row: *const u8, acts: *const Line, nb: usize) -> f32 {
-        let lut = lut();
-        let f = [field(2), field(4), field(6)];
-        let yd = acts as *const f32;
-        let blocks = acts.add(nb.div_ceil(16));
-        let mut sumf = _mm256_setzero_ps();
-        let mut b = 0;
-        while b + 2 <= nb {
-            let x = row.add(54 * b);
-            prefetch(x.wrapping_add(PREFETCH_BYTES));
-            prefetch(x.wrapping_add(PREFETCH_BYTES + 64));
-            let acc_a = tq1_block(x, blocks.add(6 * b), &lut, &f);
-            let acc_b = tq1_block(x.add(54), blocks.add(6 * b + 6), &lut, &f);
-            let xd2 = f16_bits(x.add(52)) | f16_bits(x.add(106)) << 16;
-            sumf = pair_step(acc_a, acc_b, xd2, yd.add(b), sumf);
-            b += 2;
-        }
-        if b < nb {
-            let x = row.add(54 * b);
-            let acc = tq1_block(x, blocks.add(6 * b), &lut, &f);
-            sumf = block_step(acc, *yd.add(b) * f16_at(x.add(52)), sumf);
-        }
-        hsum8(sumf)
+        tq1_dot_rows::<1>(row, acts, nb)[0]
     }
 
-    /// [`tq1_dot_row`] of `R` consecutive rows (`54·nb` bytes apart from `rows`) at once,
-    /// block pair by block pair: every row keeps its own float sum in ggml's order (each
-    /// result is the one-row kernel's, bit for bit), and the rows' independent decoding
+    /// One TQ1_0 row's dot (as [`tq1_dot_row`]) for `R` consecutive rows (`54·nb` bytes
+    /// apart from `rows`) at once, block pair by block pair: every row keeps its own float
+    /// sum in ggml's order (bit for bit ggml's dot), and the rows' independent decoding
     /// overlaps — TQ1_0 decode is bound by its decoding, not by memory. Prefetches the next
     /// `R` rows, as far into them as it has read into these. (TQ2_0 rows, bound by memory,
     /// were slower this way: 11.0–11.2 → 10.1–10.5 tok/s with two or four rows.)
