@@ -466,7 +466,7 @@ pub mod x86 {
     /// The lanes of one TQ1_0 block (54 bytes at `x`) against its decode lines `a`.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F/BW/VNNI/VBMI and GFNI (inlined into [`tq1_dot_row`]); `x`
+    /// The CPU has AVX-512 F/BW/VNNI/VBMI and GFNI (inlined into [`tq1_dot_rows`]); `x`
     /// points to 52 readable bytes and `a` to 6 lines.
     #[inline(always)]
     unsafe fn tq1_block(x: *const u8, a: *const Line, lut: &Lut, f: &[__m512i; 3]) -> __m512i {
