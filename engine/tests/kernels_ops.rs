@@ -149,6 +149,125 @@ fn activations() {
     }
 }
 
+/// The AVX-512 SiLU (`ggml_v_silu` in sixteen lanes) against the lane-by-lane mirror, bit
+/// for bit, over every scale the activations reach and past them: exp's overflow and
+/// underflow branches (|n| > 192), subnormal results of `scalef`, ±0 and the scalar tail.
+#[test]
+fn silu_sixteen_lanes_equal_the_lane_by_lane_mirror() {
+    let mut rng = Rng::new(6);
+    let mut x: Vec<f32> = [
+        1e-3f32, 0.1, 1.0, 6.0, 20.0, 90.0, 104.0, 140.0, 300.0, 1e30,
+    ]
+    .iter()
+    .flat_map(|&amp| rng.vec(4000, amp))
+    .collect();
+    x.extend([
+        0.0,
+        -0.0,
+        f32::MIN_POSITIVE,
+        -f32::MIN_POSITIVE,
+        1e-40,
+        -1e-40,
+    ]);
+    x.extend((-1500..=1500).map(|i| i as f32 * 0.1));
+    // A length that leaves a scalar tail.
+    x.push(-3.25);
+    let mut want = vec![0f32; x.len()];
+    silu_row(&x, &mut want);
+    let mut got = vec![0f32; x.len()];
+    act::silu(&x, &mut got);
+    assert_eq!(
+        bits(&got),
+        bits(&want),
+        "act::silu at {:?}",
+        Simd::current()
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if Simd::Avx512.is_supported() {
+            let mut got = vec![0f32; x.len()];
+            // SAFETY: AVX-512 F is present (checked above; the level includes FMA).
+            unsafe { engine::kernels::softmax::x86::silu_row_avx512(&x, &mut got) };
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "silu({}) = {g} against {w}", x[i]);
+            }
+        } else {
+            eprintln!(
+                "ignored part: this CPU has no AVX-512, only act::silu at {:?} was compared",
+                Simd::current()
+            );
+        }
+    }
+}
+
+/// Four f16 dots in one call (attention's scores) equal four single dots bit for bit, at
+/// every level, over lengths with and without a scalar tail.
+#[test]
+fn f16_dots_four_at_once_equal_one_at_a_time() {
+    use engine::kernels::dot;
+    let mut rng = Rng::new(8);
+    for n in [1usize, 16, 63, 64, 65, 128, 130, 200] {
+        let rows: Vec<Vec<u8>> = (0..4)
+            .map(|_| {
+                rng.vec(n, 3.0)
+                    .iter()
+                    .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                    .collect()
+            })
+            .collect();
+        let mut x = rng.vec(n, 2.0);
+        dot::round_to_f16(&x.clone(), &mut x);
+        let want: Vec<f32> = rows
+            .iter()
+            .map(|r| dot::vec_dot_f16_with(Simd::Scalar, r, &x))
+            .collect();
+        for simd in levels() {
+            let got = dot::vec_dot_f16_x4_with(simd, std::array::from_fn(|r| &rows[r][..]), &x);
+            assert_eq!(bits(&got), bits(&want), "n {n} at {simd:?}");
+        }
+    }
+}
+
+/// Rotations at a sequence of positions, bases and widths (with repeats, as a decode step
+/// rotates q and k of every layer at one position) equal rotations with a fresh cache.
+#[test]
+fn rope_reuses_the_last_position_exactly() {
+    let head_dim = 16;
+    let mut rng = Rng::new(7);
+    let x = rng.vec(3 * head_dim, 2.0);
+    let keys = [
+        (5, 16, 10000.0f32),
+        (5, 16, 10000.0),
+        (6, 16, 10000.0),
+        (6, 8, 10000.0),
+        (6, 16, 500000.0),
+        (6, 16, 500000.0),
+        (5, 16, 10000.0),
+        (0, 16, 10000.0),
+        (1000, 16, 10000.0),
+    ];
+    for (pos, n_rot, base) in keys {
+        let mut got = x.clone();
+        rope::rope_neox(&mut got, head_dim, pos, n_rot, base);
+        let mut cache = vec![(0f32, 0f32); n_rot / 2];
+        rope::rope_cache(pos, n_rot, base, &mut cache);
+        let mut want = x.clone();
+        for head in want.chunks_exact_mut(head_dim) {
+            let half = n_rot / 2;
+            for (i, &(c, s)) in cache.iter().enumerate() {
+                let (x0, x1) = (head[i], head[i + half]);
+                head[i] = x0.mul_add(c, -(x1 * s));
+                head[i + half] = x0.mul_add(s, x1 * c);
+            }
+        }
+        assert_eq!(
+            bits(&got),
+            bits(&want),
+            "pos {pos}, n_rot {n_rot}, base {base}"
+        );
+    }
+}
+
 /// Plain f64 attention on the same f16 data, for closeness.
 fn naive_attention(q: &[f32], k: &[f16], v: &[f16], n_past: usize, sh: AttnShape) -> Vec<f32> {
     let AttnShape {

@@ -200,7 +200,20 @@ pub fn attention_with(
             } else {
                 qh.resize(head_dim, 0.0);
                 dot::round_to_f16(qt, qh);
-                for (j, s) in row.iter_mut().enumerate() {
+                let j0 = row.len() & !3;
+                for (q, s) in row[..j0].chunks_exact_mut(4).enumerate() {
+                    let j = 4 * q;
+                    // The cache rows were last touched a whole step ago: from memory.
+                    prefetch_rows(
+                        kb,
+                        2 * (kvrow * (j + AHEAD) + kvh * head_dim),
+                        2 * kvrow,
+                        2 * head_dim,
+                    );
+                    let rows = [krow(j), krow(j + 1), krow(j + 2), krow(j + 3)];
+                    s.copy_from_slice(&dot::vec_dot_f16_x4_with(simd, rows, qh));
+                }
+                for (j, s) in row.iter_mut().enumerate().skip(j0) {
                     *s = dot::vec_dot_f16_with(simd, krow(j), qh);
                 }
             }
@@ -250,6 +263,23 @@ pub fn attention_with(
         });
     });
     Ok(())
+}
+
+/// K rows the scores prefetch ahead of the ones they read: a decode step reads every cached
+/// position once per layer, long after writing it (the weights streamed through the caches
+/// since), so the rows come from memory, 1280 bytes apart (2B-4T). 2B-4T decode, one
+/// thread, 30-token prompt + 128 steps: the scores took 1.71–1.75 ms per token one dot at a
+/// time, 1.58–1.60 with these prefetches, 1.06–1.12 four positions per call
+/// ([`dot::vec_dot_f16_x4_with`]) with them. (V rows, read the same way, gained nothing.)
+const AHEAD: usize = 8;
+
+/// Prefetches four rows of `len` bytes, `stride` apart from byte `at` of `b`. Addresses past
+/// `b` are only computed and prefetched, never read.
+#[inline(always)]
+fn prefetch_rows(b: &[u8], at: usize, stride: usize, len: usize) {
+    for r in 0..4 {
+        super::prefetch_range(b.as_ptr().wrapping_add(at + r * stride), len);
+    }
 }
 
 struct Buf {

@@ -62,6 +62,29 @@ pub fn vec_dot_f16_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
     dot_f16_at::<false>(simd, w_row, x)
 }
 
+/// [`vec_dot_f16_with`] of four rows with the same activations, each bit for bit as alone:
+/// at the AVX-512 level in one pass ([`x86::dot_f16_x4_avx512`]: each activation line loaded
+/// once for the four, the four reductions overlapping), else one row after another. For
+/// attention's scores, `head_dim` long: one call per position cost more in loop set-up and
+/// reduction latency than in FMAs.
+pub fn vec_dot_f16_x4_with(simd: Simd, rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+    for row in rows {
+        assert!(
+            row.len() >= 2 * x.len(),
+            "f16 dot: row has {} bytes, need {}",
+            row.len(),
+            2 * x.len()
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd.clamp() == Simd::Avx512 {
+        // SAFETY: the clamped level was detected on this CPU (AVX-512 F/BW/VL with
+        // AVX2/FMA/F16C); each row holds the `2·x.len()` bytes the kernel reads (asserted).
+        return unsafe { x86::dot_f16_x4_avx512(rows.map(|r| r.as_ptr()), x) };
+    }
+    rows.map(|row| vec_dot_f16_with(simd, row, x))
+}
+
 /// The f16 dot at `simd` (clamped), prefetching ahead of the row with `PREFETCH`.
 fn dot_f16_at<const PREFETCH: bool>(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
     assert!(
@@ -286,6 +309,41 @@ pub(crate) mod x86 {
             s += (super::f16_le(ws, i) * x[i]) as f64;
         }
         s as f32
+    }
+
+    /// [`dot_f16_avx512`] (without prefetch) of four rows against the same `x`: every row's
+    /// accumulators take the same FMAs in the same order and are reduced the same way, so
+    /// each result equals that row's [`dot_f16_avx512`] bit for bit.
+    ///
+    /// # Safety
+    /// As [`dot_f16_avx512`] for each row: the CPU has AVX-512 F/BW/VL plus AVX2/FMA/F16C,
+    /// and each `w[r]` points to `2·x.len()` readable bytes.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    pub unsafe fn dot_f16_x4_avx512(w: [*const u8; 4], x: &[f32]) -> [f32; 4] {
+        let n = x.len();
+        let np = n & !63;
+        let mut a = [[_mm512_setzero_ps(); 4]; 4];
+        for i in (0..np).step_by(64) {
+            for k in 0..4 {
+                let xv = _mm512_loadu_ps(x.as_ptr().add(i + 16 * k));
+                for r in 0..4 {
+                    let wv = _mm512_cvtph_ps(_mm256_loadu_si256(
+                        w[r].add(2 * (i + 16 * k)) as *const __m256i
+                    ));
+                    a[r][k] = _mm512_fmadd_ps(wv, xv, a[r][k]);
+                }
+            }
+        }
+        std::array::from_fn(|r| {
+            let a = &a[r];
+            let v = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+            let mut s = reduce16_zmm(v) as f64;
+            let ws = std::slice::from_raw_parts(w[r], 2 * n);
+            for i in np..n {
+                s += (super::f16_le(ws, i) * x[i]) as f64;
+            }
+            s as f32
+        })
     }
 
     /// `ggml_vec_dot_f16`'s AVX-512 order. With `PREFETCH`, it also prefetches the weight
