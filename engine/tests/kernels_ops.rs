@@ -118,6 +118,18 @@ fn softmax_levels_agree_and_normalize() {
             assert_eq!(bits(&got), bits(&want), "{s:?} n={n}");
         }
     }
+    // Rows spread over thousands, whose small entries underflow (|n| > 192 in `v_expf`) or
+    // land in subnormals: the levels still agree bit for bit.
+    for amp in [100.0f32, 400.0, 3000.0] {
+        let x = rng.vec(96, amp);
+        let mut want = x.clone();
+        soft_max_ext_row_with(Simd::Scalar, &mut want, None, 1.0, 96);
+        for s in levels() {
+            let mut got = x.clone();
+            soft_max_ext_row_with(s, &mut got, None, 1.0, 96);
+            assert_eq!(bits(&got), bits(&want), "{s:?} amp={amp}");
+        }
+    }
     // A −inf mask entry gives exactly 0.
     let mut r = vec![1.0f32, 2.0, 3.0];
     soft_max_ext_row_with(
@@ -197,6 +209,39 @@ fn silu_sixteen_lanes_equal_the_lane_by_lane_mirror() {
                 Simd::current()
             );
         }
+    }
+}
+
+/// Rounding to f16 in place (F16C where the CPU has it) equals `half`'s rounding for every
+/// exponent: a stride through all non-NaN f32 bit patterns, ties included (the low 13 bits
+/// of the patterns walk through 0x1000), lengths with and without a tail of eight.
+#[test]
+fn round_to_f16_equals_half_over_the_whole_range() {
+    use engine::kernels::dot;
+    let mut x: Vec<f32> = (0..=u32::MAX / 4093)
+        .map(|i| f32::from_bits(i.wrapping_mul(4093)))
+        .filter(|v| !v.is_nan())
+        .collect();
+    x.extend([
+        0.5 + 2f32.powi(-12),
+        65504.0,
+        65520.0,
+        65519.0,
+        2f32.powi(-25),
+        2f32.powi(-24),
+    ]);
+    x.push(-1.0 / 3.0);
+    let want: Vec<f32> = x.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
+    let mut got = x.clone();
+    dot::round_to_f16_in_place(&mut got);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(
+            g.to_bits(),
+            w.to_bits(),
+            "{:e} ({:#x})",
+            x[i],
+            x[i].to_bits()
+        );
     }
 }
 

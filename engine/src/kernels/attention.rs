@@ -237,9 +237,7 @@ pub fn attention_with(
                 };
             }
             if kqv_order == KqvOrder::VecDotF16 {
-                for p in probs.iter_mut() {
-                    *p = f16::from_f32(*p).to_f32();
-                }
+                dot::round_to_f16_in_place(probs);
             }
             // SAFETY: t < nt and h < n_head, so the slice ends at most at nt·qrow =
             // q.len() = out.len() (checked); the (t, h) slice is this task's alone (one task

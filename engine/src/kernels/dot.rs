@@ -28,8 +28,22 @@ use half::f16;
 /// `_MM_FROUND_TO_NEAREST_INT` and `GGML_FP32_TO_FP16`) and widens back to f32.
 pub fn round_to_f16(x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len());
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = f16::from_f32(v).to_f32();
+    out.copy_from_slice(x);
+    round_to_f16_in_place(out);
+}
+
+/// [`round_to_f16`] in place. With F16C (every level from Avx2) eight at a time by
+/// `vcvtps2ph` (round to nearest even) and `vcvtph2ps`, ggml's own conversions; else
+/// `half`'s, which round the same (both IEEE).
+pub fn round_to_f16_in_place(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if Simd::current() >= Simd::Avx2 {
+        // SAFETY: the Avx2 level (clamped to what was detected) includes F16C; the kernel
+        // touches only `x`'s elements.
+        return unsafe { x86::round_to_f16_f16c(x) };
+    }
+    for v in x.iter_mut() {
+        *v = f16::from_f32(*v).to_f32();
     }
 }
 
@@ -309,6 +323,24 @@ pub(crate) mod x86 {
             s += (super::f16_le(ws, i) * x[i]) as f64;
         }
         s as f32
+    }
+
+    /// [`super::round_to_f16_in_place`] eight values at a time, the rest one by one (all
+    /// through F16C).
+    ///
+    /// # Safety
+    /// The CPU has AVX and F16C.
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn round_to_f16_f16c(x: &mut [f32]) {
+        let mut chunks = x.chunks_exact_mut(8);
+        for c in chunks.by_ref() {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(c.as_ptr()));
+            _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+        for v in chunks.into_remainder() {
+            let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(*v));
+            *v = _mm_cvtss_f32(_mm_cvtph_ps(h));
+        }
     }
 
     /// [`dot_f16_avx512`] (without prefetch) of four rows against the same `x`: every row's

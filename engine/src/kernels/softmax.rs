@@ -118,6 +118,13 @@ pub fn soft_max_ext_row_with(
 #[inline]
 fn exp_chunk(simd: Simd, x: &[f32], max: f32, out: &mut [f32]) {
     match simd.clamp() {
+        // A full chunk in sixteen lanes, as ggml computes it (same bits as lane by lane).
+        // SAFETY: the clamped Avx512 level has AVX-512 F and FMA; the chunk is 16 values of
+        // `x` and of `out` (tested).
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 if x.len() == 16 && out.len() == 16 => unsafe {
+            x86::exp_chunk16_avx512(x, max, out)
+        },
         // SAFETY: `clamp` only yields a level `Simd::detect` found, and Avx2 and above
         // include FMA, the only feature `exp_chunk_fma` enables. It does no raw memory access.
         #[cfg(target_arch = "x86_64")]
@@ -208,6 +215,17 @@ pub mod x86 {
             zero,
         );
         _mm512_mask_blend_ps(d, res, alt)
+    }
+
+    /// `out[i] = v_expf(x[i] − max)` for a chunk of sixteen, in one register (the softmax's
+    /// `ggml_v_expf(_mm512_sub_ps(x, max))`).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and FMA; `x` and `out` hold 16 values.
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn exp_chunk16_avx512(x: &[f32], max: f32, out: &mut [f32]) {
+        let v = _mm512_sub_ps(_mm512_loadu_ps(x.as_ptr()), _mm512_set1_ps(max));
+        _mm512_storeu_ps(out.as_mut_ptr(), v_expf_avx512(v));
     }
 
     /// [`silu_row`] with `ggml_v_silu` on every full chunk of 16: `x / (1 + v_expf(0 − x))`
