@@ -1,4 +1,5 @@
-//! RMSNorm, RoPE, softmax, activations and attention against plain references.
+//! RMSNorm, RoPE, softmax, activations, f16 rounding and dots, and attention against plain
+//! references.
 
 #[path = "kernels_util.rs"]
 mod util;

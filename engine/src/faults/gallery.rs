@@ -217,9 +217,7 @@ pub(super) fn attention(
                 soft_max_ext_row_with(simd, &mut row, None, scale, n_kv);
             }
             if order == KqvOrder::VecDotF16 {
-                for p in row.iter_mut() {
-                    *p = f16::from_f32(*p).to_f32();
-                }
+                dot::round_to_f16_in_place(&mut row);
             }
             let mut acc = Vec::new();
             kqv(

@@ -352,8 +352,7 @@ pub(crate) mod x86 {
     /// and each `w[r]` points to `2·x.len()` readable bytes.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
     pub unsafe fn dot_f16_x4_avx512(w: [*const u8; 4], x: &[f32]) -> [f32; 4] {
-        let n = x.len();
-        let np = n & !63;
+        let np = x.len() & !63;
         let mut a = [[_mm512_setzero_ps(); 4]; 4];
         for i in (0..np).step_by(64) {
             for k in 0..4 {
@@ -366,16 +365,7 @@ pub(crate) mod x86 {
                 }
             }
         }
-        std::array::from_fn(|r| {
-            let a = &a[r];
-            let v = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
-            let mut s = reduce16_zmm(v) as f64;
-            let ws = std::slice::from_raw_parts(w[r], 2 * n);
-            for i in np..n {
-                s += (super::f16_le(ws, i) * x[i]) as f64;
-            }
-            s as f32
-        })
+        std::array::from_fn(|r| finish_f16_avx512(&a[r], w[r], x))
     }
 
     /// `ggml_vec_dot_f16`'s AVX-512 order. With `PREFETCH`, it also prefetches the weight
@@ -407,10 +397,21 @@ pub(crate) mod x86 {
             wp = wp.add(128);
             xp = opaque(xp.add(64));
         }
+        finish_f16_avx512(&a, w, x)
+    }
+
+    /// The end of [`dot_f16_avx512`] for one row: the four accumulators reduced in ggml's
+    /// order, then the values past `x.len() & !63` added in f64.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F (only called from the AVX-512 f16 kernels, into which it is
+    /// inlined); `w` points to `2·x.len()` readable bytes.
+    #[inline(always)]
+    unsafe fn finish_f16_avx512(a: &[__m512; 4], w: *const u8, x: &[f32]) -> f32 {
         let v = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
         let mut s = reduce16_zmm(v) as f64;
-        let ws = std::slice::from_raw_parts(w, 2 * n);
-        for i in np..n {
+        let ws = std::slice::from_raw_parts(w, 2 * x.len());
+        for i in x.len() & !63..x.len() {
             s += (super::f16_le(ws, i) * x[i]) as f64;
         }
         s as f32
