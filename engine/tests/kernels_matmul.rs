@@ -240,6 +240,12 @@ fn f16_dot_fixed_order_levels_agree() {
                 d0.to_bits(),
                 "{s:?} n={n}"
             );
+            // The stream form (the F16 head's; 256-bit halves at Avx512 on a Zen 4).
+            assert_eq!(
+                dot::vec_dot_f16_stream_with(s, &w, &x).to_bits(),
+                d0.to_bits(),
+                "stream {s:?} n={n}"
+            );
         }
         let wf: Vec<u8> = rng
             .vec(n, 1.0)
@@ -255,4 +261,33 @@ fn f16_dot_fixed_order_levels_agree() {
             );
         }
     }
+}
+
+/// `Simd::zen4` (CPUID) against what Linux reads off the same CPU: vendor AuthenticAMD,
+/// family 25 (19h), and the avx512f/bw/vl flags.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[test]
+fn zen4_detection_agrees_with_proc_cpuinfo() {
+    let info = std::fs::read_to_string("/proc/cpuinfo").expect("read /proc/cpuinfo");
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().map(str::trim) == Some(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| panic!("/proc/cpuinfo has no {name:?} line"))
+    };
+    let flags = field("flags");
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    let expected = field("vendor_id") == "AuthenticAMD"
+        && field("cpu family") == "25"
+        && ["avx512f", "avx512bw", "avx512vl", "avx2", "fma", "f16c"]
+            .iter()
+            .all(|f| has(f));
+    assert_eq!(
+        Simd::zen4(),
+        expected,
+        "vendor {:?}, family {:?}",
+        field("vendor_id"),
+        field("cpu family")
+    );
 }

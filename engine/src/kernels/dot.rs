@@ -114,6 +114,12 @@ fn dot_f16_at<const PREFETCH: bool>(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 
         // of `w_row` the kernel reads. Prefetches past the row never fault.
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => unsafe { x86::dot_f16_avx2::<PREFETCH>(w_row.as_ptr(), x) },
+        // A stream on a Zen 4: the same order in 256-bit halves streams faster there
+        // (`Simd::zen4`). SAFETY: as for Avx2.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 if PREFETCH && Simd::zen4() => unsafe {
+            x86::dot_f16_avx2::<PREFETCH>(w_row.as_ptr(), x)
+        },
         // SAFETY: as for Avx2.
         #[cfg(target_arch = "x86_64")]
         Simd::Avx512 => unsafe { x86::dot_f16_avx512::<PREFETCH>(w_row.as_ptr(), x) },

@@ -50,6 +50,35 @@ impl Simd {
         Simd::Scalar
     }
 
+    /// Whether this CPU is an AMD Zen 4: family 19h with AVX-512 (family 19h without it is
+    /// Zen 3). Its 512-bit operations run as two 256-bit halves, and the engine's decode on
+    /// the 2-vCPU EPYC spent 2.6 s in the F16 head's row loop in 256-bit form where the
+    /// 512-bit form took 3.0 s (same order, same bits; `docs/performance.md`, "The EPYC"),
+    /// so the streaming f16 dot ([`super::dot::vec_dot_f16_stream_with`]) takes the 256-bit
+    /// form there. Detected once.
+    pub fn zen4() -> bool {
+        static ZEN4: OnceLock<bool> = OnceLock::new();
+        *ZEN4.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::x86_64::__cpuid;
+                // `cpuid` exists on every x86_64 CPU; leaves 0 and 1 always do.
+                let (l0, l1) = (__cpuid(0), __cpuid(1));
+                // "AuthenticAMD" in ebx, edx, ecx.
+                let amd = (l0.ebx, l0.edx, l0.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+                let base = (l1.eax >> 8) & 0xF;
+                let family = if base == 0xF {
+                    base + ((l1.eax >> 20) & 0xFF)
+                } else {
+                    base
+                };
+                amd && family == 0x19 && Simd::detect() == Simd::Avx512
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            false
+        })
+    }
+
     /// Whether this CPU can run `self`.
     pub fn is_supported(self) -> bool {
         self <= Simd::detect()

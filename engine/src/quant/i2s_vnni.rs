@@ -167,12 +167,16 @@ pub mod x86 {
         sum
     }
 
-    /// [`dot_row`] of four consecutive rows (`cols/4` bytes apart from `rows`) at once: each
-    /// activation line is loaded once for the four, and the four sums are reduced together
-    /// and returned together, so the latency of the reduction (and of the caller's finishing
-    /// arithmetic) overlaps the next rows' loads instead of following every row. The same
-    /// exact integers as [`dot_row`] (exact adds, in any order). Prefetches the next four
-    /// rows, line by line as it reads these.
+    /// [`dot_row`] of four consecutive rows (`cols/4` bytes apart from `rows`) at once: the
+    /// rows are read one after the other, as one stream (they are contiguous), each into its
+    /// own accumulators, and the four sums are reduced together and returned together, so
+    /// the latency of the reductions (and of the caller's finishing arithmetic) follows four
+    /// rows instead of every row. The same exact integers as [`dot_row`] (exact adds, in any
+    /// order). Prefetches [`PREFETCH_BYTES`] ahead of the stream, as [`dot_row`].
+    ///
+    /// (Reading the four rows side by side instead, a line of each per step, with each
+    /// activation line loaded once for the four, was 3% faster on the Xeon and 20–25%
+    /// slower on the EPYC: `docs/performance.md`, "Several rows per kernel call".)
     ///
     /// # Safety
     /// As [`dot_row`] for each of the four rows: the CPU has AVX-512 F/BW/VL/VNNI, `rows`
@@ -186,25 +190,20 @@ pub mod x86 {
             _mm512_set1_epi8(0x0C),
             _mm512_set1_epi8(0x03),
         ];
-        let mut a = [[_mm512_setzero_si512(); 4]; 4];
-        for p in 0..nb / 2 {
-            let w: [__m512i; 4] = std::array::from_fn(|k| {
-                let at = rows.add(k * rb + p * 64);
-                prefetch(at.wrapping_add(4 * rb));
-                _mm512_loadu_si512(at as *const _)
-            });
-            let y = qp.add(p * 256);
-            for n in 0..4 {
-                let yn = _mm512_loadu_si512(y.add(64 * n) as *const _);
-                for k in 0..4 {
-                    a[k][n] = _mm512_dpbusd_epi32(a[k][n], _mm512_and_si512(w[k], m[n]), yn);
-                }
-            }
-        }
         // Per row as in `dot_row`, then the four rows' lanes summed pairwise: 16 → 8 → 4
         // lanes per row in one register, and two horizontal adds for the last four.
         let v: [__m512i; 4] = std::array::from_fn(|k| {
-            let a = &a[k];
+            let row = rows.add(k * rb);
+            let mut a = [_mm512_setzero_si512(); 4];
+            for p in 0..nb / 2 {
+                prefetch(row.wrapping_add(p * 64 + PREFETCH_BYTES));
+                let w = _mm512_loadu_si512(row.add(p * 64) as *const _);
+                let y = qp.add(p * 256);
+                for n in 0..4 {
+                    let yn = _mm512_loadu_si512(y.add(64 * n) as *const _);
+                    a[n] = _mm512_dpbusd_epi32(a[n], _mm512_and_si512(w, m[n]), yn);
+                }
+            }
             _mm512_add_epi32(
                 _mm512_add_epi32(_mm512_srai_epi32::<6>(a[0]), _mm512_srai_epi32::<4>(a[1])),
                 _mm512_add_epi32(_mm512_srai_epi32::<2>(a[2]), a[3]),
