@@ -60,7 +60,8 @@ pub fn vec_dot_f16(w_row: &[f16], x_f16: &[f16]) -> f32 {
 
 /// [`vec_dot_f16_with`] for rows read in a long stream (one token through a whole F16
 /// matrix): same arithmetic, plus software prefetch of the weight bytes
-/// [`super::PREFETCH_BYTES`] ahead, which may reach past the row (prefetches never fault).
+/// [`super::PREFETCH_BYTES`] ahead ([`super::prefetch_stream`]: none on a Zen 4), which may
+/// reach past the row (prefetches never fault).
 pub fn vec_dot_f16_stream_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
     dot_f16_at::<true>(simd, w_row, x)
 }
@@ -150,7 +151,8 @@ pub fn vec_dot_f32_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
 
 /// [`vec_dot_f32_with`] for rows read in a long stream (one token through a whole F32
 /// matrix): same arithmetic, plus software prefetch of the weight bytes
-/// [`super::PREFETCH_BYTES`] ahead, which may reach past the row (prefetches never fault).
+/// [`super::PREFETCH_BYTES`] ahead ([`super::prefetch_stream`]: none on a Zen 4), which may
+/// reach past the row (prefetches never fault).
 pub fn vec_dot_f32_stream_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
     dot_f32_at::<true>(simd, w_row, x)
 }
@@ -248,7 +250,7 @@ pub fn dot_f32_scalar(w: &[u8], x: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
-    use crate::kernels::{opaque, prefetch, prefetch_range, PREFETCH_BYTES};
+    use crate::kernels::{opaque, prefetch_range, prefetch_stream, PREFETCH_BYTES};
     use std::arch::x86_64::*;
 
     /// Reduces 16 lanes given as two 8-lane halves (`lo` = lanes 0..8) in the oracle's
@@ -308,8 +310,8 @@ pub(crate) mod x86 {
         let w_end = w.add(2 * np);
         while wp < w_end {
             if PREFETCH {
-                prefetch(wp.wrapping_add(PREFETCH_BYTES));
-                prefetch(wp.wrapping_add(PREFETCH_BYTES + 64));
+                prefetch_stream(wp.wrapping_add(PREFETCH_BYTES));
+                prefetch_stream(wp.wrapping_add(PREFETCH_BYTES + 64));
             }
             for k in 0..8 {
                 a[k] = _mm256_fmadd_ps(
@@ -393,8 +395,8 @@ pub(crate) mod x86 {
         while wp < w_end {
             if PREFETCH {
                 // Two lines a step: the 128 bytes this step reads, PREFETCH_BYTES later.
-                prefetch(wp.wrapping_add(PREFETCH_BYTES));
-                prefetch(wp.wrapping_add(PREFETCH_BYTES + 64));
+                prefetch_stream(wp.wrapping_add(PREFETCH_BYTES));
+                prefetch_stream(wp.wrapping_add(PREFETCH_BYTES + 64));
             }
             for k in 0..4 {
                 let wv = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(32 * k) as *const __m256i));

@@ -82,6 +82,31 @@ pub(crate) fn prefetch(p: *const u8) {
     let _ = p;
 }
 
+/// [`prefetch`] for a memory-bound weight stream (the I2_S and TQ2_0 row kernels, the f16
+/// and f32 stream dots, a task's first lines, the K rows of decode attention): nothing on
+/// an AMD Zen 4 ([`Simd::zen4`]), where the hardware prefetchers alone kept these streams
+/// fuller. On the 2-vCPU EPYC, `bitprobe run -n 64`, alternating with the same code
+/// prefetching: 2B-4T I2_S decode one thread 11.3–11.5 → 12.3–13.0 tok/s, two threads
+/// 17.7–19.4 against 17.6–18.7 (the spread); TQ1_0 8.3–8.6 → 10.0–10.8; TQ2_0 12.6–13.2
+/// against 12.8–13.3. The TQ1_0 row kernel, bound by its decoding rather than by memory,
+/// keeps [`prefetch`]: with it off too, TQ1_0 fell to 7.4–7.9 (`docs/performance.md`,
+/// "The EPYC").
+#[inline(always)]
+pub(crate) fn prefetch_stream(p: *const u8) {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    // 0: not decided yet, 1: prefetch, 2: do not (a relaxed load per call, not a OnceLock:
+    // this is in the innermost loops).
+    static STREAMS: AtomicU8 = AtomicU8::new(0);
+    let mut on = STREAMS.load(Ordering::Relaxed);
+    if on == 0 {
+        on = if Simd::zen4() { 2 } else { 1 };
+        STREAMS.store(on, Ordering::Relaxed);
+    }
+    if on == 1 {
+        prefetch(p);
+    }
+}
+
 /// `p`, unknown to the optimizer from here on: no instruction, but LLVM can no longer
 /// rewrite a pointer walked in a loop as another pointer plus a shared index. A kernel
 /// that walks its weight and activation rows calls this on one of them each step, so its
@@ -108,12 +133,12 @@ pub(crate) fn opaque<T>(p: *const T) -> *const T {
     p
 }
 
-/// Prefetches `len` bytes from `p` (see [`prefetch`]): the start of a stream, before the
-/// kernel's own prefetches [`PREFETCH_BYTES`] ahead take over.
+/// Prefetches `len` bytes from `p` (see [`prefetch_stream`]: nothing on a Zen 4): the
+/// start of a stream, before the kernel's own prefetches [`PREFETCH_BYTES`] ahead take over.
 #[inline]
 pub(crate) fn prefetch_range(p: *const u8, len: usize) {
     for o in (0..len).step_by(64) {
-        prefetch(p.wrapping_add(o));
+        prefetch_stream(p.wrapping_add(o));
     }
 }
 

@@ -106,13 +106,14 @@ pub const TILE_TOKENS: usize = 6;
 
 #[cfg(target_arch = "x86_64")]
 pub mod x86 {
-    use crate::kernels::{prefetch, PREFETCH_BYTES};
+    use crate::kernels::{prefetch_stream, PREFETCH_BYTES};
     use std::arch::x86_64::*;
 
     /// `Σ code·q` of one packed row against an activation row in pair order (`qp`),
     /// `cols` values (a multiple of 128). Exact; equals ggml's dot when [`super::cannot_wrap`]
     /// holds for the activations. Prefetches the weights [`PREFETCH_BYTES`] ahead (rows
-    /// are read as one stream; the prefetch may reach past the row, which is harmless).
+    /// are read as one stream; the prefetch may reach past the row, which is harmless;
+    /// [`crate::kernels::prefetch_stream`]: none on a Zen 4).
     ///
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL/VNNI ([`super::has_vnni`]); `row` holds `cols/4`
@@ -131,7 +132,7 @@ pub mod x86 {
         );
         let mut a = [_mm512_setzero_si512(); 4];
         for p in 0..nb / 2 {
-            prefetch(row.wrapping_add(p * 64 + PREFETCH_BYTES));
+            prefetch_stream(row.wrapping_add(p * 64 + PREFETCH_BYTES));
             let w = _mm512_loadu_si512(row.add(p * 64) as *const _);
             let y = qp.add(p * 256);
             a[0] = _mm512_dpbusd_epi32(
@@ -196,7 +197,7 @@ pub mod x86 {
             let row = rows.add(k * rb);
             let mut a = [_mm512_setzero_si512(); 4];
             for p in 0..nb / 2 {
-                prefetch(row.wrapping_add(p * 64 + PREFETCH_BYTES));
+                prefetch_stream(row.wrapping_add(p * 64 + PREFETCH_BYTES));
                 let w = _mm512_loadu_si512(row.add(p * 64) as *const _);
                 let y = qp.add(p * 256);
                 for n in 0..4 {

@@ -132,7 +132,7 @@ unsafe fn vec_dot_q8k_avx2<const PREFETCH: bool>(row: &[u8], y: &[BlockQ8K]) -> 
     for (i, yb) in y.iter().enumerate() {
         let x = row.as_ptr().add(i * BLOCK_BYTES);
         if PREFETCH {
-            crate::kernels::prefetch(x.wrapping_add(crate::kernels::PREFETCH_BYTES));
+            crate::kernels::prefetch_stream(x.wrapping_add(crate::kernels::PREFETCH_BYTES));
         }
         let yq = yb.qs.as_ptr();
         let mut s0 = _mm256_setzero_si256();

@@ -258,7 +258,7 @@ pub const TILE_PAIRS: usize = 3;
 #[cfg(target_arch = "x86_64")]
 pub mod x86 {
     use super::{Format, Line, PAIR_LINES, PANEL_BLOCK, TQ1_LUT};
-    use crate::kernels::{prefetch, PREFETCH_BYTES};
+    use crate::kernels::{prefetch, prefetch_stream, PREFETCH_BYTES};
     use crate::quant::q8k::hsum_float_8;
     use std::arch::x86_64::*;
 
@@ -396,8 +396,8 @@ pub mod x86 {
         let mut b = 0;
         while b + 2 <= nb {
             let x = row.add(66 * b);
-            prefetch(x.wrapping_add(PREFETCH_BYTES));
-            prefetch(x.wrapping_add(PREFETCH_BYTES + 64));
+            prefetch_stream(x.wrapping_add(PREFETCH_BYTES));
+            prefetch_stream(x.wrapping_add(PREFETCH_BYTES + 64));
             let acc_a = tq2_block(x, blocks.add(5 * b), &f);
             let acc_b = tq2_block(x.add(66), blocks.add(5 * b + 5), &f);
             let xd2 = f16_bits(x.add(64)) | f16_bits(x.add(130)) << 16;
