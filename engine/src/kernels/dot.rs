@@ -60,7 +60,7 @@ pub fn vec_dot_f16(w_row: &[f16], x_f16: &[f16]) -> f32 {
 
 /// [`vec_dot_f16_with`] for rows read in a long stream (one token through a whole F16
 /// matrix): same arithmetic, plus software prefetch of the weight bytes
-/// [`super::PREFETCH_BYTES`] ahead ([`super::prefetch_stream`]: none on a Zen 4), which may
+/// [`super::PREFETCH_BYTES`] ahead (`kernels::prefetch_stream`: none on a Zen 4), which may
 /// reach past the row (prefetches never fault).
 pub fn vec_dot_f16_stream_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
     dot_f16_at::<true>(simd, w_row, x)
@@ -151,7 +151,7 @@ pub fn vec_dot_f32_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
 
 /// [`vec_dot_f32_with`] for rows read in a long stream (one token through a whole F32
 /// matrix): same arithmetic, plus software prefetch of the weight bytes
-/// [`super::PREFETCH_BYTES`] ahead ([`super::prefetch_stream`]: none on a Zen 4), which may
+/// [`super::PREFETCH_BYTES`] ahead (`kernels::prefetch_stream`: none on a Zen 4), which may
 /// reach past the row (prefetches never fault).
 pub fn vec_dot_f32_stream_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
     dot_f32_at::<true>(simd, w_row, x)
