@@ -51,11 +51,13 @@ impl Simd {
     }
 
     /// Whether this CPU is an AMD Zen 4: family 19h with AVX-512 (family 19h without it is
-    /// Zen 3). Its 512-bit operations run as two 256-bit halves, and the engine's decode on
-    /// the 2-vCPU EPYC spent 2.6 s in the F16 head's row loop in 256-bit form where the
-    /// 512-bit form took 3.0 s (same order, same bits; `docs/performance.md`, "The EPYC"),
-    /// so the streaming f16 dot ([`super::dot::vec_dot_f16_stream_with`]) takes the 256-bit
-    /// form there. Detected once.
+    /// Zen 3), which runs a 512-bit operation as two 256-bit halves. Two choices follow it,
+    /// each measured on the 2-vCPU EPYC (`docs/performance.md`, "The EPYC"); neither changes
+    /// a bit of any result: the weight streams go without software prefetch
+    /// (`kernels::prefetch_stream`), and the streaming f16 dot
+    /// ([`super::dot::vec_dot_f16_stream_with`], the F16 head's) takes its 256-bit form —
+    /// inside a decode step the head's rows took 2.6 s per 64 passes that way against 3.0 s
+    /// in 512-bit form. Detected once.
     pub fn zen4() -> bool {
         static ZEN4: OnceLock<bool> = OnceLock::new();
         *ZEN4.get_or_init(|| {

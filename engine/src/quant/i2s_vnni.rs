@@ -113,7 +113,7 @@ pub mod x86 {
     /// `cols` values (a multiple of 128). Exact; equals ggml's dot when [`super::cannot_wrap`]
     /// holds for the activations. Prefetches the weights [`PREFETCH_BYTES`] ahead (rows
     /// are read as one stream; the prefetch may reach past the row, which is harmless;
-    /// [`crate::kernels::prefetch_stream`]: none on a Zen 4).
+    /// `kernels::prefetch_stream`: none on a Zen 4).
     ///
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL/VNNI ([`super::has_vnni`]); `row` holds `cols/4`
@@ -177,7 +177,7 @@ pub mod x86 {
     ///
     /// (Reading the four rows side by side instead, a line of each per step, with each
     /// activation line loaded once for the four, was 3% faster on the Xeon and 20–25%
-    /// slower on the EPYC: `docs/performance.md`, "Several rows per kernel call".)
+    /// slower on the EPYC (Zen 4): `docs/performance.md`, "The EPYC".)
     ///
     /// # Safety
     /// As [`dot_row`] for each of the four rows: the CPU has AVX-512 F/BW/VL/VNNI, `rows`
