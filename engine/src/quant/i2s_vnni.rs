@@ -106,7 +106,7 @@ pub const TILE_TOKENS: usize = 6;
 
 #[cfg(target_arch = "x86_64")]
 pub mod x86 {
-    use crate::kernels::{prefetch_stream, PREFETCH_BYTES};
+    use crate::kernels::{prefetch, prefetch_stream, PREFETCH_BYTES};
     use std::arch::x86_64::*;
 
     /// `Σ code·q` of one packed row against an activation row in pair order (`qp`),
@@ -168,20 +168,27 @@ pub mod x86 {
         sum
     }
 
-    /// [`dot_row`] of four consecutive rows (`cols/4` bytes apart from `rows`) at once: the
-    /// rows are read one after the other, as one stream (they are contiguous), each into its
-    /// own accumulators, and the four sums are reduced together and returned together, so
-    /// the latency of the reductions (and of the caller's finishing arithmetic) follows four
-    /// rows instead of every row. The same exact integers as [`dot_row`] (exact adds, in any
-    /// order). Prefetches [`PREFETCH_BYTES`] ahead of the stream, as [`dot_row`].
+    /// [`dot_row`] of four consecutive rows (`cols/4` bytes apart from `rows`) at once,
+    /// side by side: a line of each row per step, each activation line loaded once for the
+    /// four (two loads per 64 bytes of weights instead of five), and the four sums reduced
+    /// and returned together, so the latency of the reductions (and of the caller's
+    /// finishing arithmetic) follows four rows instead of every row. The same exact integers
+    /// as [`dot_row`] (exact adds, in any order).
     ///
-    /// (Reading the four rows side by side instead, a line of each per step, with each
-    /// activation line loaded once for the four, was 3% faster on the Xeon and 20–25%
-    /// slower on the EPYC (Zen 4): `docs/performance.md`, "The EPYC".)
+    /// Each step also prefetches four lines of the *next* four rows (`cols` bytes on), in
+    /// their memory order: over a call, the next call's `cols` bytes front to back. Reading
+    /// side by side is four interleaved streams, which an AMD Zen 4's hardware prefetchers
+    /// do not follow, and a prefetch of the same lines in the same interleaved order (the
+    /// Xeon-era form) did not rescue it; one sequential stream of prefetches does. On the
+    /// 2-vCPU EPYC, 2B-4T I2_S decode, one thread: the share of this kernel against the
+    /// F16 head's fell from 1.04–1.13 to 0.76–0.81 (perf samples, alternating), 10.6–11.6
+    /// → 12.4–15.0 tok/s (`docs/performance.md`, "The EPYC").
     ///
     /// # Safety
     /// As [`dot_row`] for each of the four rows: the CPU has AVX-512 F/BW/VL/VNNI, `rows`
-    /// holds `cols` readable bytes (four rows of `cols/4`) and `qp` `cols` values.
+    /// holds `cols` readable bytes (four rows of `cols/4`) and `qp` `cols` values. (The
+    /// prefetches reach up to `2·cols` bytes past `rows`, which is harmless: a prefetch never
+    /// faults.)
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub unsafe fn dot_rows4(rows: *const u8, qp: *const i8, cols: usize) -> [i32; 4] {
         let (nb, rb) = (cols / 128, cols / 4);
@@ -191,20 +198,28 @@ pub mod x86 {
             _mm512_set1_epi8(0x0C),
             _mm512_set1_epi8(0x03),
         ];
+        let next = rows.wrapping_add(cols);
+        let mut a = [[_mm512_setzero_si512(); 4]; 4];
+        for p in 0..nb / 2 {
+            // Lines 4p..4p+4 of the next four rows: the nb/2 steps cover their cols/64
+            // lines (all but the last two when nb is odd).
+            for j in 0..4 {
+                prefetch(next.wrapping_add((4 * p + j) * 64));
+            }
+            let w: [__m512i; 4] =
+                std::array::from_fn(|k| _mm512_loadu_si512(rows.add(k * rb + p * 64) as *const _));
+            let y = qp.add(p * 256);
+            for n in 0..4 {
+                let yn = _mm512_loadu_si512(y.add(64 * n) as *const _);
+                for k in 0..4 {
+                    a[k][n] = _mm512_dpbusd_epi32(a[k][n], _mm512_and_si512(w[k], m[n]), yn);
+                }
+            }
+        }
         // Per row as in `dot_row`, then the four rows' lanes summed pairwise: 16 → 8 → 4
         // lanes per row in one register, and two horizontal adds for the last four.
         let v: [__m512i; 4] = std::array::from_fn(|k| {
-            let row = rows.add(k * rb);
-            let mut a = [_mm512_setzero_si512(); 4];
-            for p in 0..nb / 2 {
-                prefetch_stream(row.wrapping_add(p * 64 + PREFETCH_BYTES));
-                let w = _mm512_loadu_si512(row.add(p * 64) as *const _);
-                let y = qp.add(p * 256);
-                for n in 0..4 {
-                    let yn = _mm512_loadu_si512(y.add(64 * n) as *const _);
-                    a[n] = _mm512_dpbusd_epi32(a[n], _mm512_and_si512(w, m[n]), yn);
-                }
-            }
+            let a = &a[k];
             _mm512_add_epi32(
                 _mm512_add_epi32(_mm512_srai_epi32::<6>(a[0]), _mm512_srai_epi32::<4>(a[1])),
                 _mm512_add_epi32(_mm512_srai_epi32::<2>(a[2]), a[3]),
