@@ -227,34 +227,45 @@ fn vnni_decode_dots_equal_reference() {
     not(cpu_avx512_vbmi_gfni),
     ignore = "this CPU has no AVX-512 VNNI/VBMI/GFNI: the TQ VNNI kernels cannot run here"
 )]
-fn vnni_tq1_rows_at_once_equal_the_reference() {
+fn vnni_rows_at_once_equal_the_reference() {
     assert!(
         tq_vnni::available(),
         "the build saw AVX-512 VNNI/VBMI/GFNI on this CPU but the engine does not detect it"
     );
     let mut rng = Rng::new(43);
-    let bb = block_bytes(Format::Tq1);
-    for &nb in BLOCKS {
-        for kind in 0..3 {
-            let rows = 4;
-            let w = if kind == 0 {
-                quantized_rows(&mut rng, Format::Tq1, rows, nb)
-            } else {
-                random_rows(&mut rng, Format::Tq1, rows, nb)
-            };
-            let y = q8k_row(&mut rng, nb, kind);
-            let acts = decode_lines(Format::Tq1, &y);
-            // The four rows end the buffer, as in `vnni_decode_dots_equal_reference`.
-            // SAFETY: `available()` returned true; `w` holds four rows of nb blocks and
-            // `acts` decode_len(nb) TQ1_0 lines.
-            let got = unsafe { tq_vnni::x86::tq1_dot_rows::<4>(w.as_ptr(), acts.as_ptr(), nb) };
-            for (r, got) in got.into_iter().enumerate() {
-                let row = &w[r * nb * bb..(r + 1) * nb * bb];
-                assert_eq!(
-                    got.to_bits(),
-                    reference(Format::Tq1, row, &y).to_bits(),
-                    "nb={nb} kind={kind} r={r}"
-                );
+    for fmt in [Format::Tq1, Format::Tq2] {
+        let bb = block_bytes(fmt);
+        for &nb in BLOCKS {
+            for kind in 0..3 {
+                let rows = 4;
+                let w = if kind == 0 {
+                    quantized_rows(&mut rng, fmt, rows, nb)
+                } else {
+                    random_rows(&mut rng, fmt, rows, nb)
+                };
+                let y = q8k_row(&mut rng, nb, kind);
+                let acts = decode_lines(fmt, &y);
+                // The four rows end the buffer, as in `vnni_decode_dots_equal_reference`.
+                // SAFETY: `available()` returned true; `w` holds four rows of nb blocks and
+                // `acts` decode_len(nb) lines of this format.
+                let got = unsafe {
+                    match fmt {
+                        Format::Tq1 => {
+                            tq_vnni::x86::tq1_dot_rows::<4>(w.as_ptr(), acts.as_ptr(), nb)
+                        }
+                        Format::Tq2 => {
+                            tq_vnni::x86::tq2_dot_rows::<4>(w.as_ptr(), acts.as_ptr(), nb)
+                        }
+                    }
+                };
+                for (r, got) in got.into_iter().enumerate() {
+                    let row = &w[r * nb * bb..(r + 1) * nb * bb];
+                    assert_eq!(
+                        got.to_bits(),
+                        reference(fmt, row, &y).to_bits(),
+                        "{fmt:?} nb={nb} kind={kind} r={r}"
+                    );
+                }
             }
         }
     }

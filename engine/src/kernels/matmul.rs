@@ -175,11 +175,11 @@ fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
     }
 }
 
-/// TQ1_0 rows per decode kernel call ([`tq_vnni::x86::tq1_dot_rows`]): 2B-4T TQ1_0 decode,
-/// alternating runs, one thread 7.9 → 8.1 tok/s, two 16.7–17.0 → 17.6–18.1 (two rows: no
-/// change on one thread).
+/// TQ1_0 and TQ2_0 rows per decode kernel call ([`tq_vnni::x86::tq1_dot_rows`],
+/// [`tq_vnni::x86::tq2_dot_rows`]). TQ1_0 on the Xeon, alternating runs, one thread 7.9 →
+/// 8.1 tok/s, two 16.7–17.0 → 17.6–18.1 (two rows: no change on one thread).
 #[cfg(target_arch = "x86_64")]
-const TQ1_ROWS: usize = 4;
+const TQ_ROWS: usize = 4;
 
 /// Weight rows per rayon task (at least, for streams: [`stream_rows_per_task`]).
 const ROWS_PER_TASK: usize = 32;
@@ -662,18 +662,20 @@ unsafe fn matmul_tq_vnni(
         par_row_ranges(rows, stream_rows_per_task(rows), |r0, r1| {
             prefetch_start(data[r0 * rb..].as_ptr(), (r1 - r0) * rb);
             let mut r0 = r0;
-            if fmt == tq_vnni::Format::Tq1 {
-                while r0 + TQ1_ROWS <= r1 {
-                    // SAFETY: as for the single rows below, for rows r0..r0 + TQ1_ROWS ≤ r1.
-                    let v = unsafe {
-                        x86::tq1_dot_rows::<TQ1_ROWS>(data[r0 * rb..].as_ptr(), acts.as_ptr(), nb)
-                    };
-                    for (k, v) in v.into_iter().enumerate() {
-                        // SAFETY: as below, for row r0 + k < r1.
-                        unsafe { *optr.ptr().add(r0 + k) = v };
+            while r0 + TQ_ROWS <= r1 {
+                let at = data[r0 * rb..].as_ptr();
+                // SAFETY: as for the single rows below, for rows r0..r0 + TQ_ROWS ≤ r1.
+                let v = unsafe {
+                    match fmt {
+                        tq_vnni::Format::Tq1 => x86::tq1_dot_rows::<TQ_ROWS>(at, acts.as_ptr(), nb),
+                        tq_vnni::Format::Tq2 => x86::tq2_dot_rows::<TQ_ROWS>(at, acts.as_ptr(), nb),
                     }
-                    r0 += TQ1_ROWS;
+                };
+                for (k, v) in v.into_iter().enumerate() {
+                    // SAFETY: as below, for row r0 + k < r1.
+                    unsafe { *optr.ptr().add(r0 + k) = v };
                 }
+                r0 += TQ_ROWS;
             }
             for r in r0..r1 {
                 let row = data[r * rb..].as_ptr();

@@ -258,7 +258,7 @@ pub const TILE_PAIRS: usize = 3;
 #[cfg(target_arch = "x86_64")]
 pub mod x86 {
     use super::{Format, Line, PAIR_LINES, PANEL_BLOCK, TQ1_LUT};
-    use crate::kernels::{prefetch, prefetch_stream, PREFETCH_BYTES};
+    use crate::kernels::prefetch;
     use crate::quant::q8k::hsum_float_8;
     use std::arch::x86_64::*;
 
@@ -381,7 +381,7 @@ pub mod x86 {
 
     /// One TQ2_0 row (`nb` blocks of 66 bytes at `row`) against one token's decode
     /// activations ([`super::decode_acts`] with [`Format::Tq2`]): ggml's dot, bit for bit.
-    /// Prefetches [`PREFETCH_BYTES`] ahead of the row (a hint; it may point past the row).
+    /// [`tq2_dot_rows`] of one row (the driver's last `rows mod 4` rows of a task).
     ///
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL/VNNI and GFNI ([`super::available`]); `row` holds `66·nb`
@@ -389,27 +389,69 @@ pub mod x86 {
     /// `Format::Tq2.decode_len(nb)` lines.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,gfni,avx2,fma,f16c")]
     pub unsafe fn tq2_dot_row(row: *const u8, acts: *const Line, nb: usize) -> f32 {
+        tq2_dot_rows::<1>(row, acts, nb)[0]
+    }
+
+    /// One TQ2_0 row's dot (as [`tq2_dot_row`]) for `R` consecutive rows (`66·nb` bytes
+    /// apart from `rows`) at once, side by side, block pair by block pair: every row keeps
+    /// its own float sum in ggml's order (bit for bit ggml's dot), and each step's
+    /// activation lines serve the `R` rows. Prefetches the next `R` rows front to back
+    /// ([`prefetch_next`]).
+    ///
+    /// # Safety
+    /// As [`tq2_dot_row`] for each of the `R` rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,gfni,avx2,fma,f16c")]
+    pub unsafe fn tq2_dot_rows<const R: usize>(
+        rows: *const u8,
+        acts: *const Line,
+        nb: usize,
+    ) -> [f32; R] {
+        const BB: usize = Format::Tq2.block_bytes();
+        const LINES: usize = Format::Tq2.decode_lines();
         let f = [field(2), field(4), field(6)];
+        let rb = BB * nb;
         let yd = acts as *const f32;
         let blocks = acts.add(nb.div_ceil(16));
-        let mut sumf = _mm256_setzero_ps();
+        let mut sumf = [_mm256_setzero_ps(); R];
         let mut b = 0;
         while b + 2 <= nb {
-            let x = row.add(66 * b);
-            prefetch_stream(x.wrapping_add(PREFETCH_BYTES));
-            prefetch_stream(x.wrapping_add(PREFETCH_BYTES + 64));
-            let acc_a = tq2_block(x, blocks.add(5 * b), &f);
-            let acc_b = tq2_block(x.add(66), blocks.add(5 * b + 5), &f);
-            let xd2 = f16_bits(x.add(64)) | f16_bits(x.add(130)) << 16;
-            sumf = pair_step(acc_a, acc_b, xd2, yd.add(b), sumf);
+            prefetch_next::<R>(rows, rb, BB * b, 2 * BB);
+            for (r, sumf) in sumf.iter_mut().enumerate() {
+                let x = rows.add(r * rb + BB * b);
+                let acc_a = tq2_block(x, blocks.add(LINES * b), &f);
+                let acc_b = tq2_block(x.add(BB), blocks.add(LINES * (b + 1)), &f);
+                let xd2 = f16_bits(x.add(BB - 2)) | f16_bits(x.add(2 * BB - 2)) << 16;
+                *sumf = pair_step(acc_a, acc_b, xd2, yd.add(b), *sumf);
+            }
             b += 2;
         }
         if b < nb {
-            let x = row.add(66 * b);
-            let acc = tq2_block(x, blocks.add(5 * b), &f);
-            sumf = block_step(acc, *yd.add(b) * f16_at(x.add(64)), sumf);
+            for (r, sumf) in sumf.iter_mut().enumerate() {
+                let x = rows.add(r * rb + BB * b);
+                let acc = tq2_block(x, blocks.add(LINES * b), &f);
+                *sumf = block_step(acc, *yd.add(b) * f16_at(x.add(BB - 2)), *sumf);
+            }
         }
-        hsum8(sumf)
+        sumf.map(|v| hsum8(v))
+    }
+
+    /// The prefetches of one step of a side-by-side kernel over `R` consecutive rows of `rb`
+    /// bytes from `rows` that has read `done` bytes of each row and now reads `step` more
+    /// (a block pair): the step's share of the *next* `R` rows
+    /// (`R·rb` bytes on), taken in memory order, bytes `R·done .. R·(done + step)` of them
+    /// (64 bytes apart, so consecutive steps leave no line out). One sequential stream: an
+    /// AMD Zen 4's hardware prefetchers do not follow `R` interleaved streams, and
+    /// prefetching the same lines in the interleaved order did not rescue them
+    /// (`quant::i2s_vnni::x86::dot_rows4`; `docs/performance.md`, "The EPYC"). A hint: it
+    /// may reach past the matrix.
+    #[inline(always)]
+    fn prefetch_next<const R: usize>(rows: *const u8, rb: usize, done: usize, step: usize) {
+        let (at, len) = (rows.wrapping_add(R * rb + R * done), R * step);
+        let mut o = 0;
+        while o < len {
+            prefetch(at.wrapping_add(o));
+            o += 64;
+        }
     }
 
     /// The TQ1_0 table ([`TQ1_LUT`]) as four vectors: entries 0..64, 64..128, 128..192,
@@ -506,8 +548,7 @@ pub mod x86 {
     /// apart from `rows`) at once, block pair by block pair: every row keeps its own float
     /// sum in ggml's order (bit for bit ggml's dot), and the rows' independent decoding
     /// overlaps — TQ1_0 decode is bound by its decoding, not by memory. Prefetches the next
-    /// `R` rows, as far into them as it has read into these. (TQ2_0 rows, bound by memory,
-    /// were slower this way: 11.0–11.2 → 10.1–10.5 tok/s with two or four rows.)
+    /// `R` rows front to back ([`prefetch_next`]).
     ///
     /// # Safety
     /// As [`tq1_dot_row`] for each of the `R` rows.
@@ -527,10 +568,9 @@ pub mod x86 {
         let mut sumf = [_mm256_setzero_ps(); R];
         let mut b = 0;
         while b + 2 <= nb {
+            prefetch_next::<R>(rows, rb, BB * b, 2 * BB);
             for (r, sumf) in sumf.iter_mut().enumerate() {
                 let x = rows.add(r * rb + BB * b);
-                prefetch(x.wrapping_add(R * rb));
-                prefetch(x.wrapping_add(R * rb + 64));
                 let acc_a = tq1_block(x, blocks.add(LINES * b), &lut, &f);
                 let acc_b = tq1_block(x.add(BB), blocks.add(LINES * (b + 1)), &lut, &f);
                 let xd2 = f16_bits(x.add(BB - 2)) | f16_bits(x.add(2 * BB - 2)) << 16;
