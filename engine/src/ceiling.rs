@@ -4,8 +4,9 @@
 //!
 //! Both are measured the way the best kernel would work: every thread streams its own part of
 //! a buffer far larger than the caches, held in 2 MiB pages as the engine's weights are, with
-//! the widest loads the CPU has (AVX-512, else AVX2), four independent accumulators and a
-//! software prefetch ahead — the access pattern of the engine's decode kernels — and the int8
+//! the widest loads the CPU has (AVX-512, else AVX2) and four independent accumulators, in
+//! two forms taken in turn — with a software prefetch ahead and with none (the hardware
+//! prefetchers alone), since which streams faster depends on the CPU ([`Stream`]) — and the int8
 //! ceiling runs `vpdpbusd` (AVX-512 VNNI) or the AVX2 `maddubs`/`madd` pair on registers only,
 //! [`CHAINS`] independent chains deep (more than latency × ports, so it measures throughput). Each figure is the best of several passes (the machine's
 //! ceiling, not its average mood); the spread of the passes is reported beside it.
@@ -32,11 +33,58 @@ fn summarize(mut v: Vec<f64>) -> Measured {
     }
 }
 
-/// Bytes read per second by `threads` threads streaming a 1 GiB buffer (7 passes). The
-/// buffer sits in 2 MiB pages where the kernel grants them (`MADV_HUGEPAGE`), as the engine's
-/// weights do ([`crate::gguf::GgufFile::open_in_huge_pages`]): with 4 KiB pages every 4 KiB
-/// of the stream is a TLB miss and the figure drops by 10–15% on the machines measured.
-pub fn read_bandwidth(threads: usize) -> Measured {
+/// How the bandwidth probe streams. On the Xeon the software prefetch read faster (the F16
+/// head's loop: 13.3–13.6 GB/s without, 14.5–14.9 at 1–2 KiB ahead); on an AMD Zen 4 the
+/// hardware prefetchers alone did, and the engine's single-stream kernels prefetch nothing
+/// there (`kernels::prefetch_stream`): a probe that always prefetched read 18–20 GB/s on
+/// one thread while the engine's F16 head streamed 22–24 (`docs/performance.md`, "The
+/// EPYC"). So the probe measures both and keeps the faster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stream {
+    /// `prefetcht0` 2 KiB ahead of the loads.
+    Prefetch,
+    /// No software prefetch.
+    Plain,
+}
+
+impl Stream {
+    /// The form measured beside this one.
+    pub fn other(self) -> Stream {
+        match self {
+            Stream::Prefetch => Stream::Plain,
+            Stream::Plain => Stream::Prefetch,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Stream::Prefetch => "prefetching 2 KiB ahead",
+            Stream::Plain => "no software prefetch",
+        }
+    }
+}
+
+/// [`read_bandwidth`]'s answer: the passes of the faster [`Stream`] form.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Bandwidth {
+    pub measured: Measured,
+    /// The form whose best pass was the higher.
+    pub form: Stream,
+    /// The other form's best pass, bytes/s.
+    pub other_best: f64,
+}
+
+/// Passes per [`Stream`] form in [`read_bandwidth`].
+pub const BANDWIDTH_PASSES: usize = 7;
+
+/// Bytes read per second by `threads` threads streaming a 1 GiB buffer: [`BANDWIDTH_PASSES`]
+/// passes of each [`Stream`] form, in turn (so a change in the machine's mood hits both),
+/// the faster form's passes summarized. The buffer sits in 2 MiB pages where the kernel
+/// grants them (`MADV_HUGEPAGE`), as the engine's weights do
+/// ([`crate::gguf::GgufFile::open_in_huge_pages`]): with 4 KiB pages every 4 KiB of the
+/// stream is a TLB miss and the figure drops by 10–15% on the machines measured.
+pub fn read_bandwidth(threads: usize) -> Bandwidth {
     const BYTES: usize = 1 << 30;
     let threads = threads.max(1);
     // Failing to map 1 GiB is out of memory, which the `Vec` this replaced aborted on too.
@@ -51,33 +99,59 @@ pub fn read_bandwidth(threads: usize) -> Measured {
         std::slice::from_raw_parts(block.bytes().as_ptr() as *const [u64; 8], BYTES / 64)
     };
     let chunk = buf.len().div_ceil(threads);
-    let mut passes = Vec::new();
-    for _ in 0..7 {
-        let t = Instant::now();
-        std::thread::scope(|s| {
-            for part in buf.chunks(chunk) {
-                s.spawn(move || std::hint::black_box(stream(part)));
-            }
-        });
-        passes.push(BYTES as f64 / t.elapsed().as_secs_f64());
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..BANDWIDTH_PASSES {
+        for (form, passes) in [(Stream::Prefetch, &mut with), (Stream::Plain, &mut without)] {
+            let t = Instant::now();
+            std::thread::scope(|s| {
+                for part in buf.chunks(chunk) {
+                    s.spawn(move || std::hint::black_box(stream(part, form)));
+                }
+            });
+            passes.push(BYTES as f64 / t.elapsed().as_secs_f64());
+        }
     }
-    summarize(passes)
+    let (with, without) = (summarize(with), summarize(without));
+    if with.best >= without.best {
+        Bandwidth {
+            measured: with,
+            form: Stream::Prefetch,
+            other_best: without.best,
+        }
+    } else {
+        Bandwidth {
+            measured: without,
+            form: Stream::Plain,
+            other_best: with.best,
+        }
+    }
 }
 
-/// Sums a slice of 64-byte blocks with the widest loads available.
-fn stream(part: &[[u64; 8]]) -> u64 {
+/// Sums a slice of 64-byte blocks with the widest loads available, in the given form.
+fn stream(part: &[[u64; 8]], form: Stream) -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: AVX-512F was detected just above; `part` is a live slice of 64-byte
             // blocks, and `stream_avx512` reads exactly `part.len()` blocks from its start.
-            return unsafe { x86::stream_avx512(part) };
+            return unsafe {
+                match form {
+                    Stream::Prefetch => x86::stream_avx512::<true>(part),
+                    Stream::Plain => x86::stream_avx512::<false>(part),
+                }
+            };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 was detected; the same slice bound as above.
-            return unsafe { x86::stream_avx2(part) };
+            return unsafe {
+                match form {
+                    Stream::Prefetch => x86::stream_avx2::<true>(part),
+                    Stream::Plain => x86::stream_avx2::<false>(part),
+                }
+            };
         }
     }
+    let _ = form;
     part.iter().fold(0u64, |a, b| a.wrapping_add(b[0]) ^ b[7])
 }
 
@@ -134,7 +208,7 @@ mod x86 {
     /// # Safety
     /// The CPU must have AVX-512F. Reads `part.len()` 64-byte blocks from `part`'s start.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn stream_avx512(part: &[[u64; 8]]) -> u64 {
+    pub unsafe fn stream_avx512<const PREFETCH: bool>(part: &[[u64; 8]]) -> u64 {
         let p = part.as_ptr() as *const __m512i;
         let n = part.len();
         let (mut a, mut b, mut c, mut d) = (
@@ -145,8 +219,10 @@ mod x86 {
         );
         let mut i = 0;
         while i + 4 <= n {
-            // 2 KiB ahead; a prefetch never faults, even past the end.
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i + 32) as *const i8);
+            if PREFETCH {
+                // 2 KiB ahead; a prefetch never faults, even past the end.
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i + 32) as *const i8);
+            }
             // SAFETY: i + 3 < n, so all four 64-byte loads are inside `part`.
             a = _mm512_add_epi64(a, _mm512_loadu_si512(p.add(i)));
             b = _mm512_add_epi64(b, _mm512_loadu_si512(p.add(i + 1)));
@@ -166,7 +242,7 @@ mod x86 {
     /// # Safety
     /// The CPU must have AVX2. Reads `part.len()` 64-byte blocks from `part`'s start.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn stream_avx2(part: &[[u64; 8]]) -> u64 {
+    pub unsafe fn stream_avx2<const PREFETCH: bool>(part: &[[u64; 8]]) -> u64 {
         let p = part.as_ptr() as *const __m256i;
         let n = part.len() * 2;
         let (mut a, mut b, mut c, mut d) = (
@@ -177,7 +253,9 @@ mod x86 {
         );
         let mut i = 0;
         while i + 4 <= n {
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i + 64) as *const i8);
+            if PREFETCH {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i + 64) as *const i8);
+            }
             // SAFETY: i + 3 < n = twice the block count, all loads inside `part`.
             a = _mm256_add_epi64(a, _mm256_loadu_si256(p.add(i)));
             b = _mm256_add_epi64(b, _mm256_loadu_si256(p.add(i + 1)));
@@ -256,11 +334,15 @@ mod tests {
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: AVX-512F detected; the slice is live.
-                assert_eq!(unsafe { x86::stream_avx512(&buf) }, want);
+                assert_eq!(unsafe { x86::stream_avx512::<true>(&buf) }, want);
+                // SAFETY: as above.
+                assert_eq!(unsafe { x86::stream_avx512::<false>(&buf) }, want);
             }
             if std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: AVX2 detected; the slice is live.
-                assert_eq!(unsafe { x86::stream_avx2(&buf) }, want);
+                assert_eq!(unsafe { x86::stream_avx2::<true>(&buf) }, want);
+                // SAFETY: as above.
+                assert_eq!(unsafe { x86::stream_avx2::<false>(&buf) }, want);
             }
         }
     }
