@@ -38,7 +38,7 @@ fn summarize(mut v: Vec<f64>) -> Measured {
 /// hardware prefetchers alone did, and the engine's single-stream kernels prefetch nothing
 /// there (`kernels::prefetch_stream`): a probe that always prefetched read 18–20 GB/s on
 /// one thread while the engine's F16 head streamed 22–24 (`docs/performance.md`, "The
-/// EPYC"). So the probe measures both and keeps the faster.
+/// EPYC again"). So the probe measures both and keeps the faster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Stream {

@@ -66,6 +66,8 @@ pub(crate) fn check_len(
 /// in 2 MiB pages, one thread, best of 5: no prefetch 13.3–13.6 GB/s, 512 B 14.3, 1–2 KiB
 /// 14.5–14.9, 3 KiB 14.3, 4 KiB 11.1–11.3, 8 KiB 10.4; the 2B-4T TQ1_0 decode 8.2–8.3 tok/s
 /// at 2 KiB against 7.9–8.0 at 4 KiB (the value before the weights moved to huge pages).
+/// (All on the Xeon. On a Zen 4 the single-stream kernels do not prefetch at all:
+/// `prefetch_stream`.)
 pub const PREFETCH_BYTES: usize = 2048;
 
 /// Prefetches the cache line at `p` into L1 (`prefetcht0`): a hint, it never faults, so `p`
@@ -82,15 +84,16 @@ pub(crate) fn prefetch(p: *const u8) {
     let _ = p;
 }
 
-/// [`prefetch`] for a memory-bound weight stream (the I2_S and TQ2_0 row kernels, the f16
-/// and f32 stream dots, a task's first lines, the K rows of decode attention): nothing on
-/// an AMD Zen 4 ([`Simd::zen4`]), where the hardware prefetchers alone kept these streams
-/// fuller. On the 2-vCPU EPYC, `bitprobe run -n 64`, alternating with the same code
-/// prefetching: 2B-4T I2_S decode one thread 11.3–11.5 → 12.3–13.0 tok/s, two threads
-/// 17.7–19.4 against 17.6–18.7 (the spread); TQ1_0 8.3–8.6 → 10.0–10.8; TQ2_0 12.6–13.2
-/// against 12.8–13.3. The TQ1_0 row kernel, bound by its decoding rather than by memory,
-/// keeps [`prefetch`]: with it off too, TQ1_0 fell to 7.4–7.9 (`docs/performance.md`,
-/// "The EPYC").
+/// [`prefetch`] for a memory-bound weight stream read front to back (the I2_S one-row
+/// kernel, the f16 and f32 stream dots, a task's first lines, the K rows of decode
+/// attention): nothing on an AMD Zen 4 ([`Simd::zen4`]), where the hardware prefetchers
+/// alone kept these streams fuller. On the 2-vCPU EPYC, `bitprobe run -n 64`, alternating
+/// with the same code prefetching (session 10, the row kernels of then): 2B-4T I2_S decode
+/// one thread 11.3–11.5 → 12.3–13.0 tok/s, two threads 17.7–19.4 against 17.6–18.7 (the
+/// spread); TQ1_0 8.3–8.6 → 10.0–10.8; TQ2_0 12.6–13.2 against 12.8–13.3
+/// (`docs/performance.md`, "The EPYC"). The row kernels that read four rows side by side
+/// (I2_S, TQ1_0, TQ2_0) call [`prefetch`] itself, for the next rows in memory order: their
+/// interleaved reads are what the hardware prefetchers do not follow ("The EPYC again").
 #[inline(always)]
 pub(crate) fn prefetch_stream(p: *const u8) {
     use std::sync::atomic::{AtomicU8, Ordering};

@@ -180,9 +180,9 @@ pub mod x86 {
     /// side by side is four interleaved streams, which an AMD Zen 4's hardware prefetchers
     /// do not follow, and a prefetch of the same lines in the same interleaved order (the
     /// Xeon-era form) did not rescue it; one sequential stream of prefetches does. On the
-    /// 2-vCPU EPYC, 2B-4T I2_S decode, one thread: the share of this kernel against the
-    /// F16 head's fell from 1.04–1.13 to 0.76–0.81 (perf samples, alternating), 10.6–11.6
-    /// → 12.4–15.0 tok/s (`docs/performance.md`, "The EPYC").
+    /// 2-vCPU EPYC, 2B-4T I2_S decode, one thread: this kernel's perf samples against the
+    /// F16 head's fell from 1.04–1.13 to 0.76–0.79, and decode went 11.4–12.5 → 15.2–17.3
+    /// tok/s (alternating runs; `docs/performance.md`, "The EPYC again").
     ///
     /// # Safety
     /// As [`dot_row`] for each of the four rows: the CPU has AVX-512 F/BW/VL/VNNI, `rows`

@@ -396,7 +396,7 @@ pub mod x86 {
     /// apart from `rows`) at once, side by side, block pair by block pair: every row keeps
     /// its own float sum in ggml's order (bit for bit ggml's dot), and each step's
     /// activation lines serve the `R` rows. Prefetches the next `R` rows front to back
-    /// ([`prefetch_next`]).
+    /// (`prefetch_next`).
     ///
     /// # Safety
     /// As [`tq2_dot_row`] for each of the `R` rows.
@@ -442,7 +442,7 @@ pub mod x86 {
     /// (64 bytes apart, so consecutive steps leave no line out). One sequential stream: an
     /// AMD Zen 4's hardware prefetchers do not follow `R` interleaved streams, and
     /// prefetching the same lines in the interleaved order did not rescue them
-    /// (`quant::i2s_vnni::x86::dot_rows4`; `docs/performance.md`, "The EPYC"). A hint: it
+    /// (`quant::i2s_vnni::x86::dot_rows4`; `docs/performance.md`, "The EPYC again"). A hint: it
     /// may reach past the matrix.
     #[inline(always)]
     fn prefetch_next<const R: usize>(rows: *const u8, rb: usize, done: usize, step: usize) {
@@ -548,7 +548,7 @@ pub mod x86 {
     /// apart from `rows`) at once, block pair by block pair: every row keeps its own float
     /// sum in ggml's order (bit for bit ggml's dot), and the rows' independent decoding
     /// overlaps — TQ1_0 decode is bound by its decoding, not by memory. Prefetches the next
-    /// `R` rows front to back ([`prefetch_next`]).
+    /// `R` rows front to back (`prefetch_next`).
     ///
     /// # Safety
     /// As [`tq1_dot_row`] for each of the `R` rows.
