@@ -6,10 +6,11 @@
 //! a buffer far larger than the caches, held in 2 MiB pages as the engine's weights are, with
 //! the widest loads the CPU has (AVX-512, else AVX2) and four independent accumulators, in
 //! two forms taken in turn — with a software prefetch ahead and with none (the hardware
-//! prefetchers alone), since which streams faster depends on the CPU ([`Stream`]) — and the int8
-//! ceiling runs `vpdpbusd` (AVX-512 VNNI) or the AVX2 `maddubs`/`madd` pair on registers only,
-//! [`CHAINS`] independent chains deep (more than latency × ports, so it measures throughput). Each figure is the best of several passes (the machine's
-//! ceiling, not its average mood); the spread of the passes is reported beside it.
+//! prefetchers alone), since which streams faster depends on the CPU ([`Stream`]) — and the
+//! int8 ceiling runs `vpdpbusd` (AVX-512 VNNI) or the AVX2 `maddubs`/`madd` pair on registers
+//! only, [`CHAINS`] independent chains deep (more than latency × ports, so it measures
+//! throughput). Each figure is the best of several passes (the machine's ceiling, not its
+//! average mood); the spread of the passes is reported beside it.
 
 use crate::hugepage::HugeBuffer;
 use std::time::Instant;
@@ -57,6 +58,7 @@ impl Stream {
         }
     }
 
+    /// The form in words, for reports.
     pub fn describe(self) -> &'static str {
         match self {
             Stream::Prefetch => "prefetching 2 KiB ahead",

@@ -396,7 +396,9 @@ pub mod x86 {
     /// apart from `rows`) at once, side by side, block pair by block pair: every row keeps
     /// its own float sum in ggml's order (bit for bit ggml's dot), and each step's
     /// activation lines serve the `R` rows. Prefetches the next `R` rows front to back
-    /// (`prefetch_next`).
+    /// (`prefetch_next`). (On the Xeon, two or four rows side by side, each prefetched in
+    /// its own stream, had been slower than one: 11.0–11.2 → 10.1–10.5 tok/s. This form is
+    /// not measured there.)
     ///
     /// # Safety
     /// As [`tq2_dot_row`] for each of the `R` rows.
@@ -437,13 +439,12 @@ pub mod x86 {
 
     /// The prefetches of one step of a side-by-side kernel over `R` consecutive rows of `rb`
     /// bytes from `rows` that has read `done` bytes of each row and now reads `step` more
-    /// (a block pair): the step's share of the *next* `R` rows
-    /// (`R·rb` bytes on), taken in memory order, bytes `R·done .. R·(done + step)` of them
-    /// (64 bytes apart, so consecutive steps leave no line out). One sequential stream: an
-    /// AMD Zen 4's hardware prefetchers do not follow `R` interleaved streams, and
-    /// prefetching the same lines in the interleaved order did not rescue them
-    /// (`quant::i2s_vnni::x86::dot_rows4`; `docs/performance.md`, "The EPYC again"). A hint: it
-    /// may reach past the matrix.
+    /// (a block pair): the step's share of the *next* `R` rows (`R·rb` bytes on), taken in
+    /// memory order, bytes `R·done .. R·(done + step)` of them (64 bytes apart, so
+    /// consecutive steps leave no line out). One sequential stream: an AMD Zen 4's hardware
+    /// prefetchers do not follow `R` interleaved streams, and prefetching the same lines in
+    /// the interleaved order did not rescue them (`quant::i2s_vnni::x86::dot_rows4`;
+    /// `docs/performance.md`, "The EPYC again"). A hint: it may reach past the matrix.
     #[inline(always)]
     fn prefetch_next<const R: usize>(rows: *const u8, rb: usize, done: usize, step: usize) {
         let (at, len) = (rows.wrapping_add(R * rb + R * done), R * step);
