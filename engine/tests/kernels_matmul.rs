@@ -246,6 +246,14 @@ fn f16_dot_fixed_order_levels_agree() {
                 d0.to_bits(),
                 "stream {s:?} n={n}"
             );
+            // With the activations as f16 bits too (the F16 stream's form on a Zen 4).
+            let mut x16 = vec![0u16; n];
+            dot::f16_bits(&x, &mut x16);
+            assert_eq!(
+                dot::vec_dot_f16_halves_stream_with(s, &w, &x, &x16).to_bits(),
+                d0.to_bits(),
+                "halves {s:?} n={n}"
+            );
         }
         let wf: Vec<u8> = rng
             .vec(n, 1.0)

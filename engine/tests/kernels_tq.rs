@@ -87,6 +87,23 @@ fn q8k_row(rng: &mut Rng, nb: usize, kind: u64) -> Vec<BlockQ8K> {
     y
 }
 
+/// `rows` rows of `nb` blocks (kind 0: quantized from floats, else random bytes) and an
+/// activation row of `nb` Q8_K blocks of that kind, drawn in that order.
+fn rows_and_acts(
+    rng: &mut Rng,
+    fmt: Format,
+    rows: usize,
+    nb: usize,
+    kind: u64,
+) -> (Vec<u8>, Vec<BlockQ8K>) {
+    let w = if kind == 0 {
+        quantized_rows(rng, fmt, rows, nb)
+    } else {
+        random_rows(rng, fmt, rows, nb)
+    };
+    (w, q8k_row(rng, nb, kind))
+}
+
 fn reference(fmt: Format, row: &[u8], y: &[BlockQ8K]) -> f32 {
     match fmt {
         Format::Tq1 => tq1::vec_dot_q8k_scalar(row, y),
@@ -137,12 +154,7 @@ fn avx2_dots_equal_reference() {
     for fmt in [Format::Tq1, Format::Tq2] {
         for &nb in BLOCKS {
             for kind in 0..3 {
-                let w = if kind == 0 {
-                    quantized_rows(&mut rng, fmt, 2, nb)
-                } else {
-                    random_rows(&mut rng, fmt, 2, nb)
-                };
-                let y = q8k_row(&mut rng, nb, kind);
+                let (w, y) = rows_and_acts(&mut rng, fmt, 2, nb, kind);
                 for r in 0..2 {
                     let row = &w[r * nb * block_bytes(fmt)..(r + 1) * nb * block_bytes(fmt)];
                     let want = reference(fmt, row, &y).to_bits();
@@ -187,12 +199,7 @@ fn vnni_decode_dots_equal_reference() {
         for &nb in BLOCKS {
             for kind in 0..3 {
                 let rows = 3;
-                let w = if kind == 0 {
-                    quantized_rows(&mut rng, fmt, rows, nb)
-                } else {
-                    random_rows(&mut rng, fmt, rows, nb)
-                };
-                let y = q8k_row(&mut rng, nb, kind);
+                let (w, y) = rows_and_acts(&mut rng, fmt, rows, nb, kind);
                 let acts = decode_lines(fmt, &y);
                 for r in 0..rows {
                     // The last row ends the buffer: a kernel reading past it would fault or
@@ -238,12 +245,7 @@ fn vnni_rows_at_once_equal_the_reference() {
         for &nb in BLOCKS {
             for kind in 0..3 {
                 let rows = 4;
-                let w = if kind == 0 {
-                    quantized_rows(&mut rng, fmt, rows, nb)
-                } else {
-                    random_rows(&mut rng, fmt, rows, nb)
-                };
-                let y = q8k_row(&mut rng, nb, kind);
+                let (w, y) = rows_and_acts(&mut rng, fmt, rows, nb, kind);
                 let acts = decode_lines(fmt, &y);
                 // The four rows end the buffer, as in `vnni_decode_dots_equal_reference`.
                 // SAFETY: `available()` returned true; `w` holds four rows of nb blocks and

@@ -66,6 +66,50 @@ pub fn vec_dot_f16_stream_with(simd: Simd, w_row: &[u8], x: &[f32]) -> f32 {
     dot_f16_at::<true>(simd, w_row, x)
 }
 
+/// [`vec_dot_f16_stream_with`] with the activations also given as f16 bits (`x16`, the
+/// values of `x`, which [`round_to_f16`] made exactly representable: [`f16_bits`]): the
+/// same FMAs in the same order, so the same result bit for bit, but the loop reads 16 bytes
+/// of activations per 16 of weights instead of 32 — ggml's own form, which converts both.
+/// The F16 matmuls' stream on a Zen 4 (`kernels::matmul`), where loads per weight byte
+/// bound it. On the 2-vCPU EPYC, alternating runs: 2B-4T F16 decode one thread 3.3–3.6 →
+/// 4.1–5.3 tok/s, two 5.1–5.7 → 5.4–6.3; 2B-4T I2_S (its F16 head) one thread 12.5–14.3 →
+/// 14.6 (`docs/performance.md`, "The EPYC again"). At the Avx2 and Avx512 levels the
+/// 256-bit kernel; at Scalar [`dot_f16_scalar`] of `x`.
+pub fn vec_dot_f16_halves_stream_with(simd: Simd, w_row: &[u8], x: &[f32], x16: &[u16]) -> f32 {
+    assert!(
+        w_row.len() >= 2 * x.len() && x16.len() == x.len(),
+        "f16 dot: row has {} bytes and {} f16 activations, need {} and {}",
+        w_row.len(),
+        x16.len(),
+        2 * x.len(),
+        x.len()
+    );
+    match simd.clamp() {
+        // SAFETY: Avx2 and Avx512 (clamped: detected on this CPU) include AVX2, FMA and
+        // F16C; the assert gives the `2·x.len()` bytes of `w_row` and the `x.len()` values
+        // of `x16` the kernel reads.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 | Simd::Avx512 => unsafe { x86::dot_f16_halves_avx2(w_row.as_ptr(), x, x16) },
+        _ => dot_f16_scalar(w_row, x),
+    }
+}
+
+/// The f16 bits of `x` into `out` (`x` already rounded to f16, as [`round_to_f16`] leaves
+/// it, so the conversion is exact): F16C eight at a time at the Avx2 level and above, else
+/// `half`'s (the same IEEE rounding, none needed here).
+pub fn f16_bits(x: &[f32], out: &mut [u16]) {
+    assert_eq!(x.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if Simd::current() >= Simd::Avx2 {
+        // SAFETY: the Avx2 level (clamped to what was detected) includes F16C; the kernel
+        // reads `x` and writes `out`, of equal lengths (asserted).
+        return unsafe { x86::f16_bits_f16c(x, out) };
+    }
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = f16::from_f32(*v).to_bits();
+    }
+}
+
 /// Dot of an f16 weight row (raw LE bytes, `2·x.len()` of them) with an activation row
 /// already rounded to f16 (see [`round_to_f16`]), mirroring `ggml_vec_dot_f16`.
 pub fn vec_dot_f16_bytes(w_row: &[u8], x: &[f32]) -> f32 {
@@ -331,6 +375,56 @@ pub(crate) mod x86 {
             s += (super::f16_le(ws, i) * x[i]) as f64;
         }
         s as f32
+    }
+
+    /// [`dot_f16_avx2`] with the activations read as f16 (`x16`, the bits of `x`): the same
+    /// FMAs on the same values in the same order, the same result.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `w` points to `2·x.len()` readable bytes and `x16`
+    /// holds `x.len()` values. The loop reads 128 bytes of each per step over the first
+    /// `n & !63` values, the tail (from `x`) through a `2·n`-byte slice.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16_halves_avx2(w: *const u8, x: &[f32], x16: &[u16]) -> f32 {
+        let n = x.len();
+        let np = n & !63;
+        let mut a = [_mm256_setzero_ps(); 8];
+        // Two pointers walked (see `opaque`).
+        let (mut wp, mut xp) = (w, x16.as_ptr() as *const u8);
+        let w_end = w.add(2 * np);
+        while wp < w_end {
+            for k in 0..8 {
+                a[k] = _mm256_fmadd_ps(ld_f16x8(wp.add(16 * k)), ld_f16x8(xp.add(16 * k)), a[k]);
+            }
+            wp = wp.add(128);
+            xp = opaque(xp.add(128));
+        }
+        let lo = _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6]));
+        let hi = _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]));
+        let mut s = reduce16_halves(lo, hi) as f64;
+        let ws = std::slice::from_raw_parts(w, 2 * n);
+        for i in np..n {
+            s += (super::f16_le(ws, i) * x[i]) as f64;
+        }
+        s as f32
+    }
+
+    /// [`super::f16_bits`] eight values at a time, the rest one by one (F16C).
+    ///
+    /// # Safety
+    /// The CPU has AVX and F16C; `x.len() == out.len()`.
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn f16_bits_f16c(x: &[f32], out: &mut [u16]) {
+        let n8 = x.len() & !7;
+        for i in (0..n8).step_by(8) {
+            let h =
+                _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(x.as_ptr().add(i)));
+            _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, h);
+        }
+        for i in n8..x.len() {
+            let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(x[i]));
+            out[i] = _mm_extract_epi16::<0>(h) as u16;
+        }
     }
 
     /// [`super::round_to_f16_in_place`] eight values at a time, the rest one by one (all
