@@ -367,14 +367,7 @@ pub(crate) mod x86 {
             wp = wp.add(128);
             xp = opaque(xp.add(64));
         }
-        let lo = _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6]));
-        let hi = _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]));
-        let mut s = reduce16_halves(lo, hi) as f64;
-        let ws = std::slice::from_raw_parts(w, 2 * n);
-        for i in np..n {
-            s += (super::f16_le(ws, i) * x[i]) as f64;
-        }
-        s as f32
+        finish_f16_avx2(&a, w, x)
     }
 
     /// [`dot_f16_avx2`] with the activations read as f16 (`x16`, the bits of `x`): the same
@@ -399,11 +392,24 @@ pub(crate) mod x86 {
             wp = wp.add(128);
             xp = opaque(xp.add(128));
         }
+        finish_f16_avx2(&a, w, x)
+    }
+
+    /// The end of [`dot_f16_avx2`] and [`dot_f16_halves_avx2`] for one row: the eight
+    /// accumulators reduced in ggml's order, then the values past `x.len() & !63` added in
+    /// f64.
+    ///
+    /// # Safety
+    /// The CPU has AVX (inlined into those kernels); `w` points to `2·x.len()` readable
+    /// bytes.
+    #[inline(always)]
+    unsafe fn finish_f16_avx2(a: &[__m256; 8], w: *const u8, x: &[f32]) -> f32 {
         let lo = _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6]));
         let hi = _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]));
         let mut s = reduce16_halves(lo, hi) as f64;
+        let n = x.len();
         let ws = std::slice::from_raw_parts(w, 2 * n);
-        for i in np..n {
+        for i in (n & !63)..n {
             s += (super::f16_le(ws, i) * x[i]) as f64;
         }
         s as f32
