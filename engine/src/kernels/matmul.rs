@@ -242,29 +242,27 @@ fn par_row_ranges(rows: usize, per_task: usize, f: impl Fn(usize, usize) + Sync)
         });
 }
 
-/// `out[t·rows + r] = dot(row r, token t)` over rows of `rb` bytes in `data` and the
-/// `x.len() / cols` tokens of `x`, the rows read as one stream: each task prefetches the start
-/// of its range, `dot` (a streaming kernel) the rest.
+/// `out[t·rows + r] = dot(row r, t)` over rows of `rb` bytes in `data` and tokens
+/// `t < nt`, the rows read as one stream: each task prefetches the start of its range, `dot`
+/// (a streaming kernel, which picks token `t`'s activations) the rest.
 ///
 /// # Safety
-/// `data` holds `rows·rb` bytes, `x.len()` is a multiple of `cols`, and `optr` points to
-/// `(x.len() / cols)·rows` writable f32 that nothing else accesses during the call.
+/// `data` holds `rows·rb` bytes and `optr` points to `nt·rows` writable f32 that nothing else
+/// accesses during the call.
 unsafe fn stream_rows(
     data: &[u8],
     rows: usize,
     rb: usize,
-    x: &[f32],
-    cols: usize,
+    nt: usize,
     optr: SendPtr<f32>,
-    dot: impl Fn(&[u8], &[f32]) -> f32 + Sync,
+    dot: impl Fn(&[u8], usize) -> f32 + Sync,
 ) {
-    let nt = x.len() / cols;
     par_row_ranges(rows, stream_rows_per_task(rows), |r0, r1| {
         prefetch_start(data[r0 * rb..].as_ptr(), (r1 - r0) * rb);
         for r in r0..r1 {
             let row = &data[r * rb..(r + 1) * rb];
             for t in 0..nt {
-                let v = dot(row, &x[t * cols..(t + 1) * cols]);
+                let v = dot(row, t);
                 // SAFETY: t < nt and r < r1 ≤ rows, so in bounds of the nt·rows elements
                 // (our contract); `par_row_ranges` gives each task disjoint rows r0..r1, so
                 // this element has no other reader or writer.
@@ -409,46 +407,36 @@ pub fn matmul_with(
             grow(&mut scratch.xh, nt * cols);
             dot::round_to_f16(x, &mut scratch.xh[..nt * cols]);
             let xh = &scratch.xh[..nt * cols];
+            let tok = |t: usize| t * cols..(t + 1) * cols;
             // On a Zen 4, the activations also as f16, half the bytes the loop loads
             // (`dot::vec_dot_f16_halves_stream_with`); the same bits.
             if Simd::zen4() && simd.clamp() >= Simd::Avx2 {
                 grow(&mut scratch.xh16, nt * cols);
                 dot::f16_bits(xh, &mut scratch.xh16[..nt * cols]);
                 let x16 = &scratch.xh16[..nt * cols];
-                let rb = cols * 2;
-                par_row_ranges(rows, stream_rows_per_task(rows), |r0, r1| {
-                    for r in r0..r1 {
-                        let row = &data[r * rb..(r + 1) * rb];
-                        for t in 0..nt {
-                            let (x, x16) = (
-                                &xh[t * cols..(t + 1) * cols],
-                                &x16[t * cols..(t + 1) * cols],
-                            );
-                            let v = dot::vec_dot_f16_halves_stream_with(simd, row, x, x16);
-                            // SAFETY: t < nt and r < r1 ≤ rows, in bounds of the nt·rows
-                            // elements of `out` (checked above); `par_row_ranges` gives each
-                            // task disjoint rows, so no other task touches this element.
-                            unsafe { *optr.ptr().add(t * rows + r) = v };
-                        }
-                    }
-                });
-                return Ok(());
+                // SAFETY: the view was validated (rows·cols f16 in `data`), `xh` and `x16`
+                // hold nt rows of cols, and `optr` is `out`: nt·rows f32 (checked above),
+                // unused until we return.
+                unsafe {
+                    stream_rows(data, rows, cols * 2, nt, optr, |row, t| {
+                        dot::vec_dot_f16_halves_stream_with(simd, row, &xh[tok(t)], &x16[tok(t)])
+                    })
+                }
+            } else {
+                // SAFETY: as above, without `x16`.
+                unsafe {
+                    stream_rows(data, rows, cols * 2, nt, optr, |row, t| {
+                        dot::vec_dot_f16_stream_with(simd, row, &xh[tok(t)])
+                    })
+                }
             }
-            // SAFETY: the view was validated (rows·cols f16 in `data`), `xh` holds nt rows
-            // of cols, and `optr` is `out`: nt·rows f32 (checked above), unused until we
-            // return.
-            unsafe {
-                stream_rows(data, rows, cols * 2, xh, cols, optr, |row, x| {
-                    dot::vec_dot_f16_stream_with(simd, row, x)
-                })
-            };
         }
         // F32 as F16, without the rounding.
         WeightView::F32 { data, .. } => {
             // SAFETY: as for F16 (rows·cols f32 in the validated `data`).
             unsafe {
-                stream_rows(data, rows, cols * 4, x, cols, optr, |row, x| {
-                    dot::vec_dot_f32_stream_with(simd, row, x)
+                stream_rows(data, rows, cols * 4, nt, optr, |row, t| {
+                    dot::vec_dot_f32_stream_with(simd, row, &x[t * cols..(t + 1) * cols])
                 })
             };
         }
