@@ -17,7 +17,7 @@ use engine::forge::rng::Stream;
 use engine::kernels::attention::{attention_with, ggml_n_kv, AttnShape};
 use engine::kernels::matmul::{matmul_with, Scratch, WeightView};
 use engine::kernels::{dot, norm, Simd};
-use engine::quant::i2s;
+use engine::quant::{i2s, i2s_vnni};
 use half::f16;
 use std::hint::black_box;
 use std::time::Duration;
@@ -58,6 +58,9 @@ impl Fmt {
 struct Mat {
     fmt: Fmt,
     data: Vec<u8>,
+    /// I2_S: the rows interleaved as a model holds them for the VNNI decode kernel
+    /// (`i2s_vnni::interleave4`), when this CPU runs it; else empty.
+    by4: Vec<u8>,
     rows: usize,
     cols: usize,
 }
@@ -74,9 +77,15 @@ impl Mat {
             Fmt::F16 => pack::pack_f16(&s.normal(n).iter().map(|v| v * 0.02).collect::<Vec<_>>()),
             Fmt::F32 => pack::pack_f32(&s.normal(n).iter().map(|v| v * 0.02).collect::<Vec<_>>()),
         };
+        let mut by4 = Vec::new();
+        if matches!(fmt, Fmt::I2S) && i2s_vnni::has_vnni() {
+            by4 = vec![0; rows * cols / 4];
+            i2s_vnni::interleave4(&data, rows, cols, &mut by4);
+        }
         Mat {
             fmt,
             data,
+            by4,
             rows,
             cols,
         }
@@ -85,9 +94,24 @@ impl Mat {
     fn view(&self) -> WeightView<'_> {
         let (data, rows, cols) = (&self.data[..], self.rows, self.cols);
         match self.fmt {
-            Fmt::I2S => WeightView::I2S { data, rows, cols },
-            Fmt::TQ1 => WeightView::TQ1 { data, rows, cols },
-            Fmt::TQ2 => WeightView::TQ2 { data, rows, cols },
+            Fmt::I2S => WeightView::I2S {
+                data,
+                rows,
+                cols,
+                by4: (!self.by4.is_empty()).then_some(&self.by4[..]),
+            },
+            Fmt::TQ1 => WeightView::TQ1 {
+                data,
+                rows,
+                cols,
+                by4: None,
+            },
+            Fmt::TQ2 => WeightView::TQ2 {
+                data,
+                rows,
+                cols,
+                by4: None,
+            },
             Fmt::F16 => WeightView::F16 { data, rows, cols },
             Fmt::F32 => WeightView::F32 { data, rows, cols },
         }
@@ -204,6 +228,7 @@ fn decode_stream(c: &mut Criterion) {
                 .map(|m| Mat {
                     fmt: m.fmt,
                     data: m.data.clone(),
+                    by4: m.by4.clone(),
                     rows: m.rows,
                     cols: m.cols,
                 })

@@ -35,6 +35,15 @@ impl HugeBuffer {
     }
 }
 
+/// `MemAvailable` of `/proc/meminfo` in bytes (`None` off Linux): how much a copy of the
+/// model may take.
+pub fn mem_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// The share of `base..base + len` the kernel maps in huge pages: `AnonHugePages` +
 /// `FilePmdMapped` of the mappings of `/proc/self/smaps` that overlap it, over `len` (pages
 /// not faulted in yet count as small). `None` when smaps cannot be read (off Linux).

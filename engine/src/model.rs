@@ -2,10 +2,16 @@
 //!
 //! Hyperparameters come from `<arch>.*` metadata through [`Hparams::from_gguf`], which names
 //! each key and its default (and where the default comes from). Weights are views into the
-//! memory-mapped file: nothing is copied or dequantized at load time.
+//! memory-mapped file: nothing is dequantized at load time, and the one copy is of the I2_S
+//! and TQ2_0 matrices on CPUs with AVX-512 VNNI, rows interleaved four by four for the
+//! decode kernels ([`Interleaved`]).
 
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
 use crate::kernels::matmul::WeightView;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::Simd;
+#[cfg(target_arch = "x86_64")]
+use crate::quant::{i2s_vnni, tq2, tq_vnni};
 use std::path::Path;
 
 /// Errors building a model from a GGUF file.
@@ -190,6 +196,83 @@ pub struct Model {
     pub layers: Vec<Layer>,
     /// Norm gammas converted to f32 once (they are tiny; every forward reads them).
     norms: std::collections::HashMap<String, Vec<f32>>,
+    /// The I2_S matrices' rows interleaved for the VNNI decode kernel, if made.
+    interleaved: Option<Interleaved>,
+}
+
+/// A copy of the I2_S and TQ2_0 matrices' rows interleaved four by four
+/// ([`i2s_vnni::interleave4`], [`tq_vnni::interleave4`]), which the AVX-512 VNNI decode
+/// kernels read as one stream instead of four (the file's layout stays what prefill and
+/// every other path read). Made at load for the types whose VNNI kernels will run
+/// (`Simd::current()` is AVX-512 and the CPU has what they need) when the copy fits twice
+/// into the available memory. It costs those bytes once more in memory (2B-4T: 521 MB for
+/// I2_S, 537 MB for TQ2_0) and their copying at load (about 0.9 s on the EPYC), and buys
+/// decode steps that stream the matrices faster (`docs/performance.md`, "Four rows in one
+/// stream").
+struct Interleaved {
+    buf: crate::hugepage::HugeBuffer,
+    /// Start of a tensor's bytes in the file → where its rows start in `buf`, and their
+    /// length.
+    at: std::collections::HashMap<usize, (usize, usize)>,
+}
+
+impl Interleaved {
+    /// The copy for those of `tensors` the VNNI decode kernels will read, or `None` when
+    /// none will, or memory is short.
+    fn build<'t>(
+        file: &GgufFile,
+        tensors: impl Iterator<Item = &'t Tensor>,
+    ) -> Option<Interleaved> {
+        #[cfg(target_arch = "x86_64")]
+        if Simd::current() == Simd::Avx512 {
+            // Each tensor the kernels take, with its rows' length.
+            let mine: Vec<(&Tensor, usize)> = tensors
+                .filter_map(|t| {
+                    let (rows, cols) = (t.rows(), t.cols());
+                    let n = match t.ty {
+                        GgmlType::I2_S if i2s_vnni::has_vnni() && cols <= i2s_vnni::MAX_COLS => {
+                            rows * cols / 4
+                        }
+                        // Not TQ1_0: its kernel is bound by decoding the trits, and read
+                        // 5% slower interleaved on the EPYC (one thread, kernel samples).
+                        GgmlType::TQ2_0 if tq_vnni::available() => rows * tq2::row_bytes(cols),
+                        _ => return None,
+                    };
+                    Some((t, n))
+                })
+                .collect();
+            let total: usize = mine.iter().map(|&(_, n)| n).sum();
+            let fits = crate::hugepage::mem_available()
+                .is_some_and(|avail| (total as u64).saturating_mul(2) <= avail);
+            if total == 0 || !fits {
+                return None;
+            }
+            let mut buf = crate::hugepage::HugeBuffer::new(total).ok()?;
+            let mut at = std::collections::HashMap::with_capacity(mine.len());
+            let mut rest = buf.bytes_mut();
+            let mut offset = 0;
+            for (t, n) in mine {
+                let (dst, tail) = rest.split_at_mut(n);
+                let (src, rows, cols) = (&file.bytes()[t.range.clone()], t.rows(), t.cols());
+                if t.ty == GgmlType::I2_S {
+                    i2s_vnni::interleave4(src, rows, cols, dst);
+                } else {
+                    tq_vnni::interleave4(tq_vnni::Format::Tq2, src, rows, cols, dst);
+                }
+                at.insert(t.range.start, (offset, n));
+                (rest, offset) = (tail, offset + n);
+            }
+            return Some(Interleaved { buf, at });
+        }
+        let _ = (file, tensors);
+        None
+    }
+
+    /// `t`'s interleaved rows, if copied.
+    fn rows_of(&self, t: &Tensor) -> Option<&[u8]> {
+        let (o, n) = *self.at.get(&t.range.start)?;
+        Some(&self.buf.bytes()[o..o + n])
+    }
 }
 
 const TERNARY_TYPES: &str = "F32, F16, I2_S, TQ1_0, TQ2_0";
@@ -249,6 +332,20 @@ impl Model {
                 ffn_down_scale: b.scale(&s("ffn_down"))?,
             });
         }
+        let interleaved = Interleaved::build(
+            &file,
+            layers.iter().flat_map(|l| {
+                [
+                    &l.attn_q,
+                    &l.attn_k,
+                    &l.attn_v,
+                    &l.attn_output,
+                    &l.ffn_gate,
+                    &l.ffn_up,
+                    &l.ffn_down,
+                ]
+            }),
+        );
         Ok(Model {
             path: path.to_string(),
             hp,
@@ -258,6 +355,7 @@ impl Model {
             layers,
             norms,
             file,
+            interleaved,
         })
     }
 
@@ -266,9 +364,16 @@ impl Model {
         &self.file.bytes()[t.range.clone()]
     }
 
-    /// A matmul view of a weight tensor.
+    /// A matmul view of a weight tensor (with its interleaved I2_S rows, if made).
     pub fn weight(&self, t: &Tensor) -> WeightView<'_> {
-        weight_view(t.ty, self.bytes(t), t.rows(), t.cols())
+        let mut w = weight_view(t.ty, self.bytes(t), t.rows(), t.cols());
+        if let WeightView::I2S { by4, .. }
+        | WeightView::TQ1 { by4, .. }
+        | WeightView::TQ2 { by4, .. } = &mut w
+        {
+            *by4 = self.interleaved.as_ref().and_then(|i| i.rows_of(t));
+        }
+        w
     }
 
     /// A norm gamma as f32.
@@ -376,9 +481,24 @@ impl Builder<'_> {
 pub fn weight_view(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> WeightView<'_> {
     match ty {
         GgmlType::F16 => WeightView::F16 { data, rows, cols },
-        GgmlType::I2_S => WeightView::I2S { data, rows, cols },
-        GgmlType::TQ1_0 => WeightView::TQ1 { data, rows, cols },
-        GgmlType::TQ2_0 => WeightView::TQ2 { data, rows, cols },
+        GgmlType::I2_S => WeightView::I2S {
+            data,
+            rows,
+            cols,
+            by4: None,
+        },
+        GgmlType::TQ1_0 => WeightView::TQ1 {
+            data,
+            rows,
+            cols,
+            by4: None,
+        },
+        GgmlType::TQ2_0 => WeightView::TQ2 {
+            data,
+            rows,
+            cols,
+            by4: None,
+        },
         _ => WeightView::F32 { data, rows, cols },
     }
 }

@@ -188,7 +188,15 @@ fn four_rows_at_once_equal_four_single_rows() {
                 // SAFETY: `has_vnni()` returned true above; `w` has 6·cols/4 + 32 bytes
                 // (`random_packed`), so rows r0..r0 + 4 ≤ 6 are there; `qp` has cols values;
                 // every entry of COLS is a multiple of 128.
-                let got = unsafe { i2s_vnni::x86::dot_rows4(rows.as_ptr(), qp.as_ptr(), cols) };
+                let got =
+                    unsafe { i2s_vnni::x86::dot_rows4::<false>(rows.as_ptr(), qp.as_ptr(), cols) };
+                // The same four rows interleaved (as a model copies them), read as one stream.
+                let mut by4 = vec![0u8; cols];
+                i2s_vnni::interleave4(rows, 4, cols, &mut by4);
+                // SAFETY: as above; `by4` holds the four rows' cols bytes.
+                let got_by4 =
+                    unsafe { i2s_vnni::x86::dot_rows4::<true>(by4.as_ptr(), qp.as_ptr(), cols) };
+                assert_eq!(got_by4, got, "interleaved: cols={cols} amp={amp} r0={r0}");
                 let one = |k: usize| {
                     // SAFETY: as above, for the single row r0 + k < 6.
                     unsafe {
@@ -262,6 +270,64 @@ fn panel_gemm_equals_reference() {
     }
 }
 
+/// `interleave4`'s layout, byte by byte: each group of four rows one run of `cols` bytes,
+/// the rows' 64-byte lines interleaved, an odd last block's 32 bytes per row after them,
+/// rows past the last whole group where they were.
+#[test]
+fn interleave4_puts_every_byte_where_documented() {
+    let mut rng = Rng::new(36);
+    for &(rows, cols) in &[(4, 128), (6, 384), (9, 2560), (3, 256), (8, 640)] {
+        let w = random_packed(&mut rng, rows, cols);
+        let (rb, nb) = (cols / 4, cols / 128);
+        let mut out = vec![0u8; rows * rb];
+        i2s_vnni::interleave4(&w, rows, cols, &mut out);
+        for r in 0..rows {
+            let (g, k) = (r / 4, r % 4);
+            for b in 0..rb {
+                let at = if g < rows / 4 {
+                    let (p, o) = (b / 64, b % 64);
+                    if p < nb / 2 {
+                        4 * g * rb + p * 256 + k * 64 + o
+                    } else {
+                        4 * g * rb + (nb / 2) * 256 + k * 32 + (b - (nb - 1) * 32)
+                    }
+                } else {
+                    r * rb + b
+                };
+                assert_eq!(out[at], w[r * rb + b], "{rows}x{cols}: row {r} byte {b}");
+            }
+        }
+    }
+}
+
+/// An interleaved copy of the wrong length is refused, not read past.
+#[test]
+fn interleaved_rows_of_the_wrong_length_are_an_error() {
+    let mut rng = Rng::new(37);
+    let (rows, cols) = (8, 256);
+    let w = i2s::quantize(&rng.ternary(rows * cols, 0.5));
+    let short = vec![0u8; rows * cols / 4 - 1];
+    let view = WeightView::I2S {
+        data: &w,
+        rows,
+        cols,
+        by4: Some(&short),
+    };
+    let x = rng.vec(cols, 1.0);
+    let mut out = vec![0f32; rows];
+    let err = matmul_with(
+        Simd::current(),
+        &view,
+        &x,
+        &mut out,
+        &mut Scratch::default(),
+    );
+    assert!(
+        matches!(err, Err(engine::kernels::KernelError::Size { .. })),
+        "{err:?}"
+    );
+}
+
 /// The matmul driver at every level, with tokens that pass the check and tokens that do
 /// not (constant-magnitude activations: every |q| = 127, so lanes of ≥ 11-block groups
 /// could wrap) in one call: each output equals the portable reference, bit for bit, for
@@ -273,15 +339,14 @@ fn matmul_routes_wrapping_tokens_exactly() {
         (37, 2560, 1),
         (37, 2560, 9),
         (70, 1408, 14),
+        (70, 1408, 1),
         (5, 6912, 3),
         (64, 384, 7),
+        (66, 384, 1),
     ] {
         let w = i2s::quantize(&rng.ternary(rows * cols, 0.25));
-        let view = WeightView::I2S {
-            data: &w,
-            rows,
-            cols,
-        };
+        let mut interleaved = vec![0u8; rows * cols / 4];
+        i2s_vnni::interleave4(&w, rows, cols, &mut interleaved);
         for hot in [false, true] {
             // Bell-shaped activations, as a model's are (uniform ones would fail the check
             // at 2560 columns: mean |q| ≈ 64).
@@ -313,17 +378,31 @@ fn matmul_routes_wrapping_tokens_exactly() {
                     want[t * rows + r] = i2s::finish(d, sum, s, scale);
                 }
             }
-            for simd in util::levels() {
-                for threads in 1..=3 {
-                    let mut got = vec![f32::NAN; nt * rows];
-                    pool(threads)
-                        .install(|| matmul_with(simd, &view, &x, &mut got, &mut Scratch::default()))
-                        .unwrap();
-                    assert_eq!(
-                        bits(&got),
-                        bits(&want),
-                        "{rows}x{cols} nt={nt} hot={hot} {simd:?} threads={threads}"
-                    );
+            // With and without the interleaved copy a model makes for the VNNI decode
+            // kernel (every other path reads `data`).
+            for by4 in [None, Some(&interleaved[..])] {
+                let view = WeightView::I2S {
+                    data: &w,
+                    rows,
+                    cols,
+                    by4,
+                };
+                for simd in util::levels() {
+                    for threads in 1..=3 {
+                        let mut got = vec![f32::NAN; nt * rows];
+                        pool(threads)
+                            .install(|| {
+                                matmul_with(simd, &view, &x, &mut got, &mut Scratch::default())
+                            })
+                            .unwrap();
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "{rows}x{cols} nt={nt} hot={hot} {simd:?} threads={threads} \
+                             interleaved={}",
+                            by4.is_some()
+                        );
+                    }
                 }
             }
         }
@@ -341,6 +420,7 @@ fn scratch_reuse_across_shapes() {
             data: &w,
             rows,
             cols,
+            by4: None,
         };
         let x = rng.vec(nt * cols, 1.0);
         let mut a = vec![0f32; nt * rows];

@@ -57,9 +57,24 @@ impl Mat {
         match self.fmt {
             Fmt::F32 => WeightView::F32 { data, rows, cols },
             Fmt::F16 => WeightView::F16 { data, rows, cols },
-            Fmt::I2S => WeightView::I2S { data, rows, cols },
-            Fmt::TQ1 => WeightView::TQ1 { data, rows, cols },
-            Fmt::TQ2 => WeightView::TQ2 { data, rows, cols },
+            Fmt::I2S => WeightView::I2S {
+                data,
+                rows,
+                cols,
+                by4: None,
+            },
+            Fmt::TQ1 => WeightView::TQ1 {
+                data,
+                rows,
+                cols,
+                by4: None,
+            },
+            Fmt::TQ2 => WeightView::TQ2 {
+                data,
+                rows,
+                cols,
+                by4: None,
+            },
         }
     }
     /// One element through the portable per-row primitives. F16/F32 with two or more
@@ -201,6 +216,7 @@ fn scratch_is_reused_and_sizes_checked() {
         data: &m.data[..100],
         rows: 8,
         cols: 256,
+        by4: None,
     };
     assert!(matches!(
         matmul_with(Simd::current(), &bad, &x, &mut out, &mut s),
@@ -210,6 +226,7 @@ fn scratch_is_reused_and_sizes_checked() {
         data: &m.data,
         rows: 1,
         cols: 128,
+        by4: None,
     };
     assert!(matches!(
         matmul_with(Simd::current(), &odd, &x[..128], &mut out[..1], &mut s),

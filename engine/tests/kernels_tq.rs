@@ -253,19 +253,35 @@ fn vnni_rows_at_once_equal_the_reference() {
                 let got = unsafe {
                     match fmt {
                         Format::Tq1 => {
-                            tq_vnni::x86::tq1_dot_rows::<4>(w.as_ptr(), acts.as_ptr(), nb)
+                            tq_vnni::x86::tq1_dot_rows::<4, false>(w.as_ptr(), acts.as_ptr(), nb)
                         }
                         Format::Tq2 => {
-                            tq_vnni::x86::tq2_dot_rows::<4>(w.as_ptr(), acts.as_ptr(), nb)
+                            tq_vnni::x86::tq2_dot_rows::<4, false>(w.as_ptr(), acts.as_ptr(), nb)
                         }
                     }
                 };
-                for (r, got) in got.into_iter().enumerate() {
+                // The same four rows interleaved (as a model copies them), one stream.
+                let mut by4 = vec![0u8; 4 * nb * bb];
+                tq_vnni::interleave4(fmt, &w, 4, nb * QK_K, &mut by4);
+                // SAFETY: as above; `by4` holds the four rows' blocks, interleaved.
+                let got_by4 = unsafe {
+                    match fmt {
+                        Format::Tq1 => {
+                            tq_vnni::x86::tq1_dot_rows::<4, true>(by4.as_ptr(), acts.as_ptr(), nb)
+                        }
+                        Format::Tq2 => {
+                            tq_vnni::x86::tq2_dot_rows::<4, true>(by4.as_ptr(), acts.as_ptr(), nb)
+                        }
+                    }
+                };
+                for (r, (got, got_by4)) in got.into_iter().zip(got_by4).enumerate() {
                     let row = &w[r * nb * bb..(r + 1) * nb * bb];
+                    let want = reference(fmt, row, &y).to_bits();
+                    assert_eq!(got.to_bits(), want, "{fmt:?} nb={nb} kind={kind} r={r}");
                     assert_eq!(
-                        got.to_bits(),
-                        reference(fmt, row, &y).to_bits(),
-                        "{fmt:?} nb={nb} kind={kind} r={r}"
+                        got_by4.to_bits(),
+                        want,
+                        "interleaved: {fmt:?} nb={nb} kind={kind} r={r}"
                     );
                 }
             }
@@ -376,18 +392,8 @@ fn matmul_equals_reference_at_every_level_and_thread_count() {
                 } else {
                     quantized_rows(&mut rng, fmt, rows, nb)
                 };
-                let view = match fmt {
-                    Format::Tq1 => WeightView::TQ1 {
-                        data: &w,
-                        rows,
-                        cols,
-                    },
-                    Format::Tq2 => WeightView::TQ2 {
-                        data: &w,
-                        rows,
-                        cols,
-                    },
-                };
+                let mut interleaved = vec![0u8; rows * nb * bb];
+                tq_vnni::interleave4(fmt, &w, rows, cols, &mut interleaved);
                 let x: Vec<f32> = (0..nt * cols)
                     .map(|i| {
                         if (i / cols) % 4 == 3 {
@@ -410,19 +416,39 @@ fn matmul_equals_reference_at_every_level_and_thread_count() {
                         want[t * rows + r] = reference(fmt, &w[r * nb * bb..(r + 1) * nb * bb], &y);
                     }
                 }
-                for simd in levels() {
-                    for threads in 1..=3 {
-                        let mut got = vec![f32::NAN; nt * rows];
-                        pool(threads)
-                            .install(|| {
-                                matmul_with(simd, &view, &x, &mut got, &mut Scratch::default())
-                            })
-                            .unwrap();
-                        assert_eq!(
-                            bits(&got),
-                            bits(&want),
-                            "{fmt:?} {rows}x{cols} nt={nt} random={random} {simd:?} threads={threads}"
-                        );
+                // With and without the interleaved copy a model makes for the VNNI decode
+                // kernels (every other path reads `data`).
+                for by4 in [None, Some(&interleaved[..])] {
+                    let view = match fmt {
+                        Format::Tq1 => WeightView::TQ1 {
+                            data: &w,
+                            rows,
+                            cols,
+                            by4,
+                        },
+                        Format::Tq2 => WeightView::TQ2 {
+                            data: &w,
+                            rows,
+                            cols,
+                            by4,
+                        },
+                    };
+                    for simd in levels() {
+                        for threads in 1..=3 {
+                            let mut got = vec![f32::NAN; nt * rows];
+                            pool(threads)
+                                .install(|| {
+                                    matmul_with(simd, &view, &x, &mut got, &mut Scratch::default())
+                                })
+                                .unwrap();
+                            assert_eq!(
+                                bits(&got),
+                                bits(&want),
+                                "{fmt:?} {rows}x{cols} nt={nt} random={random} {simd:?} \
+                                 threads={threads} interleaved={}",
+                                by4.is_some()
+                            );
+                        }
                     }
                 }
             }
@@ -450,11 +476,13 @@ fn scratch_reuse_across_tq_shapes() {
                 data: &w,
                 rows,
                 cols,
+                by4: None,
             },
             Format::Tq2 => WeightView::TQ2 {
                 data: &w,
                 rows,
                 cols,
+                by4: None,
             },
         };
         let x = rng.vec(nt * cols, 1.0);
@@ -463,5 +491,35 @@ fn scratch_reuse_across_tq_shapes() {
         matmul_with(Simd::current(), &view, &x, &mut a, &mut s).unwrap();
         matmul_with(Simd::Scalar, &view, &x, &mut b, &mut Scratch::default()).unwrap();
         assert_eq!(bits(&a), bits(&b), "{fmt:?} {rows}x{cols} nt={nt}");
+    }
+}
+
+/// `tq_vnni::interleave4`'s layout, block by block: each group of four rows one run, the
+/// rows' blocks alternating, rows past the last whole group where they were.
+#[test]
+fn interleave4_puts_every_block_where_documented() {
+    let mut rng = Rng::new(46);
+    for fmt in [Format::Tq1, Format::Tq2] {
+        let bb = block_bytes(fmt);
+        for &(rows, nb) in &[(4, 1), (6, 3), (9, 10), (3, 2), (8, 27)] {
+            let w = random_rows(&mut rng, fmt, rows, nb);
+            let rb = nb * bb;
+            let mut out = vec![0u8; rows * rb];
+            tq_vnni::interleave4(fmt, &w, rows, nb * QK_K, &mut out);
+            for r in 0..rows {
+                for b in 0..nb {
+                    let at = if r / 4 < rows / 4 {
+                        4 * (r / 4) * rb + (4 * b + r % 4) * bb
+                    } else {
+                        r * rb + b * bb
+                    };
+                    assert_eq!(
+                        out[at..at + bb],
+                        w[r * rb + b * bb..r * rb + (b + 1) * bb],
+                        "{fmt:?} {rows}x{nb}: row {r} block {b}"
+                    );
+                }
+            }
+        }
     }
 }

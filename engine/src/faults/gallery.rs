@@ -95,7 +95,10 @@ fn weight_at(fault: Fault, row: &[u8], i: usize) -> i32 {
 /// dot is exact). `NoActQuant` instead takes the f32 dot of the weights with the raw
 /// activations, times the scale.
 pub(super) fn matmul_i2s(fault: Fault, w: &WeightView, x: &[f32], out: &mut [f32]) {
-    let WeightView::I2S { data, rows, cols } = *w else {
+    let WeightView::I2S {
+        data, rows, cols, ..
+    } = *w
+    else {
         unreachable!("called for I2_S weights only")
     };
     assert!(

@@ -105,14 +105,6 @@ fn open_file(path: &Path) -> Result<(File, u64), GgufError> {
     Ok((file, len))
 }
 
-/// `MemAvailable` of `/proc/meminfo` in bytes.
-fn mem_available() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// Files smaller than this keep the plain map in [`GgufFile::open_in_huge_pages`]: a few
 /// huge pages save nothing measurable, and the test suite opens hundreds of small models.
 pub const HUGE_PAGE_MIN_FILE: u64 = 64 << 20;
@@ -215,7 +207,9 @@ impl GgufFile {
         }
         // A copy needs memory of its own: only when it fits twice into what is available
         // (the page cache keeps the file too), else the map stays.
-        if mem_available().is_none_or(|avail| mapped.file_size().saturating_mul(2) > avail) {
+        if hugepage::mem_available()
+            .is_none_or(|avail| mapped.file_size().saturating_mul(2) > avail)
+        {
             return Ok(mapped);
         }
         drop(mapped);

@@ -50,18 +50,28 @@ pub enum WeightView<'a> {
         data: &'a [u8],
         rows: usize,
         cols: usize,
+        /// The same rows interleaved four by four ([`i2s_vnni::interleave4`], `rows·cols/4`
+        /// bytes), which the VNNI decode kernel streams faster, when the model made a copy
+        /// ([`crate::model::Model::load`]); the arithmetic is the same either way, and
+        /// every other path reads `data`.
+        by4: Option<&'a [u8]>,
     },
     /// TQ1_0 blocks, row after row (`cols % 256 == 0`).
     TQ1 {
         data: &'a [u8],
         rows: usize,
         cols: usize,
+        /// As for I2_S: the rows interleaved four by four ([`tq_vnni::interleave4`]), if
+        /// the model made a copy.
+        by4: Option<&'a [u8]>,
     },
     /// TQ2_0 blocks, row after row (`cols % 256 == 0`).
     TQ2 {
         data: &'a [u8],
         rows: usize,
         cols: usize,
+        /// As for TQ1_0.
+        by4: Option<&'a [u8]>,
     },
 }
 
@@ -116,6 +126,16 @@ impl<'a> WeightView<'a> {
         }
     }
 
+    /// The rows interleaved four by four, if the view has them.
+    pub fn by4(&self) -> Option<&'a [u8]> {
+        match *self {
+            WeightView::I2S { by4, .. }
+            | WeightView::TQ1 { by4, .. }
+            | WeightView::TQ2 { by4, .. } => by4,
+            WeightView::F32 { .. } | WeightView::F16 { .. } => None,
+        }
+    }
+
     /// Checks block multiples and that the data is long enough.
     pub fn validate(&self) -> Result<(), KernelError> {
         let cols = self.cols();
@@ -140,6 +160,15 @@ impl<'a> WeightView<'a> {
                 got,
                 unit: "bytes",
             });
+        }
+        // The interleaved rows: exactly the rows' bytes (`needed_bytes` did not overflow,
+        // so neither does this).
+        if let Some(b) = self.by4() {
+            let rows_bytes = match self {
+                WeightView::I2S { .. } => need - 4,
+                _ => need,
+            };
+            check_len("interleaved weight rows", b.len(), rows_bytes, "bytes")?;
         }
         Ok(())
     }
@@ -182,6 +211,9 @@ fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
 /// 8.1 tok/s, two 16.7–17.0 → 17.6–18.1 (two rows: no change on one thread).
 #[cfg(target_arch = "x86_64")]
 const TQ_ROWS: usize = 4;
+// `tq_vnni::interleave4` groups four rows: the interleaved kernels read one group a call.
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(TQ_ROWS == 4);
 
 /// Weight rows per rayon task (at least, for streams: [`stream_rows_per_task`]).
 const ROWS_PER_TASK: usize = 32;
@@ -344,7 +376,7 @@ pub fn matmul_with(
         });
     };
     match *w {
-        WeightView::I2S { data, .. } => {
+        WeightView::I2S { data, by4, .. } => {
             grow(&mut scratch.q8, nt * cols);
             grow(&mut scratch.act_scales, nt);
             grow(&mut scratch.act_sums, nt);
@@ -363,7 +395,7 @@ pub fn matmul_with(
                 // SAFETY: `simd` is clamped and `has_vnni` detected VNNI, as tested here;
                 // the view was validated, the scratch rows were filled for all nt tokens
                 // just above, and `optr` is `out` (nt·rows, checked), unused until we return.
-                unsafe { matmul_i2s_vnni(data, rows, cols, nt, scale, scratch, optr) };
+                unsafe { matmul_i2s_vnni(data, by4, rows, cols, nt, scale, scratch, optr) };
                 return Ok(());
             }
             let (q8, scales, sums) = (
@@ -440,7 +472,7 @@ pub fn matmul_with(
                 })
             };
         }
-        WeightView::TQ1 { data, .. } | WeightView::TQ2 { data, .. } => {
+        WeightView::TQ1 { data, by4, .. } | WeightView::TQ2 { data, by4, .. } => {
             let nbk = cols / QK_K;
             grow(&mut scratch.q8k, nt * nbk);
             // Token by token (the tokens of a prompt in parallel).
@@ -460,7 +492,7 @@ pub fn matmul_with(
                 // here; the view was validated (cols % 256 == 0, rows·row_bytes bytes), the
                 // Q8_K rows were filled for all nt tokens just above, and `optr` is `out`
                 // (nt·rows, checked), unused until we return.
-                unsafe { matmul_tq_vnni(fmt, data, rows, cols, nt, scratch, optr) };
+                unsafe { matmul_tq_vnni(fmt, data, by4, rows, cols, nt, scratch, optr) };
                 return Ok(());
             }
             let ys = &scratch.q8k[..nt * nbk];
@@ -505,19 +537,23 @@ pub fn matmul_with(
 
 /// I2_S on AVX-512 VNNI ([`i2s_vnni`]), activations already in `scratch.q8`, scales and
 /// sums: tokens whose i16 lanes cannot wrap go through the exact VNNI kernels — four rows
-/// per call for a single such token (decode, [`i2s_vnni::x86::dot_rows4`], the last rows of
-/// a task one by one), unpacked panels for several (prefill) — and the
-/// others through ggml's wrap-exact dot, row by row. Same bits either way.
+/// per call for a single such token (decode, [`i2s_vnni::x86::dot_rows4`], from `by4` when
+/// there is one, the last rows of a task one by one), unpacked panels for several
+/// (prefill) — and the others through ggml's wrap-exact dot, row by row. Same bits either
+/// way.
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL/VNNI ([`i2s_vnni::has_vnni`] and a clamped
 /// [`Simd::Avx512`]); `data` is a validated I2_S view of `rows × cols` (`cols % 128 == 0`,
-/// `cols ≤ MAX_COLS`, at least `rows·cols/4` bytes); `scratch.q8`, `act_scales` and
+/// `cols ≤ MAX_COLS`, at least `rows·cols/4` bytes) and `by4`, if any, holds those rows'
+/// `rows·cols/4` bytes in [`i2s_vnni::interleave4`]'s layout; `scratch.q8`, `act_scales` and
 /// `act_sums` hold `nt` quantized rows; `optr` points to `nt·rows` writable f32 that nothing
 /// else accesses during the call.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn matmul_i2s_vnni(
     data: &[u8],
+    by4: Option<&[u8]>,
     rows: usize,
     cols: usize,
     nt: usize,
@@ -556,10 +592,11 @@ unsafe fn matmul_i2s_vnni(
     );
     let (fast, slow) = (&scratch.fast[..], &scratch.slow[..]);
     let rb = cols / 4;
+    // Whole groups of four rows per task, so a task's rows start a group of `by4`.
     let per_task = if fast.len() >= 2 {
         PANEL_ROWS
     } else {
-        stream_rows_per_task(rows)
+        stream_rows_per_task(rows).next_multiple_of(4)
     };
     par_row_ranges(rows, per_task, |r0, r1| {
         let store = |t: usize, r: usize, dot: i32| {
@@ -571,23 +608,35 @@ unsafe fn matmul_i2s_vnni(
             unsafe { *optr.ptr().add(t * rows + r) = v };
         };
         if fast.len() == 1 {
-            prefetch_start(data[r0 * rb..].as_ptr(), (r1 - r0) * rb);
+            // Rows r..r + 4 from r = r0, a multiple of four: a group of `by4`, whose rows
+            // past the last whole group sit where they do in `data`.
+            let src = by4.unwrap_or(data);
+            prefetch_start(src[r0 * rb..].as_ptr(), (r1 - r0) * rb);
             let mut r = r0;
             while r + 4 <= r1 {
+                let p = src[r * rb..].as_ptr();
                 // SAFETY: as for `dot_row` below, for rows r..r + 4 ≤ r1 ≤ rows:
-                // `data[r·rb..]` holds their 4·cols/4 bytes (validated view).
-                let dots = unsafe { x86::dot_rows4(data[r * rb..].as_ptr(), q8p.as_ptr(), cols) };
+                // `src[r·rb..]` holds their 4·cols/4 bytes (validated view, or `by4` of
+                // `rows·cols/4` bytes, our contract), in `interleave4`'s layout for `by4`.
+                let dots = unsafe {
+                    if by4.is_some() {
+                        x86::dot_rows4::<true>(p, q8p.as_ptr(), cols)
+                    } else {
+                        x86::dot_rows4::<false>(p, q8p.as_ptr(), cols)
+                    }
+                };
                 for (k, dot) in dots.into_iter().enumerate() {
                     store(fast[0], r + k, dot);
                 }
                 r += 4;
             }
             for r in r..r1 {
-                // SAFETY: VNNI is present (our contract); `data.len() ≥ rows·cols/4`, so
-                // `data[r·rb..]` holds the row's cols/4 bytes, and q8p holds ≥ nt·cols ≥
-                // cols values (row 0 = the one fast token); cols % 128 == 0, ≤ MAX_COLS.
+                // SAFETY: VNNI is present (our contract); `src.len() ≥ rows·cols/4`, so
+                // `src[r·rb..]` holds the row's cols/4 bytes (a row past the last group,
+                // not interleaved), and q8p holds ≥ nt·cols ≥ cols values (row 0 = the one
+                // fast token); cols % 128 == 0, ≤ MAX_COLS.
                 store(fast[0], r, unsafe {
-                    x86::dot_row(data[r * rb..].as_ptr(), q8p.as_ptr(), cols)
+                    x86::dot_row(src[r * rb..].as_ptr(), q8p.as_ptr(), cols)
                 });
             }
         } else if fast.len() >= 2 {
@@ -652,13 +701,16 @@ unsafe fn i2s_dot(simd: Simd, row: &[u8], q: &[i8]) -> i32 {
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI and GFNI ([`tq_vnni::available`] and a clamped
 /// [`Simd::Avx512`]); `data` is a validated view of `rows × cols` in `fmt`
-/// (`cols % 256 == 0`, at least `rows·(cols/256)·fmt.block_bytes()` bytes); `scratch.q8k`
+/// (`cols % 256 == 0`, at least `rows·(cols/256)·fmt.block_bytes()` bytes) and `by4`, if
+/// any, holds as many in [`tq_vnni::interleave4`]'s layout; `scratch.q8k`
 /// holds `nt` quantized rows of `cols/256` blocks; `optr` points to `nt·rows` writable f32
 /// that nothing else accesses during the call.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn matmul_tq_vnni(
     fmt: tq_vnni::Format,
     data: &[u8],
+    by4: Option<&[u8]>,
     rows: usize,
     cols: usize,
     nt: usize,
@@ -674,16 +726,32 @@ unsafe fn matmul_tq_vnni(
         grow(&mut scratch.tq_lines, nl);
         tq_vnni::decode_acts(fmt, ys, &mut scratch.tq_lines[..nl]);
         let acts = &scratch.tq_lines[..nl];
-        par_row_ranges(rows, stream_rows_per_task(rows), |r0, r1| {
-            prefetch_start(data[r0 * rb..].as_ptr(), (r1 - r0) * rb);
+        // Whole groups of TQ_ROWS = 4 rows per task, so a task's rows start a group of
+        // `by4`; its rows past the last whole group sit where they do in `data`.
+        let src = by4.unwrap_or(data);
+        let per_task = stream_rows_per_task(rows).next_multiple_of(TQ_ROWS);
+        par_row_ranges(rows, per_task, |r0, r1| {
+            prefetch_start(src[r0 * rb..].as_ptr(), (r1 - r0) * rb);
             let mut r0 = r0;
             while r0 + TQ_ROWS <= r1 {
-                let at = data[r0 * rb..].as_ptr();
-                // SAFETY: as for the single rows below, for rows r0..r0 + TQ_ROWS ≤ r1.
+                let at = src[r0 * rb..].as_ptr();
+                let a = acts.as_ptr();
+                // SAFETY: as for the single rows below, for rows r0..r0 + TQ_ROWS ≤ r1
+                // (in `interleave4`'s layout when from `by4`).
                 let v = unsafe {
-                    match fmt {
-                        tq_vnni::Format::Tq1 => x86::tq1_dot_rows::<TQ_ROWS>(at, acts.as_ptr(), nb),
-                        tq_vnni::Format::Tq2 => x86::tq2_dot_rows::<TQ_ROWS>(at, acts.as_ptr(), nb),
+                    match (fmt, by4.is_some()) {
+                        (tq_vnni::Format::Tq1, false) => {
+                            x86::tq1_dot_rows::<TQ_ROWS, false>(at, a, nb)
+                        }
+                        (tq_vnni::Format::Tq1, true) => {
+                            x86::tq1_dot_rows::<TQ_ROWS, true>(at, a, nb)
+                        }
+                        (tq_vnni::Format::Tq2, false) => {
+                            x86::tq2_dot_rows::<TQ_ROWS, false>(at, a, nb)
+                        }
+                        (tq_vnni::Format::Tq2, true) => {
+                            x86::tq2_dot_rows::<TQ_ROWS, true>(at, a, nb)
+                        }
                     }
                 };
                 for (k, v) in v.into_iter().enumerate() {
@@ -693,10 +761,11 @@ unsafe fn matmul_tq_vnni(
                 r0 += TQ_ROWS;
             }
             for r in r0..r1 {
-                let row = data[r * rb..].as_ptr();
-                // SAFETY: VNNI/VBMI/GFNI are present (our contract); `data[r·rb..]` holds
-                // the row's nb blocks (validated view, r < rows) and `acts` decode_len(nb)
-                // lines for this format.
+                let row = src[r * rb..].as_ptr();
+                // SAFETY: VNNI/VBMI/GFNI are present (our contract); `src[r·rb..]` holds
+                // the row's nb blocks (validated view or `by4`, r < rows; a row past the
+                // last group, not interleaved) and `acts` decode_len(nb) lines for this
+                // format.
                 let v = unsafe {
                     match fmt {
                         tq_vnni::Format::Tq1 => x86::tq1_dot_row(row, acts.as_ptr(), nb),

@@ -28,6 +28,7 @@
 //!   once per token.
 
 use super::i2s::BLOCK;
+use rayon::prelude::*;
 
 /// Longest row the kernels take: [`x86::dot_row`]'s scaled i32 lanes each sum `cols/64`
 /// terms of at most `4·192·128`, which must not overflow (ggml's own lanes are far from it).
@@ -81,6 +82,47 @@ pub fn to_pair_order(q: &[i8], out: &mut [i8]) {
         let o = (nb - 1) * BLOCK;
         out[o..].copy_from_slice(&q[o..]);
     }
+}
+
+/// Rewrites the packed rows of an I2_S tensor (`rows` of `cols/4` bytes, the part before
+/// the scale) into `out` (as long) in the layout [`x86::dot_rows4`] reads as *one* stream
+/// with `BY4`: each group of four consecutive rows becomes one run of `cols` bytes, the
+/// four rows' 64-byte lines interleaved (line `p` of rows 0, 1, 2, 3, then line `p + 1`, …)
+/// and, when `cols/128` is odd, the last block's 32 bytes of each row after them; rows past
+/// the last whole group stay as they are, at the same offsets. The decode kernel reads a line
+/// of each of four rows per step to share each activation line among them; in the file's
+/// layout those are four interleaved streams, which a Zen 4's hardware prefetchers do not
+/// follow (see [`x86::dot_rows4`]). `kernels::matmul` reads this copy when the model made
+/// one ([`crate::model::Model::load`]).
+pub fn interleave4(rows_data: &[u8], rows: usize, cols: usize, out: &mut [u8]) {
+    let (rb, nb) = (cols / 4, cols / BLOCK);
+    let n = rows * rb;
+    assert!(
+        cols.is_multiple_of(BLOCK) && rows_data.len() >= n && out.len() == n,
+        "interleave4: {rows} rows of {cols} need {n} bytes in and out, got {} and {}",
+        rows_data.len(),
+        out.len()
+    );
+    let groups = rows / 4;
+    out.par_chunks_mut(4 * rb.max(1))
+        .take(groups)
+        .enumerate()
+        .for_each(|(g, dst)| {
+            let src = &rows_data[4 * g * rb..4 * (g + 1) * rb];
+            for p in 0..nb / 2 {
+                for k in 0..4 {
+                    let (d, s) = ((4 * p + k) * 64, k * rb + p * 64);
+                    dst[d..d + 64].copy_from_slice(&src[s..s + 64]);
+                }
+            }
+            if nb % 2 == 1 {
+                for k in 0..4 {
+                    let (d, s) = ((nb / 2) * 256 + k * 32, k * rb + (nb - 1) * 32);
+                    dst[d..d + 32].copy_from_slice(&src[s..s + 32]);
+                }
+            }
+        });
+    out[4 * groups * rb..].copy_from_slice(&rows_data[4 * groups * rb..n]);
 }
 
 /// Whether this CPU has AVX-512 VNNI (with F/BW/VL), checked once.
@@ -184,13 +226,23 @@ pub mod x86 {
     /// F16 head's fell from 1.04–1.13 to 0.76–0.79, and decode went 11.4–12.5 → 15.2–17.3
     /// tok/s (alternating runs; `docs/performance.md`, "The EPYC again").
     ///
+    /// With `BY4`, `rows` is a group of [`super::interleave4`]'s layout instead: the same
+    /// lines, now one stream front to back, prefetched like [`dot_row`]'s. That reads
+    /// faster still (2B-4T I2_S, the EPYC, alternating runs): this kernel's samples against
+    /// the F16 head's 0.86–0.92 → 0.71–0.76 on one thread, 0.87–0.92 → 0.72–0.76 on two
+    /// (`docs/performance.md`, "Four rows in one stream").
+    ///
     /// # Safety
     /// As [`dot_row`] for each of the four rows: the CPU has AVX-512 F/BW/VL/VNNI, `rows`
-    /// holds `cols` readable bytes (four rows of `cols/4`) and `qp` `cols` values. (The
-    /// prefetches reach up to `2·cols` bytes past `rows`, which is harmless: a prefetch never
-    /// faults.)
+    /// holds `cols` readable bytes (four rows of `cols/4`, in the file's layout or
+    /// interleaved) and `qp` `cols` values. (The prefetches reach up to `2·cols` bytes past
+    /// `rows`, which is harmless: a prefetch never faults.)
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn dot_rows4(rows: *const u8, qp: *const i8, cols: usize) -> [i32; 4] {
+    pub unsafe fn dot_rows4<const BY4: bool>(
+        rows: *const u8,
+        qp: *const i8,
+        cols: usize,
+    ) -> [i32; 4] {
         let (nb, rb) = (cols / 128, cols / 4);
         let m = [
             _mm512_set1_epi8(0xC0u8 as i8),
@@ -200,14 +252,29 @@ pub mod x86 {
         ];
         let next = rows.wrapping_add(cols);
         let mut a = [[_mm512_setzero_si512(); 4]; 4];
+        // Line p of row k.
+        let line = |k: usize, p: usize| {
+            if BY4 {
+                rows.add(p * 256 + k * 64)
+            } else {
+                rows.add(k * rb + p * 64)
+            }
+        };
         for p in 0..nb / 2 {
-            // Lines 4p..4p+4 of the next four rows: the nb/2 steps cover their cols/64
-            // lines (all but the last two when nb is odd).
-            for j in 0..4 {
-                prefetch(next.wrapping_add((4 * p + j) * 64));
+            if BY4 {
+                // One stream: as the one-row kernel, PREFETCH_BYTES ahead (none on a Zen 4).
+                for j in 0..4 {
+                    prefetch_stream(rows.wrapping_add(p * 256 + j * 64 + PREFETCH_BYTES));
+                }
+            } else {
+                // Lines 4p..4p+4 of the next four rows: the nb/2 steps cover their cols/64
+                // lines (all but the last two when nb is odd).
+                for j in 0..4 {
+                    prefetch(next.wrapping_add((4 * p + j) * 64));
+                }
             }
             let w: [__m512i; 4] =
-                std::array::from_fn(|k| _mm512_loadu_si512(rows.add(k * rb + p * 64) as *const _));
+                std::array::from_fn(|k| _mm512_loadu_si512(line(k, p) as *const _));
             let y = qp.add(p * 256);
             for n in 0..4 {
                 let yn = _mm512_loadu_si512(y.add(64 * n) as *const _);
@@ -237,7 +304,12 @@ pub mod x86 {
         _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, s);
         if nb % 2 == 1 {
             for (k, o) in out.iter_mut().enumerate() {
-                *o += dot_block_256(rows.add(k * rb + (nb - 1) * 32), qp.add((nb - 1) * 128));
+                let w = if BY4 {
+                    rows.add((nb / 2) * 256 + k * 32)
+                } else {
+                    rows.add(k * rb + (nb - 1) * 32)
+                };
+                *o += dot_block_256(w, qp.add((nb - 1) * 128));
             }
         }
         out

@@ -59,6 +59,7 @@
 //!   of both.
 
 use super::q8k::{BlockQ8K, QK_K};
+use rayon::prelude::*;
 
 /// 64 bytes on a 64-byte boundary: the unit of every activation load of these kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +234,38 @@ pub static TQ1_LUT: [u8; 256] = {
     t
 };
 
+/// TQ1_0 or TQ2_0 rows (`rows` of `cols/256` blocks) rewritten into `out` (as long) in the
+/// layout the decode kernels read as *one* stream with `BY4` ([`x86::tq2_dot_rows`],
+/// [`x86::tq1_dot_rows`]): each group of four consecutive rows becomes one run of
+/// `4·row_bytes`, the rows' blocks interleaved (block `b` of rows 0, 1, 2, 3, then block
+/// `b + 1`, …); rows past the last whole group stay as they are, at the same offsets. As
+/// [`super::i2s_vnni::interleave4`] for I2_S, and for the same reason.
+pub fn interleave4(fmt: Format, rows_data: &[u8], rows: usize, cols: usize, out: &mut [u8]) {
+    let (bb, nb) = (fmt.block_bytes(), cols / QK_K);
+    let rb = nb * bb;
+    let n = rows * rb;
+    assert!(
+        cols.is_multiple_of(QK_K) && rows_data.len() >= n && out.len() == n,
+        "interleave4: {rows} rows of {cols} need {n} bytes in and out, got {} and {}",
+        rows_data.len(),
+        out.len()
+    );
+    let groups = rows / 4;
+    out.par_chunks_mut(4 * rb.max(1))
+        .take(groups)
+        .enumerate()
+        .for_each(|(g, dst)| {
+            let src = &rows_data[4 * g * rb..4 * (g + 1) * rb];
+            for b in 0..nb {
+                for k in 0..4 {
+                    let (d, s) = ((4 * b + k) * bb, k * rb + b * bb);
+                    dst[d..d + bb].copy_from_slice(&src[s..s + bb]);
+                }
+            }
+        });
+    out[4 * groups * rb..].copy_from_slice(&rows_data[4 * groups * rb..n]);
+}
+
 /// Whether this CPU runs these kernels: AVX-512 F/BW/VL with VNNI (`vpdpbusd`), VBMI
 /// (`vpermi2b`, the TQ1_0 tables) and GFNI (`vgf2p8affineqb`, two-bit fields of a byte),
 /// checked once. (Zen 4 and Intel since Ice Lake have them all.)
@@ -258,7 +291,7 @@ pub const TILE_PAIRS: usize = 3;
 #[cfg(target_arch = "x86_64")]
 pub mod x86 {
     use super::{Format, Line, PAIR_LINES, PANEL_BLOCK, TQ1_LUT};
-    use crate::kernels::prefetch;
+    use crate::kernels::{prefetch, prefetch_stream, PREFETCH_BYTES};
     use crate::quant::q8k::hsum_float_8;
     use std::arch::x86_64::*;
 
@@ -389,7 +422,7 @@ pub mod x86 {
     /// `Format::Tq2.decode_len(nb)` lines.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,gfni,avx2,fma,f16c")]
     pub unsafe fn tq2_dot_row(row: *const u8, acts: *const Line, nb: usize) -> f32 {
-        tq2_dot_rows::<1>(row, acts, nb)[0]
+        tq2_dot_rows::<1, false>(row, acts, nb)[0]
     }
 
     /// One TQ2_0 row's dot (as [`tq2_dot_row`]) for `R` consecutive rows (`66·nb` bytes
@@ -400,10 +433,15 @@ pub mod x86 {
     /// its own stream, had been slower than one: 11.0–11.2 → 10.1–10.5 tok/s. This form is
     /// not measured there.)
     ///
+    /// With `BY4` (and `R` = 4) `rows` is a group of [`super::interleave4`]'s layout instead:
+    /// the same blocks, now one stream front to back, prefetched as a single stream
+    /// (`prefetch_ahead`).
+    ///
     /// # Safety
-    /// As [`tq2_dot_row`] for each of the `R` rows.
+    /// As [`tq2_dot_row`] for each of the `R` rows (`R·66·nb` bytes at `rows`, interleaved
+    /// with `BY4`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,gfni,avx2,fma,f16c")]
-    pub unsafe fn tq2_dot_rows<const R: usize>(
+    pub unsafe fn tq2_dot_rows<const R: usize, const BY4: bool>(
         rows: *const u8,
         acts: *const Line,
         nb: usize,
@@ -414,22 +452,27 @@ pub mod x86 {
         let rb = BB * nb;
         let yd = acts as *const f32;
         let blocks = acts.add(nb.div_ceil(16));
+        let at = |r: usize, b: usize| block_at::<R, BY4>(rows, rb, BB, r, b);
         let mut sumf = [_mm256_setzero_ps(); R];
         let mut b = 0;
         while b + 2 <= nb {
-            prefetch_next::<R>(rows, rb, BB * b, 2 * BB);
+            if BY4 {
+                prefetch_ahead(rows.wrapping_add(R * BB * b), 2 * R * BB);
+            } else {
+                prefetch_next::<R>(rows, rb, BB * b, 2 * BB);
+            }
             for (r, sumf) in sumf.iter_mut().enumerate() {
-                let x = rows.add(r * rb + BB * b);
-                let acc_a = tq2_block(x, blocks.add(LINES * b), &f);
-                let acc_b = tq2_block(x.add(BB), blocks.add(LINES * (b + 1)), &f);
-                let xd2 = f16_bits(x.add(BB - 2)) | f16_bits(x.add(2 * BB - 2)) << 16;
+                let (xa, xb) = (at(r, b), at(r, b + 1));
+                let acc_a = tq2_block(xa, blocks.add(LINES * b), &f);
+                let acc_b = tq2_block(xb, blocks.add(LINES * (b + 1)), &f);
+                let xd2 = f16_bits(xa.add(BB - 2)) | f16_bits(xb.add(BB - 2)) << 16;
                 *sumf = pair_step(acc_a, acc_b, xd2, yd.add(b), *sumf);
             }
             b += 2;
         }
         if b < nb {
             for (r, sumf) in sumf.iter_mut().enumerate() {
-                let x = rows.add(r * rb + BB * b);
+                let x = at(r, b);
                 let acc = tq2_block(x, blocks.add(LINES * b), &f);
                 *sumf = block_step(acc, *yd.add(b) * f16_at(x.add(BB - 2)), *sumf);
             }
@@ -452,6 +495,38 @@ pub mod x86 {
         while o < len {
             prefetch(at.wrapping_add(o));
             o += 64;
+        }
+    }
+
+    /// The prefetches of one step of a kernel reading a group of [`super::interleave4`]'s
+    /// layout, which reads `len` bytes from `p` now: those bytes [`PREFETCH_BYTES`] on, as
+    /// every single-stream kernel prefetches (`kernels::prefetch_stream`: none on a Zen 4).
+    #[inline(always)]
+    fn prefetch_ahead(p: *const u8, len: usize) {
+        let mut o = 0;
+        while o < len {
+            prefetch_stream(p.wrapping_add(PREFETCH_BYTES + o));
+            o += 64;
+        }
+    }
+
+    /// Block `b` of row `r` of the `R` rows at `rows`: `rb` bytes apart in the file's
+    /// layout, the rows' `bb`-byte blocks alternating with `BY4` ([`super::interleave4`]).
+    ///
+    /// # Safety
+    /// The block lies within the rows the caller's kernel may read (as `pointer::add`).
+    #[inline(always)]
+    unsafe fn block_at<const R: usize, const BY4: bool>(
+        rows: *const u8,
+        rb: usize,
+        bb: usize,
+        r: usize,
+        b: usize,
+    ) -> *const u8 {
+        if BY4 {
+            rows.add((R * b + r) * bb)
+        } else {
+            rows.add(r * rb + bb * b)
         }
     }
 
@@ -542,19 +617,20 @@ pub mod x86 {
     /// `54b + 52`) and `acts` `Format::Tq1.decode_len(nb)` lines.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni,avx2,fma,f16c")]
     pub unsafe fn tq1_dot_row(row: *const u8, acts: *const Line, nb: usize) -> f32 {
-        tq1_dot_rows::<1>(row, acts, nb)[0]
+        tq1_dot_rows::<1, false>(row, acts, nb)[0]
     }
 
     /// One TQ1_0 row's dot (as [`tq1_dot_row`]) for `R` consecutive rows (`54·nb` bytes
     /// apart from `rows`) at once, block pair by block pair: every row keeps its own float
     /// sum in ggml's order (bit for bit ggml's dot), and the rows' independent decoding
     /// overlaps — TQ1_0 decode is bound by its decoding, not by memory. Prefetches the next
-    /// `R` rows front to back (`prefetch_next`).
+    /// `R` rows front to back (`prefetch_next`); with `BY4`, as [`tq2_dot_rows`].
     ///
     /// # Safety
-    /// As [`tq1_dot_row`] for each of the `R` rows.
+    /// As [`tq1_dot_row`] for each of the `R` rows (`R·54·nb` bytes at `rows`, interleaved
+    /// with `BY4`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni,avx2,fma,f16c")]
-    pub unsafe fn tq1_dot_rows<const R: usize>(
+    pub unsafe fn tq1_dot_rows<const R: usize, const BY4: bool>(
         rows: *const u8,
         acts: *const Line,
         nb: usize,
@@ -566,22 +642,27 @@ pub mod x86 {
         let rb = BB * nb;
         let yd = acts as *const f32;
         let blocks = acts.add(nb.div_ceil(16));
+        let at = |r: usize, b: usize| block_at::<R, BY4>(rows, rb, BB, r, b);
         let mut sumf = [_mm256_setzero_ps(); R];
         let mut b = 0;
         while b + 2 <= nb {
-            prefetch_next::<R>(rows, rb, BB * b, 2 * BB);
+            if BY4 {
+                prefetch_ahead(rows.wrapping_add(R * BB * b), 2 * R * BB);
+            } else {
+                prefetch_next::<R>(rows, rb, BB * b, 2 * BB);
+            }
             for (r, sumf) in sumf.iter_mut().enumerate() {
-                let x = rows.add(r * rb + BB * b);
-                let acc_a = tq1_block(x, blocks.add(LINES * b), &lut, &f);
-                let acc_b = tq1_block(x.add(BB), blocks.add(LINES * (b + 1)), &lut, &f);
-                let xd2 = f16_bits(x.add(BB - 2)) | f16_bits(x.add(2 * BB - 2)) << 16;
+                let (xa, xb) = (at(r, b), at(r, b + 1));
+                let acc_a = tq1_block(xa, blocks.add(LINES * b), &lut, &f);
+                let acc_b = tq1_block(xb, blocks.add(LINES * (b + 1)), &lut, &f);
+                let xd2 = f16_bits(xa.add(BB - 2)) | f16_bits(xb.add(BB - 2)) << 16;
                 *sumf = pair_step(acc_a, acc_b, xd2, yd.add(b), *sumf);
             }
             b += 2;
         }
         if b < nb {
             for (r, sumf) in sumf.iter_mut().enumerate() {
-                let x = rows.add(r * rb + BB * b);
+                let x = at(r, b);
                 let acc = tq1_block(x, blocks.add(LINES * b), &lut, &f);
                 *sumf = block_step(acc, *yd.add(b) * f16_at(x.add(BB - 2)), *sumf);
             }
