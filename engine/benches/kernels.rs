@@ -14,10 +14,12 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use engine::forge::pack;
 use engine::forge::rng::Stream;
+use engine::gguf::GgmlType;
 use engine::kernels::attention::{attention_with, ggml_n_kv, AttnShape};
 use engine::kernels::matmul::{matmul_with, Scratch, WeightView};
 use engine::kernels::{dot, norm, Simd};
-use engine::quant::{i2s, i2s_vnni};
+use engine::model::weight_view;
+use engine::quant::{i2s, i2s_vnni, tq_vnni};
 use half::f16;
 use std::hint::black_box;
 use std::time::Duration;
@@ -43,6 +45,16 @@ enum Fmt {
 }
 
 impl Fmt {
+    fn ty(self) -> GgmlType {
+        match self {
+            Fmt::I2S => GgmlType::I2_S,
+            Fmt::TQ1 => GgmlType::TQ1_0,
+            Fmt::TQ2 => GgmlType::TQ2_0,
+            Fmt::F16 => GgmlType::F16,
+            Fmt::F32 => GgmlType::F32,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Fmt::I2S => "i2s",
@@ -77,10 +89,14 @@ impl Mat {
             Fmt::F16 => pack::pack_f16(&s.normal(n).iter().map(|v| v * 0.02).collect::<Vec<_>>()),
             Fmt::F32 => pack::pack_f32(&s.normal(n).iter().map(|v| v * 0.02).collect::<Vec<_>>()),
         };
+        // As `Model::load` copies them where the VNNI decode kernels run.
         let mut by4 = Vec::new();
         if matches!(fmt, Fmt::I2S) && i2s_vnni::has_vnni() {
             by4 = vec![0; rows * cols / 4];
             i2s_vnni::interleave4(&data, rows, cols, &mut by4);
+        } else if matches!(fmt, Fmt::TQ2) && tq_vnni::available() {
+            by4 = vec![0; data.len()];
+            tq_vnni::interleave4(tq_vnni::Format::Tq2, &data, rows, cols, &mut by4);
         }
         Mat {
             fmt,
@@ -92,29 +108,8 @@ impl Mat {
     }
 
     fn view(&self) -> WeightView<'_> {
-        let (data, rows, cols) = (&self.data[..], self.rows, self.cols);
-        match self.fmt {
-            Fmt::I2S => WeightView::I2S {
-                data,
-                rows,
-                cols,
-                by4: (!self.by4.is_empty()).then_some(&self.by4[..]),
-            },
-            Fmt::TQ1 => WeightView::TQ1 {
-                data,
-                rows,
-                cols,
-                by4: None,
-            },
-            Fmt::TQ2 => WeightView::TQ2 {
-                data,
-                rows,
-                cols,
-                by4: None,
-            },
-            Fmt::F16 => WeightView::F16 { data, rows, cols },
-            Fmt::F32 => WeightView::F32 { data, rows, cols },
-        }
+        weight_view(self.fmt.ty(), &self.data, self.rows, self.cols)
+            .with_by4((!self.by4.is_empty()).then_some(&self.by4[..]))
     }
 
     /// Weight bytes one pass reads (I2_S: without the trailing scale and padding).

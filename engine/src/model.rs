@@ -366,14 +366,8 @@ impl Model {
 
     /// A matmul view of a weight tensor (with its interleaved I2_S rows, if made).
     pub fn weight(&self, t: &Tensor) -> WeightView<'_> {
-        let mut w = weight_view(t.ty, self.bytes(t), t.rows(), t.cols());
-        if let WeightView::I2S { by4, .. }
-        | WeightView::TQ1 { by4, .. }
-        | WeightView::TQ2 { by4, .. } = &mut w
-        {
-            *by4 = self.interleaved.as_ref().and_then(|i| i.rows_of(t));
-        }
-        w
+        weight_view(t.ty, self.bytes(t), t.rows(), t.cols())
+            .with_by4(self.interleaved.as_ref().and_then(|i| i.rows_of(t)))
     }
 
     /// A norm gamma as f32.

@@ -9,7 +9,7 @@ mod util;
 use engine::kernels::matmul::{matmul_with, Scratch, WeightView};
 use engine::kernels::Simd;
 use engine::quant::{i2s, i2s_vnni};
-use util::{bits, pool, Rng};
+use util::{bits, Rng};
 
 /// Packed I2_S rows with every code 0..=3 (3 never comes out of `quantize_i2_s`, but a file
 /// may hold it and ggml's dot reads it as +2).
@@ -387,23 +387,15 @@ fn matmul_routes_wrapping_tokens_exactly() {
                     cols,
                     by4,
                 };
-                for simd in util::levels() {
-                    for threads in 1..=3 {
-                        let mut got = vec![f32::NAN; nt * rows];
-                        pool(threads)
-                            .install(|| {
-                                matmul_with(simd, &view, &x, &mut got, &mut Scratch::default())
-                            })
-                            .unwrap();
-                        assert_eq!(
-                            bits(&got),
-                            bits(&want),
-                            "{rows}x{cols} nt={nt} hot={hot} {simd:?} threads={threads} \
-                             interleaved={}",
-                            by4.is_some()
-                        );
-                    }
-                }
+                util::matmul_everywhere_equals(
+                    &view,
+                    &x,
+                    &want,
+                    &format!(
+                        "{rows}x{cols} nt={nt} hot={hot} interleaved={}",
+                        by4.is_some()
+                    ),
+                );
             }
         }
     }

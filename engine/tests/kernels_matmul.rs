@@ -4,9 +4,11 @@
 #[path = "kernels_util.rs"]
 mod util;
 
+use engine::gguf::GgmlType;
 use engine::kernels::matmul::{matmul_with, Scratch, WeightView};
 use engine::kernels::{dot, sgemm};
 use engine::kernels::{KernelError, Simd};
+use engine::model::weight_view;
 use engine::quant::q8k::{quantize_row_q8_k, BlockQ8K, QK_K};
 use engine::quant::{i2s, tq1, tq2};
 use half::f16;
@@ -53,29 +55,14 @@ impl Mat {
         }
     }
     fn view(&self) -> WeightView<'_> {
-        let (data, rows, cols) = (&self.data[..], self.rows, self.cols);
-        match self.fmt {
-            Fmt::F32 => WeightView::F32 { data, rows, cols },
-            Fmt::F16 => WeightView::F16 { data, rows, cols },
-            Fmt::I2S => WeightView::I2S {
-                data,
-                rows,
-                cols,
-                by4: None,
-            },
-            Fmt::TQ1 => WeightView::TQ1 {
-                data,
-                rows,
-                cols,
-                by4: None,
-            },
-            Fmt::TQ2 => WeightView::TQ2 {
-                data,
-                rows,
-                cols,
-                by4: None,
-            },
-        }
+        let ty = match self.fmt {
+            Fmt::F32 => GgmlType::F32,
+            Fmt::F16 => GgmlType::F16,
+            Fmt::I2S => GgmlType::I2_S,
+            Fmt::TQ1 => GgmlType::TQ1_0,
+            Fmt::TQ2 => GgmlType::TQ2_0,
+        };
+        weight_view(ty, &self.data, self.rows, self.cols)
     }
     /// One element through the portable per-row primitives. F16/F32 with two or more
     /// tokens (`x` holds them all) go through tinyBLAS, as ggml's `llamafile_sgemm` does.

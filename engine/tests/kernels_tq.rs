@@ -15,7 +15,7 @@ use engine::quant::q8k::{quantize_row_q8_k, BlockQ8K, QK_K};
 use engine::quant::tq_vnni::{self, Format, Line, PAIR_LINES, TQ1_LUT};
 use engine::quant::{tq1, tq2};
 use half::f16;
-use util::{bits, levels, pool, Rng};
+use util::{bits, Rng};
 
 const BLOCKS: &[usize] = &[1, 2, 3, 5, 10, 27];
 
@@ -433,23 +433,11 @@ fn matmul_equals_reference_at_every_level_and_thread_count() {
                             by4,
                         },
                     };
-                    for simd in levels() {
-                        for threads in 1..=3 {
-                            let mut got = vec![f32::NAN; nt * rows];
-                            pool(threads)
-                                .install(|| {
-                                    matmul_with(simd, &view, &x, &mut got, &mut Scratch::default())
-                                })
-                                .unwrap();
-                            assert_eq!(
-                                bits(&got),
-                                bits(&want),
-                                "{fmt:?} {rows}x{cols} nt={nt} random={random} {simd:?} \
-                                 threads={threads} interleaved={}",
-                                by4.is_some()
-                            );
-                        }
-                    }
+                    let case = format!(
+                        "{fmt:?} {rows}x{cols} nt={nt} random={random} interleaved={}",
+                        by4.is_some()
+                    );
+                    util::matmul_everywhere_equals(&view, &x, &want, &case);
                 }
             }
         }

@@ -52,3 +52,23 @@ pub fn pool(n: usize) -> rayon::ThreadPool {
         .build()
         .unwrap()
 }
+
+/// `matmul_with(view, x)` at every level this CPU runs and on one to three threads, each
+/// result bit-equal to `want`; `case` names the case in a failure.
+pub fn matmul_everywhere_equals(
+    view: &engine::kernels::matmul::WeightView,
+    x: &[f32],
+    want: &[f32],
+    case: &str,
+) {
+    use engine::kernels::matmul::{matmul_with, Scratch};
+    for simd in levels() {
+        for threads in 1..=3 {
+            let mut got = vec![f32::NAN; want.len()];
+            pool(threads)
+                .install(|| matmul_with(simd, view, x, &mut got, &mut Scratch::default()))
+                .unwrap();
+            assert_eq!(bits(&got), bits(want), "{case} {simd:?} threads={threads}");
+        }
+    }
+}

@@ -126,6 +126,18 @@ impl<'a> WeightView<'a> {
         }
     }
 
+    /// The view with `by4` as its interleaved rows (ternary types; F16 and F32 have none
+    /// and come back as they are).
+    pub fn with_by4(mut self, rows4: Option<&'a [u8]>) -> WeightView<'a> {
+        if let WeightView::I2S { by4, .. }
+        | WeightView::TQ1 { by4, .. }
+        | WeightView::TQ2 { by4, .. } = &mut self
+        {
+            *by4 = rows4;
+        }
+        self
+    }
+
     /// The rows interleaved four by four, if the view has them.
     pub fn by4(&self) -> Option<&'a [u8]> {
         match *self {

@@ -28,7 +28,6 @@
 //!   once per token.
 
 use super::i2s::BLOCK;
-use rayon::prelude::*;
 
 /// Longest row the kernels take: [`x86::dot_row`]'s scaled i32 lanes each sum `cols/64`
 /// terms of at most `4·192·128`, which must not overflow (ggml's own lanes are far from it).
@@ -95,34 +94,25 @@ pub fn to_pair_order(q: &[i8], out: &mut [i8]) {
 /// follow (see [`x86::dot_rows4`]). `kernels::matmul` reads this copy when the model made
 /// one ([`crate::model::Model::load`]).
 pub fn interleave4(rows_data: &[u8], rows: usize, cols: usize, out: &mut [u8]) {
-    let (rb, nb) = (cols / 4, cols / BLOCK);
-    let n = rows * rb;
     assert!(
-        cols.is_multiple_of(BLOCK) && rows_data.len() >= n && out.len() == n,
-        "interleave4: {rows} rows of {cols} need {n} bytes in and out, got {} and {}",
-        rows_data.len(),
-        out.len()
+        cols.is_multiple_of(BLOCK),
+        "interleave4: {cols} columns, not whole blocks"
     );
-    let groups = rows / 4;
-    out.par_chunks_mut(4 * rb.max(1))
-        .take(groups)
-        .enumerate()
-        .for_each(|(g, dst)| {
-            let src = &rows_data[4 * g * rb..4 * (g + 1) * rb];
-            for p in 0..nb / 2 {
-                for k in 0..4 {
-                    let (d, s) = ((4 * p + k) * 64, k * rb + p * 64);
-                    dst[d..d + 64].copy_from_slice(&src[s..s + 64]);
-                }
+    let (rb, nb) = (cols / 4, cols / BLOCK);
+    super::interleave_groups_of_four(rows_data, rows, rb, out, |src, dst| {
+        for p in 0..nb / 2 {
+            for k in 0..4 {
+                let (d, s) = ((4 * p + k) * 64, k * rb + p * 64);
+                dst[d..d + 64].copy_from_slice(&src[s..s + 64]);
             }
-            if nb % 2 == 1 {
-                for k in 0..4 {
-                    let (d, s) = ((nb / 2) * 256 + k * 32, k * rb + (nb - 1) * 32);
-                    dst[d..d + 32].copy_from_slice(&src[s..s + 32]);
-                }
+        }
+        if nb % 2 == 1 {
+            for k in 0..4 {
+                let (d, s) = ((nb / 2) * 256 + k * 32, k * rb + (nb - 1) * 32);
+                dst[d..d + 32].copy_from_slice(&src[s..s + 32]);
             }
-        });
-    out[4 * groups * rb..].copy_from_slice(&rows_data[4 * groups * rb..n]);
+        }
+    });
 }
 
 /// Whether this CPU has AVX-512 VNNI (with F/BW/VL), checked once.

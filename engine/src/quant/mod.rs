@@ -41,3 +41,30 @@ pub fn nearest_int(fval: f32) -> i32 {
 pub(crate) fn f16_at(bytes: &[u8], i: usize) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])).to_f32()
 }
+
+/// The machinery of [`i2s_vnni::interleave4`] and [`tq_vnni::interleave4`]: `rows` rows of
+/// `rb` bytes from `rows_data` into `out` (as long), each group of four consecutive rows
+/// (`4·rb` bytes, in parallel) rewritten by `group(src, dst)`, the rows past the last whole
+/// group copied as they are.
+pub(crate) fn interleave_groups_of_four(
+    rows_data: &[u8],
+    rows: usize,
+    rb: usize,
+    out: &mut [u8],
+    group: impl Fn(&[u8], &mut [u8]) + Sync,
+) {
+    use rayon::prelude::*;
+    let n = rows * rb;
+    assert!(
+        rows_data.len() >= n && out.len() == n,
+        "interleave4: {rows} rows of {rb} bytes need {n} bytes in and out, got {} and {}",
+        rows_data.len(),
+        out.len()
+    );
+    let groups = rows / 4;
+    out.par_chunks_mut(4 * rb.max(1))
+        .take(groups)
+        .enumerate()
+        .for_each(|(g, dst)| group(&rows_data[4 * g * rb..4 * (g + 1) * rb], dst));
+    out[4 * groups * rb..].copy_from_slice(&rows_data[4 * groups * rb..n]);
+}

@@ -59,7 +59,6 @@
 //!   of both.
 
 use super::q8k::{BlockQ8K, QK_K};
-use rayon::prelude::*;
 
 /// 64 bytes on a 64-byte boundary: the unit of every activation load of these kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,29 +240,20 @@ pub static TQ1_LUT: [u8; 256] = {
 /// `b + 1`, …); rows past the last whole group stay as they are, at the same offsets. As
 /// [`super::i2s_vnni::interleave4`] for I2_S, and for the same reason.
 pub fn interleave4(fmt: Format, rows_data: &[u8], rows: usize, cols: usize, out: &mut [u8]) {
+    assert!(
+        cols.is_multiple_of(QK_K),
+        "interleave4: {cols} columns, not whole blocks"
+    );
     let (bb, nb) = (fmt.block_bytes(), cols / QK_K);
     let rb = nb * bb;
-    let n = rows * rb;
-    assert!(
-        cols.is_multiple_of(QK_K) && rows_data.len() >= n && out.len() == n,
-        "interleave4: {rows} rows of {cols} need {n} bytes in and out, got {} and {}",
-        rows_data.len(),
-        out.len()
-    );
-    let groups = rows / 4;
-    out.par_chunks_mut(4 * rb.max(1))
-        .take(groups)
-        .enumerate()
-        .for_each(|(g, dst)| {
-            let src = &rows_data[4 * g * rb..4 * (g + 1) * rb];
-            for b in 0..nb {
-                for k in 0..4 {
-                    let (d, s) = ((4 * b + k) * bb, k * rb + b * bb);
-                    dst[d..d + bb].copy_from_slice(&src[s..s + bb]);
-                }
+    super::interleave_groups_of_four(rows_data, rows, rb, out, |src, dst| {
+        for b in 0..nb {
+            for k in 0..4 {
+                let (d, s) = ((4 * b + k) * bb, k * rb + b * bb);
+                dst[d..d + bb].copy_from_slice(&src[s..s + bb]);
             }
-        });
-    out[4 * groups * rb..].copy_from_slice(&rows_data[4 * groups * rb..n]);
+        }
+    });
 }
 
 /// Whether this CPU runs these kernels: AVX-512 F/BW/VL with VNNI (`vpdpbusd`), VBMI
@@ -435,7 +425,8 @@ pub mod x86 {
     ///
     /// With `BY4` (and `R` = 4) `rows` is a group of [`super::interleave4`]'s layout instead:
     /// the same blocks, now one stream front to back, prefetched as a single stream
-    /// (`prefetch_ahead`).
+    /// (`prefetch_ahead`). On the EPYC that took 9% less of the kernel's time on two threads,
+    /// 3% on one (2B-4T; `docs/performance.md`, "Four rows in one stream").
     ///
     /// # Safety
     /// As [`tq2_dot_row`] for each of the `R` rows (`R·66·nb` bytes at `rows`, interleaved
