@@ -1,7 +1,8 @@
 //! Memory in 2 MiB pages: a decode step streams every weight once, and with 4 KiB pages each
 //! 4 KiB of the stream is a TLB miss (`docs/performance.md`). One anonymous buffer type for
-//! the model copy ([`crate::gguf::GgufFile::copy_into_huge_pages`]) and the bandwidth probe
-//! ([`crate::ceiling`]), and one reading of what the kernel granted.
+//! the model copy ([`crate::gguf::GgufFile::copy_into_huge_pages`]), the interleaved rows
+//! of the ternary matrices (`crate::model`) and the bandwidth probe ([`crate::ceiling`]);
+//! one reading of what the kernel granted, and one of the memory available for a copy.
 
 /// x86-64's (and most Linux targets') transparent-huge-page size: 2 MiB.
 pub const HUGE_PAGE: usize = 2 << 20;

@@ -196,7 +196,7 @@ pub struct Model {
     pub layers: Vec<Layer>,
     /// Norm gammas converted to f32 once (they are tiny; every forward reads them).
     norms: std::collections::HashMap<String, Vec<f32>>,
-    /// The I2_S matrices' rows interleaved for the VNNI decode kernel, if made.
+    /// The I2_S and TQ2_0 matrices' rows interleaved for the VNNI decode kernels, if made.
     interleaved: Option<Interleaved>,
 }
 
@@ -364,7 +364,7 @@ impl Model {
         &self.file.bytes()[t.range.clone()]
     }
 
-    /// A matmul view of a weight tensor (with its interleaved I2_S rows, if made).
+    /// A matmul view of a weight tensor (with its interleaved rows, if made).
     pub fn weight(&self, t: &Tensor) -> WeightView<'_> {
         weight_view(t.ty, self.bytes(t), t.rows(), t.cols())
             .with_by4(self.interleaved.as_ref().and_then(|i| i.rows_of(t)))

@@ -62,7 +62,7 @@ pub enum WeightView<'a> {
         rows: usize,
         cols: usize,
         /// As for I2_S: the rows interleaved four by four ([`tq_vnni::interleave4`]), if
-        /// the model made a copy.
+        /// the caller made a copy (a model does so for TQ2_0 only).
         by4: Option<&'a [u8]>,
     },
     /// TQ2_0 blocks, row after row (`cols % 256 == 0`).

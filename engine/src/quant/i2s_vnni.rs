@@ -219,14 +219,15 @@ pub mod x86 {
     /// With `BY4`, `rows` is a group of [`super::interleave4`]'s layout instead: the same
     /// lines, now one stream front to back, prefetched like [`dot_row`]'s. That reads
     /// faster still (2B-4T I2_S, the EPYC, alternating runs): this kernel's samples against
-    /// the F16 head's 0.86–0.92 → 0.71–0.76 on one thread, 0.87–0.92 → 0.72–0.76 on two
+    /// the F16 head's 0.86–0.91 → 0.71–0.75 on one thread, 0.87–0.92 → 0.72–0.76 on two
     /// (`docs/performance.md`, "Four rows in one stream").
     ///
     /// # Safety
     /// As [`dot_row`] for each of the four rows: the CPU has AVX-512 F/BW/VL/VNNI, `rows`
     /// holds `cols` readable bytes (four rows of `cols/4`, in the file's layout or
-    /// interleaved) and `qp` `cols` values. (The prefetches reach up to `2·cols` bytes past
-    /// `rows`, which is harmless: a prefetch never faults.)
+    /// interleaved) and `qp` `cols` values. (The prefetches reach past `rows` — the next
+    /// `cols` bytes, or [`PREFETCH_BYTES`] on with `BY4` — which is harmless: a prefetch
+    /// never faults.)
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub unsafe fn dot_rows4<const BY4: bool>(
         rows: *const u8,

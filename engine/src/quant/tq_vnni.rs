@@ -238,7 +238,9 @@ pub static TQ1_LUT: [u8; 256] = {
 /// [`x86::tq1_dot_rows`]): each group of four consecutive rows becomes one run of
 /// `4·row_bytes`, the rows' blocks interleaved (block `b` of rows 0, 1, 2, 3, then block
 /// `b + 1`, …); rows past the last whole group stay as they are, at the same offsets. As
-/// [`super::i2s_vnni::interleave4`] for I2_S, and for the same reason.
+/// [`super::i2s_vnni::interleave4`] for I2_S, and for the same reason. (A model copies its
+/// TQ2_0 matrices so, not its TQ1_0 ones: that kernel is bound by decoding the trits, and
+/// read them slower interleaved.)
 pub fn interleave4(fmt: Format, rows_data: &[u8], rows: usize, cols: usize, out: &mut [u8]) {
     assert!(
         cols.is_multiple_of(QK_K),
