@@ -173,11 +173,11 @@ impl<'a> WeightView<'a> {
                 unit: "bytes",
             });
         }
-        // The interleaved rows: exactly the rows' bytes (`needed_bytes` did not overflow,
-        // so neither does this).
+        // The interleaved rows: exactly the rows' bytes, without I2_S's scale
+        // (`needed_bytes` did not overflow, so neither does this).
         if let Some(b) = self.by4() {
             let rows_bytes = match self {
-                WeightView::I2S { .. } => need - 4,
+                WeightView::I2S { rows, cols, .. } => rows * cols / 4,
                 _ => need,
             };
             check_len("interleaved weight rows", b.len(), rows_bytes, "bytes")?;
