@@ -70,8 +70,9 @@ impl Fmt {
 struct Mat {
     fmt: Fmt,
     data: Vec<u8>,
-    /// I2_S: the rows interleaved as a model holds them for the VNNI decode kernel
-    /// (`i2s_vnni::interleave4`), when this CPU runs it; else empty.
+    /// I2_S and TQ2_0: the rows interleaved as a model holds them for the VNNI decode
+    /// kernels (`i2s_vnni::interleave4`, `tq_vnni::interleave4`), when this CPU runs them;
+    /// else empty.
     by4: Vec<u8>,
     rows: usize,
     cols: usize,
