@@ -241,7 +241,9 @@ impl Interleaved {
                     Some((t, n))
                 })
                 .collect();
-            let total: usize = mine.iter().map(|&(_, n)| n).sum();
+            // Each tensor's copy starts on a 64-byte boundary, so the kernels' vector loads
+            // of whole groups are aligned (the buffer itself starts on a 2 MiB one).
+            let total: usize = mine.iter().map(|&(_, n)| n.next_multiple_of(64)).sum();
             let fits = crate::hugepage::mem_available()
                 .is_some_and(|avail| (total as u64).saturating_mul(2) <= avail);
             if total == 0 || !fits {
@@ -252,7 +254,8 @@ impl Interleaved {
             let mut rest = buf.bytes_mut();
             let mut offset = 0;
             for (t, n) in mine {
-                let (dst, tail) = rest.split_at_mut(n);
+                let (dst, tail) = rest.split_at_mut(n.next_multiple_of(64));
+                let dst = &mut dst[..n];
                 let (src, rows, cols) = (&file.bytes()[t.range.clone()], t.rows(), t.cols());
                 if t.ty == GgmlType::I2_S {
                     i2s_vnni::interleave4(src, rows, cols, dst);
@@ -260,7 +263,7 @@ impl Interleaved {
                     tq_vnni::interleave4(tq_vnni::Format::Tq2, src, rows, cols, dst);
                 }
                 at.insert(t.range.start, (offset, n));
-                (rest, offset) = (tail, offset + n);
+                (rest, offset) = (tail, offset + n.next_multiple_of(64));
             }
             return Some(Interleaved { buf, at });
         }

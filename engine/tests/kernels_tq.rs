@@ -256,21 +256,28 @@ fn vnni_rows_at_once_equal_the_reference() {
                             tq_vnni::x86::tq1_dot_rows::<4, false>(w.as_ptr(), acts.as_ptr(), nb)
                         }
                         Format::Tq2 => {
-                            tq_vnni::x86::tq2_dot_rows::<4, false>(w.as_ptr(), acts.as_ptr(), nb)
+                            tq_vnni::x86::tq2_dot_rows::<4>(w.as_ptr(), acts.as_ptr(), nb)
                         }
                     }
                 };
                 // The same four rows interleaved (as a model copies them), one stream.
                 let mut by4 = vec![0u8; 4 * nb * bb];
                 tq_vnni::interleave4(fmt, &w, 4, nb * QK_K, &mut by4);
-                // SAFETY: as above; `by4` holds the four rows' blocks, interleaved.
+                // SAFETY: as above; `by4` holds the four rows in `interleave4`'s layout
+                // (TQ2_0: group 0's 256·nb code and 8·nb scale bytes at `tq2_group_at`).
                 let got_by4 = unsafe {
                     match fmt {
                         Format::Tq1 => {
                             tq_vnni::x86::tq1_dot_rows::<4, true>(by4.as_ptr(), acts.as_ptr(), nb)
                         }
                         Format::Tq2 => {
-                            tq_vnni::x86::tq2_dot_rows::<4, true>(by4.as_ptr(), acts.as_ptr(), nb)
+                            let (qs, ds) = tq_vnni::tq2_group_at(4, nb, 0);
+                            tq_vnni::x86::tq2_dot_pairs(
+                                by4[qs..].as_ptr(),
+                                by4[ds..].as_ptr(),
+                                acts.as_ptr(),
+                                nb,
+                            )
                         }
                     }
                 };
@@ -482,12 +489,13 @@ fn scratch_reuse_across_tq_shapes() {
     }
 }
 
-/// `tq_vnni::interleave4`'s layout, block by block: each group of four rows one run, the
-/// rows' blocks alternating, rows past the last whole group where they were.
+/// `tq_vnni::interleave4`'s TQ1_0 layout, block by block: each group of four rows one run,
+/// the rows' blocks alternating, rows past the last whole group where they were.
 #[test]
 fn interleave4_puts_every_block_where_documented() {
     let mut rng = Rng::new(46);
-    for fmt in [Format::Tq1, Format::Tq2] {
+    let fmt = Format::Tq1;
+    {
         let bb = block_bytes(fmt);
         for &(rows, nb) in &[(4, 1), (6, 3), (9, 10), (3, 2), (8, 27)] {
             let w = random_rows(&mut rng, fmt, rows, nb);
@@ -507,6 +515,38 @@ fn interleave4_puts_every_block_where_documented() {
                         "{fmt:?} {rows}x{nb}: row {r} block {b}"
                     );
                 }
+            }
+        }
+    }
+}
+
+/// `tq_vnni::interleave4`'s TQ2_0 layout, byte by byte: in group `g`, row `k`'s codes
+/// 0..32 and 32..64 of block `b` at bytes `32·(k mod 2)` of the vectors `2·(k / 2)` and
+/// `2·(k / 2) + 1` of the block's four, its scale the `k`-th of the block's four; codes
+/// and scales where `tq2_group_at` says; rows past the last whole group where they were.
+#[test]
+fn interleave4_pairs_tq2_rows_where_documented() {
+    let mut rng = Rng::new(47);
+    let bb = block_bytes(Format::Tq2);
+    for &(rows, nb) in &[(4, 1), (6, 3), (9, 10), (3, 2), (8, 27), (12, 2)] {
+        let w = random_rows(&mut rng, Format::Tq2, rows, nb);
+        let rb = nb * bb;
+        let mut out = vec![0u8; rows * rb];
+        tq_vnni::interleave4(Format::Tq2, &w, rows, nb * QK_K, &mut out);
+        for r in 0..rows {
+            for b in 0..nb {
+                let x = &w[r * rb + b * bb..r * rb + (b + 1) * bb];
+                let what = format!("{rows}x{nb}: row {r} block {b}");
+                if r / 4 == rows / 4 {
+                    assert_eq!(out[r * rb + b * bb..][..bb], *x, "{what} (tail)");
+                    continue;
+                }
+                let (qs, ds) = tq_vnni::tq2_group_at(rows, nb, r / 4);
+                let k = r % 4;
+                let v = qs + 256 * b + 128 * (k / 2) + 32 * (k % 2);
+                assert_eq!(out[v..v + 32], x[..32], "{what}: codes 0..32");
+                assert_eq!(out[v + 64..v + 96], x[32..64], "{what}: codes 32..64");
+                assert_eq!(out[ds + 8 * b + 2 * k..][..2], x[64..66], "{what}: scale");
             }
         }
     }

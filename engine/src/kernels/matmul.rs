@@ -705,10 +705,11 @@ unsafe fn i2s_dot(simd: Simd, row: &[u8], q: &[i8]) -> i32 {
 }
 
 /// TQ1_0/TQ2_0 on AVX-512 VNNI ([`tq_vnni`]), activations already in `scratch.q8k`: one
-/// token streams through the packed rows (TQ1_0 four at a time,
-/// [`tq_vnni::x86::tq1_dot_rows`], and a task's last ones by [`tq_vnni::x86::tq1_dot_row`];
-/// TQ2_0 one at a time, [`tq_vnni::x86::tq2_dot_row`]); several are paired and meet each
-/// panel of rows unpacked once ([`tq_vnni::x86::gemm_panel`]). ggml's bits either way.
+/// token streams through the packed rows four at a time ([`tq_vnni::x86::tq1_dot_rows`],
+/// [`tq_vnni::x86::tq2_dot_rows`], or [`tq_vnni::x86::tq2_dot_pairs`] from `by4`), a task's
+/// last ones one at a time ([`tq_vnni::x86::tq1_dot_row`], [`tq_vnni::x86::tq2_dot_row`]);
+/// several are paired and meet each panel of rows unpacked once
+/// ([`tq_vnni::x86::gemm_panel`]). ggml's bits either way.
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI and GFNI ([`tq_vnni::available`] and a clamped
@@ -742,14 +743,24 @@ unsafe fn matmul_tq_vnni(
         // `by4`; its rows past the last whole group sit where they do in `data`.
         let src = by4.unwrap_or(data);
         let per_task = stream_rows_per_task(rows).next_multiple_of(TQ_ROWS);
+        let pairs = fmt == tq_vnni::Format::Tq2 && by4.is_some();
         par_row_ranges(rows, per_task, |r0, r1| {
-            prefetch_start(src[r0 * rb..].as_ptr(), (r1 - r0) * rb);
+            // Where the task's first rows begin (a hint: TQ2_0's `by4` holds their codes
+            // at their group's offset).
+            let first = if pairs {
+                tq_vnni::tq2_group_at(rows, nb, r0 / 4).0
+            } else {
+                r0 * rb
+            };
+            prefetch_start(src[first..].as_ptr(), (r1 - r0) * rb);
             let mut r0 = r0;
             while r0 + TQ_ROWS <= r1 {
                 let at = src[r0 * rb..].as_ptr();
                 let a = acts.as_ptr();
                 // SAFETY: as for the single rows below, for rows r0..r0 + TQ_ROWS ≤ r1
-                // (in `interleave4`'s layout when from `by4`).
+                // (in `interleave4`'s layout when from `by4`). For TQ2_0's, group r0/4 <
+                // rows/4 (r0 + 4 ≤ rows), whose 256·nb code and 8·nb scale bytes lie in
+                // `by4`'s rows·66·nb at `tq2_group_at`'s offsets.
                 let v = unsafe {
                     match (fmt, by4.is_some()) {
                         (tq_vnni::Format::Tq1, false) => {
@@ -758,11 +769,10 @@ unsafe fn matmul_tq_vnni(
                         (tq_vnni::Format::Tq1, true) => {
                             x86::tq1_dot_rows::<TQ_ROWS, true>(at, a, nb)
                         }
-                        (tq_vnni::Format::Tq2, false) => {
-                            x86::tq2_dot_rows::<TQ_ROWS, false>(at, a, nb)
-                        }
+                        (tq_vnni::Format::Tq2, false) => x86::tq2_dot_rows::<TQ_ROWS>(at, a, nb),
                         (tq_vnni::Format::Tq2, true) => {
-                            x86::tq2_dot_rows::<TQ_ROWS, true>(at, a, nb)
+                            let (qs, ds) = tq_vnni::tq2_group_at(rows, nb, r0 / 4);
+                            x86::tq2_dot_pairs(src[qs..].as_ptr(), src[ds..].as_ptr(), a, nb)
                         }
                     }
                 };

@@ -234,13 +234,17 @@ pub static TQ1_LUT: [u8; 256] = {
 };
 
 /// TQ1_0 or TQ2_0 rows (`rows` of `cols/256` blocks) rewritten into `out` (as long) in the
-/// layout the decode kernels read as *one* stream with `BY4` ([`x86::tq2_dot_rows`],
-/// [`x86::tq1_dot_rows`]): each group of four consecutive rows becomes one run of
-/// `4·row_bytes`, the rows' blocks interleaved (block `b` of rows 0, 1, 2, 3, then block
-/// `b + 1`, …); rows past the last whole group stay as they are, at the same offsets. As
-/// [`super::i2s_vnni::interleave4`] for I2_S, and for the same reason. (A model copies its
-/// TQ2_0 matrices so, not its TQ1_0 ones: that kernel is bound by decoding the trits, and
-/// read them slower interleaved.)
+/// layout the decode kernels read four rows at a time as *one* stream, as
+/// [`super::i2s_vnni::interleave4`] for I2_S and for the same reason; rows past the last
+/// whole group of four stay as they are, at the same offsets.
+///
+/// - TQ1_0 (read by [`x86::tq1_dot_rows`] with `BY4`): each group of four consecutive rows
+///   one run of `4·row_bytes`, the rows' blocks interleaved (block `b` of rows 0, 1, 2, 3,
+///   then block `b + 1`, …).
+/// - TQ2_0 (read by [`x86::tq2_dot_pairs`]): two rows to a vector, see [`pair_tq2`].
+///
+/// A model copies its TQ2_0 matrices so, not its TQ1_0 ones: that kernel is bound by
+/// decoding the trits, and read them slower interleaved.
 pub fn interleave4(fmt: Format, rows_data: &[u8], rows: usize, cols: usize, out: &mut [u8]) {
     assert!(
         cols.is_multiple_of(QK_K),
@@ -248,6 +252,9 @@ pub fn interleave4(fmt: Format, rows_data: &[u8], rows: usize, cols: usize, out:
     );
     let (bb, nb) = (fmt.block_bytes(), cols / QK_K);
     let rb = nb * bb;
+    if fmt == Format::Tq2 {
+        return pair_tq2(rows_data, rows, nb, out);
+    }
     super::interleave_groups_of_four(rows_data, rows, rb, out, |src, dst| {
         for b in 0..nb {
             for k in 0..4 {
@@ -256,6 +263,51 @@ pub fn interleave4(fmt: Format, rows_data: &[u8], rows: usize, cols: usize, out:
             }
         }
     });
+}
+
+/// Where group `g` (rows `4g..4g + 4`) of [`interleave4`]'s TQ2_0 layout of `rows` rows of
+/// `nb` blocks keeps its codes (`256·nb` bytes) and its scales (`8·nb`): their byte
+/// offsets.
+pub const fn tq2_group_at(rows: usize, nb: usize, g: usize) -> (usize, usize) {
+    (256 * nb * g, 256 * nb * (rows / 4) + 8 * nb * g)
+}
+
+/// [`interleave4`] for TQ2_0: per group of four rows A, B, C, D and block `b`, the codes as
+/// four 64-byte vectors `[A.qs[..32] | B.qs[..32]]`, `[A.qs[32..] | B.qs[32..]]`, the same
+/// for C and D; every group's codes first, then every group's scales (`A.d, B.d, C.d,
+/// D.d` of each block), then the rows past the last whole group at their own offsets
+/// ([`tq2_group_at`]).
+fn pair_tq2(rows_data: &[u8], rows: usize, nb: usize, out: &mut [u8]) {
+    use rayon::prelude::*;
+    let bb = Format::Tq2.block_bytes();
+    let rb = nb * bb;
+    let n = rows * rb;
+    assert!(
+        rows_data.len() >= n && out.len() == n,
+        "interleave4: {rows} rows of {rb} bytes need {n} bytes in and out, got {} and {}",
+        rows_data.len(),
+        out.len()
+    );
+    let groups = rows / 4;
+    let (qs, rest) = out.split_at_mut(groups * 256 * nb);
+    let (ds, tail) = rest.split_at_mut(groups * 8 * nb);
+    qs.par_chunks_mut((256 * nb).max(1))
+        .zip(ds.par_chunks_mut((8 * nb).max(1)))
+        .enumerate()
+        .for_each(|(g, (q, d))| {
+            let src = &rows_data[4 * g * rb..4 * (g + 1) * rb];
+            for b in 0..nb {
+                for k in 0..4 {
+                    let x = &src[k * rb + b * bb..][..bb];
+                    let (pair, half) = (k / 2, k % 2);
+                    let v = 256 * b + 128 * pair + 32 * half;
+                    q[v..v + 32].copy_from_slice(&x[..32]);
+                    q[v + 64..v + 96].copy_from_slice(&x[32..64]);
+                    d[8 * b + 2 * k..8 * b + 2 * k + 2].copy_from_slice(&x[64..66]);
+                }
+            }
+        });
+    tail.copy_from_slice(&rows_data[4 * groups * rb..n]);
 }
 
 /// Whether this CPU runs these kernels: AVX-512 F/BW/VL with VNNI (`vpdpbusd`), VBMI
@@ -414,7 +466,7 @@ pub mod x86 {
     /// `Format::Tq2.decode_len(nb)` lines.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,gfni,avx2,fma,f16c")]
     pub unsafe fn tq2_dot_row(row: *const u8, acts: *const Line, nb: usize) -> f32 {
-        tq2_dot_rows::<1, false>(row, acts, nb)[0]
+        tq2_dot_rows::<1>(row, acts, nb)[0]
     }
 
     /// One TQ2_0 row's dot (as [`tq2_dot_row`]) for `R` consecutive rows (`66·nb` bytes
@@ -423,18 +475,13 @@ pub mod x86 {
     /// activation lines serve the `R` rows. Prefetches the next `R` rows front to back
     /// (`prefetch_next`). (On the Xeon, two or four rows side by side, each prefetched in
     /// its own stream, had been slower than one: 11.0–11.2 → 10.1–10.5 tok/s. This form is
-    /// not measured there.)
-    ///
-    /// With `BY4` (and `R` = 4) `rows` is a group of [`super::interleave4`]'s layout instead:
-    /// the same blocks, now one stream front to back, prefetched as a single stream
-    /// (`prefetch_ahead`). On the EPYC that took 9% less of the kernel's time on two threads,
-    /// 3% on one (2B-4T; `docs/performance.md`, "Four rows in one stream").
+    /// not measured there.) Where a model holds its rows in [`super::interleave4`]'s layout,
+    /// [`tq2_dot_pairs`] reads them instead.
     ///
     /// # Safety
-    /// As [`tq2_dot_row`] for each of the `R` rows (`R·66·nb` bytes at `rows`, interleaved
-    /// with `BY4`).
+    /// As [`tq2_dot_row`] for each of the `R` rows (`R·66·nb` bytes at `rows`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,gfni,avx2,fma,f16c")]
-    pub unsafe fn tq2_dot_rows<const R: usize, const BY4: bool>(
+    pub unsafe fn tq2_dot_rows<const R: usize>(
         rows: *const u8,
         acts: *const Line,
         nb: usize,
@@ -445,15 +492,11 @@ pub mod x86 {
         let rb = BB * nb;
         let yd = acts as *const f32;
         let blocks = acts.add(nb.div_ceil(16));
-        let at = |r: usize, b: usize| block_at::<R, BY4>(rows, rb, BB, r, b);
+        let at = |r: usize, b: usize| block_at::<R, false>(rows, rb, BB, r, b);
         let mut sumf = [_mm256_setzero_ps(); R];
         let mut b = 0;
         while b + 2 <= nb {
-            if BY4 {
-                prefetch_ahead(rows.wrapping_add(R * BB * b), 2 * R * BB);
-            } else {
-                prefetch_next::<R>(rows, rb, BB * b, 2 * BB);
-            }
+            prefetch_next::<R>(rows, rb, BB * b, 2 * BB);
             for (r, sumf) in sumf.iter_mut().enumerate() {
                 let (xa, xb) = (at(r, b), at(r, b + 1));
                 let acc_a = tq2_block(xa, blocks.add(LINES * b), &f);
@@ -471,6 +514,85 @@ pub mod x86 {
             }
         }
         sumf.map(|v| hsum8(v))
+    }
+
+    /// [`tq2_dot_row`] of the four rows of one group of [`super::interleave4`]'s TQ2_0
+    /// layout (`qs`, `ds` from [`super::tq2_group_at`]), bit for bit: two rows share every
+    /// vector, row A's codes in bytes 0..32 and row B's in bytes 32..64, each half meeting
+    /// the same 32 quants (an activation line's half broadcast to both), so an
+    /// accumulator's dwords 0..8 are A's ggml lanes and 8..16 B's. No lanes are folded
+    /// (the file-layout kernels fold dwords `k` and `k + 8` of each row), and one
+    /// conversion, multiplication by `[A's d × 8 | B's d × 8]` and addition is the float
+    /// step of both rows: per block, per lane, in block order, `sumf = (float)L·d + sumf`
+    /// unfused, as ggml. On the EPYC the kernel's perf samples against the F16 head's fell
+    /// by a tenth on one thread (`docs/performance.md`, "TQ2_0 two rows to a vector").
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/VNNI and GFNI ([`super::available`]); `qs` holds `256·nb`
+    /// readable bytes and `ds` `8·nb`; `acts` as for [`tq2_dot_row`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,gfni,avx2,fma,f16c")]
+    pub unsafe fn tq2_dot_pairs(
+        qs: *const u8,
+        ds: *const u8,
+        acts: *const Line,
+        nb: usize,
+    ) -> [f32; 4] {
+        const LINES: usize = Format::Tq2.decode_lines();
+        let f = [field(2), field(4), field(6)];
+        let yd = acts as *const f32;
+        let blocks = acts.add(nb.div_ceil(16));
+        let three = _mm512_set1_epi8(3);
+        let idx = [
+            _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+            _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
+        ];
+        let mut sumf = [_mm512_setzero_ps(); 2];
+        for b in 0..nb {
+            prefetch_ahead(qs.add(256 * b), 256);
+            let a = blocks.add(LINES * b) as *const u8;
+            let lo =
+                |k: usize| _mm512_broadcast_i64x4(_mm256_load_si256(a.add(64 * k) as *const _));
+            let hi = |k: usize| {
+                _mm512_broadcast_i64x4(_mm256_load_si256(a.add(64 * k + 32) as *const _))
+            };
+            let xd = _mm_cvtph_ps(_mm_loadl_epi64(ds.add(8 * b) as *const __m128i));
+            let d4 = _mm512_castps128_ps512(_mm_mul_ps(_mm_set1_ps(*yd.add(b)), xd));
+            for (p, sumf) in sumf.iter_mut().enumerate() {
+                let w0 = _mm512_loadu_si512(qs.add(256 * b + 128 * p) as *const _);
+                let w1 = _mm512_loadu_si512(qs.add(256 * b + 128 * p + 64) as *const _);
+                let mut acc0 = _mm512_dpbusd_epi32(lo(4), _mm512_and_si512(w0, three), lo(0));
+                let mut acc1 =
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(w1, three), hi(0));
+                for (k, f) in f.iter().enumerate() {
+                    acc0 = _mm512_dpbusd_epi32(
+                        acc0,
+                        _mm512_gf2p8affine_epi64_epi8::<0>(w0, *f),
+                        lo(k + 1),
+                    );
+                    acc1 = _mm512_dpbusd_epi32(
+                        acc1,
+                        _mm512_gf2p8affine_epi64_epi8::<0>(w1, *f),
+                        hi(k + 1),
+                    );
+                }
+                let l = _mm512_add_epi32(acc0, acc1);
+                let dv = _mm512_permutexvar_ps(idx[p], d4);
+                *sumf = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(l), dv), *sumf);
+            }
+        }
+        let half = |v: __m512, k: usize| {
+            if k == 0 {
+                _mm512_castps512_ps256(v)
+            } else {
+                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
+            }
+        };
+        [
+            hsum8(half(sumf[0], 0)),
+            hsum8(half(sumf[0], 1)),
+            hsum8(half(sumf[1], 0)),
+            hsum8(half(sumf[1], 1)),
+        ]
     }
 
     /// The prefetches of one step of a side-by-side kernel over `R` consecutive rows of `rb`
