@@ -42,7 +42,26 @@ pub(crate) fn f16_at(bytes: &[u8], i: usize) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])).to_f32()
 }
 
-/// The machinery of [`i2s_vnni::interleave4`] and [`tq_vnni::interleave4`]: `rows` rows of
+/// `interleave4`'s size check: `rows` rows of `rb` bytes need `rows·rb` bytes of input and
+/// exactly as many of output. Returns that length and the number of whole groups of four.
+pub(crate) fn interleave_sizes(
+    rows_data: &[u8],
+    rows: usize,
+    rb: usize,
+    out: &[u8],
+) -> (usize, usize) {
+    let n = rows * rb;
+    assert!(
+        rows_data.len() >= n && out.len() == n,
+        "interleave4: {rows} rows of {rb} bytes need {n} bytes in and out, got {} and {}",
+        rows_data.len(),
+        out.len()
+    );
+    (n, rows / 4)
+}
+
+/// The machinery of [`i2s_vnni::interleave4`] and [`tq_vnni::interleave4`] for TQ1_0 (TQ2_0's
+/// layout is not one run per group, see `tq_vnni::pair_tq2`): `rows` rows of
 /// `rb` bytes from `rows_data` into `out` (as long), each group of four consecutive rows
 /// (`4·rb` bytes, in parallel) rewritten by `group(src, dst)`, the rows past the last whole
 /// group copied as they are.
@@ -54,14 +73,7 @@ pub(crate) fn interleave_groups_of_four(
     group: impl Fn(&[u8], &mut [u8]) + Sync,
 ) {
     use rayon::prelude::*;
-    let n = rows * rb;
-    assert!(
-        rows_data.len() >= n && out.len() == n,
-        "interleave4: {rows} rows of {rb} bytes need {n} bytes in and out, got {} and {}",
-        rows_data.len(),
-        out.len()
-    );
-    let groups = rows / 4;
+    let (n, groups) = interleave_sizes(rows_data, rows, rb, out);
     out.par_chunks_mut(4 * rb.max(1))
         .take(groups)
         .enumerate()

@@ -39,7 +39,10 @@
 //!
 //! - TQ2_0 ([`x86::tq2_dot_row`]): the 64 packed bytes shifted by `2l` and masked give
 //!   values `32l + m` (bytes `m < 32`) and `128 + 32l + m` (bytes `32 + m`): plane `l`
-//!   meets quants `[q[32l..][..32], q[128 + 32l..][..32]]`.
+//!   meets quants `[q[32l..][..32], q[128 + 32l..][..32]]`. From a model's copy
+//!   ([`interleave4`], [`x86::tq2_dot_pairs`]) a vector holds 32 code bytes of each of two
+//!   rows and meets one half of that line in both halves: dwords 0..8 are one row's ggml
+//!   lanes and 8..16 the other's, with nothing to fold.
 //! - TQ1_0 ([`x86::tq1_dot_row`]): the 52 packed bytes (`qs[48]`, `qh[4]`) with `qh`
 //!   copied into dwords 12..15 go through two 256-entry tables ([`TQ1_LUTS`]), one giving
 //!   trits 0..4 of a byte packed two bits each, one giving trit 4 — exactly ggml's
@@ -281,14 +284,7 @@ fn pair_tq2(rows_data: &[u8], rows: usize, nb: usize, out: &mut [u8]) {
     use rayon::prelude::*;
     let bb = Format::Tq2.block_bytes();
     let rb = nb * bb;
-    let n = rows * rb;
-    assert!(
-        rows_data.len() >= n && out.len() == n,
-        "interleave4: {rows} rows of {rb} bytes need {n} bytes in and out, got {} and {}",
-        rows_data.len(),
-        out.len()
-    );
-    let groups = rows / 4;
+    let (n, groups) = super::interleave_sizes(rows_data, rows, rb, out);
     let (qs, rest) = out.split_at_mut(groups * 256 * nb);
     let (ds, tail) = rest.split_at_mut(groups * 8 * nb);
     qs.par_chunks_mut((256 * nb).max(1))
