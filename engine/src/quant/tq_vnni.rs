@@ -520,8 +520,9 @@ pub mod x86 {
     /// (the file-layout kernels fold dwords `k` and `k + 8` of each row), and one
     /// conversion, multiplication by `[A's d × 8 | B's d × 8]` and addition is the float
     /// step of both rows: per block, per lane, in block order, `sumf = (float)L·d + sumf`
-    /// unfused, as ggml. On the EPYC the kernel's perf samples against the F16 head's fell
-    /// by a tenth on one thread (`docs/performance.md`, "TQ2_0 two rows to a vector").
+    /// unfused, as ggml. On the EPYC the kernel's perf samples per F16-head sample went
+    /// from 1.05–1.19 to 0.91–0.97 on one thread (`docs/performance.md`, "TQ2_0: two rows
+    /// to a vector").
     ///
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL/VNNI and GFNI ([`super::available`]); `qs` holds `256·nb`
