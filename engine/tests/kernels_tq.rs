@@ -495,26 +495,24 @@ fn scratch_reuse_across_tq_shapes() {
 fn interleave4_puts_every_block_where_documented() {
     let mut rng = Rng::new(46);
     let fmt = Format::Tq1;
-    {
-        let bb = block_bytes(fmt);
-        for &(rows, nb) in &[(4, 1), (6, 3), (9, 10), (3, 2), (8, 27)] {
-            let w = random_rows(&mut rng, fmt, rows, nb);
-            let rb = nb * bb;
-            let mut out = vec![0u8; rows * rb];
-            tq_vnni::interleave4(fmt, &w, rows, nb * QK_K, &mut out);
-            for r in 0..rows {
-                for b in 0..nb {
-                    let at = if r / 4 < rows / 4 {
-                        4 * (r / 4) * rb + (4 * b + r % 4) * bb
-                    } else {
-                        r * rb + b * bb
-                    };
-                    assert_eq!(
-                        out[at..at + bb],
-                        w[r * rb + b * bb..r * rb + (b + 1) * bb],
-                        "{fmt:?} {rows}x{nb}: row {r} block {b}"
-                    );
-                }
+    let bb = block_bytes(fmt);
+    for &(rows, nb) in &[(4, 1), (6, 3), (9, 10), (3, 2), (8, 27)] {
+        let w = random_rows(&mut rng, fmt, rows, nb);
+        let rb = nb * bb;
+        let mut out = vec![0u8; rows * rb];
+        tq_vnni::interleave4(fmt, &w, rows, nb * QK_K, &mut out);
+        for r in 0..rows {
+            for b in 0..nb {
+                let at = if r / 4 < rows / 4 {
+                    4 * (r / 4) * rb + (4 * b + r % 4) * bb
+                } else {
+                    r * rb + b * bb
+                };
+                assert_eq!(
+                    out[at..at + bb],
+                    w[r * rb + b * bb..r * rb + (b + 1) * bb],
+                    "{fmt:?} {rows}x{nb}: row {r} block {b}"
+                );
             }
         }
     }

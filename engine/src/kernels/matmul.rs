@@ -70,7 +70,9 @@ pub enum WeightView<'a> {
         data: &'a [u8],
         rows: usize,
         cols: usize,
-        /// As for TQ1_0.
+        /// The same rows in [`tq_vnni::interleave4`]'s TQ2_0 layout (two rows to a vector,
+        /// as long as `data`'s rows), which the VNNI decode kernel reads, when the model
+        /// made a copy; the arithmetic is the same either way.
         by4: Option<&'a [u8]>,
     },
 }
