@@ -2,16 +2,16 @@
 //!
 //! Hyperparameters come from `<arch>.*` metadata through [`Hparams::from_gguf`], which names
 //! each key and its default (and where the default comes from). Weights are views into the
-//! memory-mapped file: nothing is dequantized at load time, and the one copy is of the I2_S
-//! and TQ2_0 matrices on CPUs with AVX-512 VNNI, rows interleaved four by four for the
-//! decode kernels ([`Interleaved`]).
+//! memory-mapped file: nothing is dequantized at load time, and the one copy is of the
+//! ternary matrices on CPUs with AVX-512 VNNI, rows interleaved four by four (TQ1_0's trits
+//! re-packed five blocks to a byte) for the decode kernels ([`Interleaved`]).
 
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
 use crate::kernels::matmul::WeightView;
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::Simd;
 #[cfg(target_arch = "x86_64")]
-use crate::quant::{i2s_vnni, tq2, tq_vnni};
+use crate::quant::{i2s_vnni, tq_vnni};
 use std::path::Path;
 
 /// Errors building a model from a GGUF file.
@@ -196,19 +196,20 @@ pub struct Model {
     pub layers: Vec<Layer>,
     /// Norm gammas converted to f32 once (they are tiny; every forward reads them).
     norms: std::collections::HashMap<String, Vec<f32>>,
-    /// The I2_S and TQ2_0 matrices' rows interleaved for the VNNI decode kernels, if made.
+    /// The ternary matrices' rows interleaved for the VNNI decode kernels, if made.
     interleaved: Option<Interleaved>,
 }
 
-/// A copy of the I2_S and TQ2_0 matrices' rows interleaved four by four
-/// ([`i2s_vnni::interleave4`], [`tq_vnni::interleave4`]), which the AVX-512 VNNI decode
-/// kernels read as one stream instead of four (the file's layout stays what prefill and
-/// every other path read). Made at load for the types whose VNNI kernels will run
-/// (`Simd::current()` is AVX-512 and the CPU has what they need) when the copy fits twice
-/// into the available memory. It costs those bytes once more in memory (2B-4T: 521 MB for
-/// I2_S, 537 MB for TQ2_0) and their copying at load (about 0.9 s on the EPYC), and buys
-/// decode steps that stream the matrices faster (`docs/performance.md`, "Four rows in one
-/// stream").
+/// A copy of the ternary matrices' rows interleaved four by four
+/// ([`i2s_vnni::interleave4`], [`tq_vnni::interleave4`]; TQ1_0's trits re-packed five
+/// blocks to a byte), which the AVX-512 VNNI decode kernels read as one stream instead of
+/// four (the file's layout stays what prefill and every other path read). Made at load for
+/// the types whose VNNI kernels will run (`Simd::current()` is AVX-512 and the CPU has what
+/// they need) when the copy fits twice into the available memory. It costs those bytes once
+/// more in memory (2B-4T: 521 MB for I2_S, 537 MB for TQ2_0, 435 MB for TQ1_0) and their
+/// copying at load (about 0.9 s on the EPYC), and buys decode steps that stream the
+/// matrices faster (`docs/performance.md`, "Four rows in one stream", "TQ1_0: five blocks
+/// to a byte").
 struct Interleaved {
     buf: crate::hugepage::HugeBuffer,
     /// Start of a tensor's bytes in the file → where its rows start in `buf`, and their
@@ -233,9 +234,12 @@ impl Interleaved {
                         GgmlType::I2_S if i2s_vnni::has_vnni() && cols <= i2s_vnni::MAX_COLS => {
                             rows * cols / 4
                         }
-                        // Not TQ1_0: its kernel is bound by decoding the trits, and read
-                        // 5% slower interleaved on the EPYC (one thread, kernel samples).
-                        GgmlType::TQ2_0 if tq_vnni::available() => rows * tq2::row_bytes(cols),
+                        GgmlType::TQ1_0 if tq_vnni::available() => {
+                            tq_vnni::copy_len(tq_vnni::Format::Tq1, rows, cols)
+                        }
+                        GgmlType::TQ2_0 if tq_vnni::available() => {
+                            tq_vnni::copy_len(tq_vnni::Format::Tq2, rows, cols)
+                        }
                         _ => return None,
                     };
                     Some((t, n))
@@ -257,10 +261,12 @@ impl Interleaved {
                 let (dst, tail) = rest.split_at_mut(n.next_multiple_of(64));
                 let dst = &mut dst[..n];
                 let (src, rows, cols) = (&file.bytes()[t.range.clone()], t.rows(), t.cols());
-                if t.ty == GgmlType::I2_S {
-                    i2s_vnni::interleave4(src, rows, cols, dst);
-                } else {
-                    tq_vnni::interleave4(tq_vnni::Format::Tq2, src, rows, cols, dst);
+                match t.ty {
+                    GgmlType::I2_S => i2s_vnni::interleave4(src, rows, cols, dst),
+                    GgmlType::TQ1_0 => {
+                        tq_vnni::interleave4(tq_vnni::Format::Tq1, src, rows, cols, dst)
+                    }
+                    _ => tq_vnni::interleave4(tq_vnni::Format::Tq2, src, rows, cols, dst),
                 }
                 at.insert(t.range.start, (offset, n));
                 (rest, offset) = (tail, offset + n.next_multiple_of(64));

@@ -182,6 +182,13 @@ fn decode_lines(fmt: Format, y: &[BlockQ8K]) -> Vec<Line> {
     l
 }
 
+/// One token's activations for the TQ1_0 copy's kernel ([`tq_vnni::tq1_copy_acts`]).
+fn copy_lines(y: &[BlockQ8K]) -> Vec<Line> {
+    let mut l = vec![Line::default(); tq_vnni::tq1_copy_acts_len(y.len())];
+    tq_vnni::tq1_copy_acts(y, &mut l);
+    l
+}
+
 #[cfg(target_arch = "x86_64")]
 #[test]
 #[cfg_attr(
@@ -253,22 +260,30 @@ fn vnni_rows_at_once_equal_the_reference() {
                 let got = unsafe {
                     match fmt {
                         Format::Tq1 => {
-                            tq_vnni::x86::tq1_dot_rows::<4, false>(w.as_ptr(), acts.as_ptr(), nb)
+                            tq_vnni::x86::tq1_dot_rows::<4>(w.as_ptr(), acts.as_ptr(), nb)
                         }
                         Format::Tq2 => {
                             tq_vnni::x86::tq2_dot_rows::<4>(w.as_ptr(), acts.as_ptr(), nb)
                         }
                     }
                 };
-                // The same four rows interleaved (as a model copies them), one stream.
-                let mut by4 = vec![0u8; 4 * nb * bb];
+                // The same four rows as a model copies them ([`tq_vnni::interleave4`]).
+                let mut by4 = vec![0u8; tq_vnni::copy_len(fmt, 4, nb * QK_K)];
                 tq_vnni::interleave4(fmt, &w, 4, nb * QK_K, &mut by4);
                 // SAFETY: as above; `by4` holds the four rows in `interleave4`'s layout
-                // (TQ2_0: group 0's 256·nb code and 8·nb scale bytes at `tq2_group_at`).
+                // (group 0's codes and scales at `tq{1,2}_…_at`'s offsets), `copy` the
+                // activations of TQ1_0's copy kernel.
                 let got_by4 = unsafe {
                     match fmt {
                         Format::Tq1 => {
-                            tq_vnni::x86::tq1_dot_rows::<4, true>(by4.as_ptr(), acts.as_ptr(), nb)
+                            let copy = copy_lines(&y);
+                            let (c, d) = tq_vnni::tq1_rows_at(4, nb, 0);
+                            tq_vnni::x86::tq1_dot_quints::<4>(
+                                by4[c..].as_ptr(),
+                                by4[d..].as_ptr(),
+                                copy.as_ptr(),
+                                nb,
+                            )
                         }
                         Format::Tq2 => {
                             let (qs, ds) = tq_vnni::tq2_group_at(4, nb, 0);
@@ -399,7 +414,7 @@ fn matmul_equals_reference_at_every_level_and_thread_count() {
                 } else {
                     quantized_rows(&mut rng, fmt, rows, nb)
                 };
-                let mut interleaved = vec![0u8; rows * nb * bb];
+                let mut interleaved = vec![0u8; tq_vnni::copy_len(fmt, rows, cols)];
                 tq_vnni::interleave4(fmt, &w, rows, cols, &mut interleaved);
                 let x: Vec<f32> = (0..nt * cols)
                     .map(|i| {
@@ -489,32 +504,77 @@ fn scratch_reuse_across_tq_shapes() {
     }
 }
 
-/// `tq_vnni::interleave4`'s TQ1_0 layout, block by block: each group of four rows one run,
-/// the rows' blocks alternating, rows past the last whole group where they were.
+/// `tq_vnni::interleave4`'s TQ1_0 layout, trit by trit: in the group of row `r` (of four
+/// rows, or of one past the last whole group), at `tq1_rows_at`'s offset, quint `q`'s byte
+/// `j` of row `r` is the base-3 number of the trits of value `j` of blocks `5q..5q + 5`
+/// (`tq1::decode_block`, ggml's), a block `k` past the last quint's byte `j` that of its
+/// values `j`, `64 + j`, `128 + j`, `192 + j`; every row's scales in block order after
+/// every code.
 #[test]
-fn interleave4_puts_every_block_where_documented() {
+fn interleave4_packs_tq1_trits_where_documented() {
     let mut rng = Rng::new(46);
-    let fmt = Format::Tq1;
-    let bb = block_bytes(fmt);
-    for &(rows, nb) in &[(4, 1), (6, 3), (9, 10), (3, 2), (8, 27)] {
-        let w = random_rows(&mut rng, fmt, rows, nb);
+    let bb = block_bytes(Format::Tq1);
+    for &(rows, nb) in &[(4, 1), (6, 3), (9, 10), (3, 2), (8, 27), (5, 5), (7, 12)] {
+        let w = random_rows(&mut rng, Format::Tq1, rows, nb);
         let rb = nb * bb;
-        let mut out = vec![0u8; rows * rb];
-        tq_vnni::interleave4(fmt, &w, rows, nb * QK_K, &mut out);
+        let mut out = vec![0u8; tq_vnni::copy_len(Format::Tq1, rows, nb * QK_K)];
+        tq_vnni::interleave4(Format::Tq1, &w, rows, nb * QK_K, &mut out);
+        let (nq, nt) = (nb / 5, nb % 5);
         for r in 0..rows {
+            let trits: Vec<[u8; QK_K]> = (0..nb)
+                .map(|b| tq1::decode_block(&w[r * rb + b * bb..][..bb]).0)
+                .collect();
+            let (g0, n) = if r < rows / 4 * 4 {
+                (r / 4 * 4, 4)
+            } else {
+                (r, 1)
+            };
+            let (codes, _) = tq_vnni::tq1_rows_at(rows, nb, g0);
+            let (_, ds) = tq_vnni::tq1_rows_at(rows, nb, r);
+            let k = r - g0;
+            for (q, five) in trits.chunks_exact(5).enumerate() {
+                let got = &out[codes + 256 * (n * q + k)..][..256];
+                for (j, &got) in got.iter().enumerate() {
+                    let want: u32 = (0..5).map(|m| five[m][j] as u32 * 3u32.pow(m as u32)).sum();
+                    assert_eq!(got as u32, want, "{rows}x{nb}: row {r} quint {q} byte {j}");
+                }
+            }
+            for t in 0..nt {
+                for j in 0..64 {
+                    let b = 5 * nq + t;
+                    let want: u32 = (0..4)
+                        .map(|m| trits[b][64 * m + j] as u32 * 3u32.pow(m as u32))
+                        .sum();
+                    let at = codes + 256 * n * nq + 64 * (n * t + k) + j;
+                    assert_eq!(
+                        out[at] as u32, want,
+                        "{rows}x{nb}: row {r} block {b} byte {j}"
+                    );
+                }
+            }
             for b in 0..nb {
-                let at = if r / 4 < rows / 4 {
-                    4 * (r / 4) * rb + (4 * b + r % 4) * bb
-                } else {
-                    r * rb + b * bb
-                };
                 assert_eq!(
-                    out[at..at + bb],
-                    w[r * rb + b * bb..r * rb + (b + 1) * bb],
-                    "{fmt:?} {rows}x{nb}: row {r} block {b}"
+                    out[ds + 2 * b..][..2],
+                    w[r * rb + b * bb + bb - 2..][..2],
+                    "{rows}x{nb}: row {r} scale {b}"
                 );
             }
         }
+    }
+}
+
+/// The TQ1_0 digit table: the base-3 digits of every number below 81, zero past it.
+#[test]
+fn tq1_digit_table_holds_base3_digits() {
+    for x in 0..128usize {
+        let want = if x < 81 {
+            (0..4)
+                .map(|m| ((x / 3usize.pow(m)) % 3) << (2 * m))
+                .sum::<usize>() as u8
+        } else {
+            0
+        };
+        assert_eq!(tq_vnni::TQ1_DIGITS[x], want, "entry {x}");
     }
 }
 

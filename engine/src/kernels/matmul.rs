@@ -61,8 +61,9 @@ pub enum WeightView<'a> {
         data: &'a [u8],
         rows: usize,
         cols: usize,
-        /// As for I2_S: the rows interleaved four by four ([`tq_vnni::interleave4`]), if
-        /// the caller made a copy (a model does so for TQ2_0 only).
+        /// The same rows in [`tq_vnni::interleave4`]'s TQ1_0 layout (five blocks' trits to
+        /// a byte, [`tq_vnni::copy_len`] bytes), which the VNNI decode kernel reads, when
+        /// the model made a copy; the arithmetic is the same either way.
         by4: Option<&'a [u8]>,
     },
     /// TQ2_0 blocks, row after row (`cols % 256 == 0`).
@@ -178,8 +179,11 @@ impl<'a> WeightView<'a> {
         // The interleaved rows: exactly the rows' bytes, without I2_S's scale
         // (`needed_bytes` did not overflow, so neither does this).
         if let Some(b) = self.by4() {
-            let rows_bytes = match self {
+            let rows_bytes = match *self {
                 WeightView::I2S { rows, cols, .. } => rows * cols / 4,
+                WeightView::TQ1 { rows, cols, .. } => {
+                    crate::quant::tq_vnni::copy_len(crate::quant::tq_vnni::Format::Tq1, rows, cols)
+                }
                 _ => need,
             };
             check_len("interleaved weight rows", b.len(), rows_bytes, "bytes")?;
@@ -736,6 +740,46 @@ unsafe fn matmul_tq_vnni(
     let nb = cols / QK_K;
     let rb = nb * fmt.block_bytes();
     let ys = &scratch.q8k[..nt * nb];
+    if let (1, tq_vnni::Format::Tq1, Some(copy)) = (nt, fmt, by4) {
+        let nl = tq_vnni::tq1_copy_acts_len(nb);
+        grow(&mut scratch.tq_lines, nl);
+        tq_vnni::tq1_copy_acts(ys, &mut scratch.tq_lines[..nl]);
+        let acts = &scratch.tq_lines[..nl];
+        let cb = tq_vnni::tq1_code_bytes(nb);
+        // Whole groups of four rows per task, so a task's rows start a group of the copy;
+        // its rows past the last whole group (the matrix's last rows) are groups of one.
+        let per_task = stream_rows_per_task(rows).next_multiple_of(TQ_ROWS);
+        par_row_ranges(rows, per_task, |r0, r1| {
+            prefetch_start(copy[r0 * cb..].as_ptr(), (r1 - r0) * cb);
+            let mut r = r0;
+            while r < r1 {
+                let n = if r + TQ_ROWS <= r1 { TQ_ROWS } else { 1 };
+                let (c, d) = tq_vnni::tq1_rows_at(rows, nb, r);
+                let (c, d, a) = (copy[c..].as_ptr(), copy[d..].as_ptr(), acts.as_ptr());
+                // SAFETY: VNNI/VBMI/GFNI are present (our contract); rows r..r + n are a
+                // group of `interleave4`'s TQ1_0 layout (r is a multiple of four, and a
+                // group of one lies past the last whole group of four), whose codes
+                // (n·cb bytes) and scales (2·nb·n) lie in `copy` (copy_len bytes, our
+                // contract) at `tq1_rows_at`'s offsets; `acts` holds tq1_copy_acts_len(nb)
+                // lines.
+                let v = unsafe {
+                    if n == TQ_ROWS {
+                        x86::tq1_dot_quints::<TQ_ROWS>(c, d, a, nb)
+                    } else {
+                        let [v] = x86::tq1_dot_quints::<1>(c, d, a, nb);
+                        [v, 0.0, 0.0, 0.0]
+                    }
+                };
+                for (k, v) in v[..n].iter().enumerate() {
+                    // SAFETY: r + k < r1 ≤ rows = the elements of `optr` (nt = 1);
+                    // `par_row_ranges` gives tasks disjoint rows.
+                    unsafe { *optr.ptr().add(r + k) = *v };
+                }
+                r += n;
+            }
+        });
+        return;
+    }
     if nt == 1 {
         let nl = fmt.decode_len(nb);
         grow(&mut scratch.tq_lines, nl);
@@ -765,12 +809,7 @@ unsafe fn matmul_tq_vnni(
                 // `by4`'s rows·66·nb at `tq2_group_at`'s offsets.
                 let v = unsafe {
                     match (fmt, by4.is_some()) {
-                        (tq_vnni::Format::Tq1, false) => {
-                            x86::tq1_dot_rows::<TQ_ROWS, false>(at, a, nb)
-                        }
-                        (tq_vnni::Format::Tq1, true) => {
-                            x86::tq1_dot_rows::<TQ_ROWS, true>(at, a, nb)
-                        }
+                        (tq_vnni::Format::Tq1, _) => x86::tq1_dot_rows::<TQ_ROWS>(at, a, nb),
                         (tq_vnni::Format::Tq2, false) => x86::tq2_dot_rows::<TQ_ROWS>(at, a, nb),
                         (tq_vnni::Format::Tq2, true) => {
                             let (qs, ds) = tq_vnni::tq2_group_at(rows, nb, r0 / 4);

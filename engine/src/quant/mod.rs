@@ -60,8 +60,8 @@ pub(crate) fn interleave_sizes(
     (n, rows / 4)
 }
 
-/// The machinery of [`i2s_vnni::interleave4`] and [`tq_vnni::interleave4`] for TQ1_0 (TQ2_0's
-/// layout is not one run per group, see `tq_vnni::pair_tq2`): `rows` rows of
+/// The machinery of [`i2s_vnni::interleave4`] (the TQ layouts of [`tq_vnni::interleave4`]
+/// are not one run per group of rows): `rows` rows of
 /// `rb` bytes from `rows_data` into `out` (as long), each group of four consecutive rows
 /// (`4·rb` bytes, in parallel) rewritten by `group(src, dst)`, the rows past the last whole
 /// group copied as they are.

@@ -44,8 +44,8 @@
 //!   rows and meets one half of that line in both halves: dwords 0..8 are one row's ggml
 //!   lanes and 8..16 the other's, with nothing to fold.
 //! - TQ1_0 ([`x86::tq1_dot_row`]): the 52 packed bytes (`qs[48]`, `qh[4]`) with `qh`
-//!   copied into dwords 12..15 go through two 256-entry tables ([`TQ1_LUTS`]), one giving
-//!   trits 0..4 of a byte packed two bits each, one giving trit 4 — exactly ggml's
+//!   copied into dwords 12..15 go through a 256-entry table ([`TQ1_LUT`]) giving trits
+//!   1..4 of a byte packed two bits each and ggml's own formula for trit 0 — exactly ggml's
 //!   `((b·3ⁿ mod 256)·3) >> 8` for every byte value, checked exhaustively in the tests.
 //!   Plane `n` holds trit `n` of every byte: bytes `m < 32` are values `32n + m`, bytes
 //!   `32 + m'` of `qs[32..48]` values `160 + 16n + m'` (ggml lane `m'/4` for even `n`,
@@ -53,7 +53,12 @@
 //!   the qh trits transposed into dwords 12..15 (trit `n` of `qh[j]` at byte `4n + j`:
 //!   value `240 + 4n + j`, lane `4 + n`). Quants are zero wherever a plane holds nothing.
 //!   Decoding, not memory, bounds it, so the driver hands it four rows at a time
-//!   ([`x86::tq1_dot_rows`]) to overlap their decoding.
+//!   ([`x86::tq1_dot_rows`]) to overlap their decoding. From a model's copy
+//!   ([`interleave4`], [`x86::tq1_dot_quints`]) a byte holds the trits of one value of five
+//!   blocks (`t₀ + 3t₁ + 9t₂ + 27t₃ + 81t₄`): two comparisons give `t₄`, one lookup in a
+//!   128-entry table ([`TQ1_DIGITS`]) the other four, and a vector decodes into 64 values
+//!   of each of five blocks, in value order, meeting quant lines in value order — four
+//!   `vpdpbusd` per block, no lane moves, one lookup per 320 trits.
 //! - Prefill ([`x86::gemm_panel`]) unpacks each row once to one code byte per weight in
 //!   32-value slices (TQ2_0 in slice order 0, 4, 1, 5, 2, 6, 3, 7 as its planes come out,
 //!   TQ1_0 in value order), and pairs tokens: a 64-byte quant line holds one slice of two
@@ -188,6 +193,41 @@ pub fn decode_acts(fmt: Format, y: &[BlockQ8K], out: &mut [Line]) {
     }
 }
 
+/// Lines per block of one token's activations for the TQ1_0 copy's kernel
+/// ([`tq1_copy_acts`]): four quant lines, then the negated bsums.
+pub const TQ1_COPY_LINES: usize = 5;
+
+/// Lines of [`tq1_copy_acts`] for `nb` blocks: the `y.d` of every block (16 per line), then
+/// [`TQ1_COPY_LINES`] per block.
+pub const fn tq1_copy_acts_len(nb: usize) -> usize {
+    nb.div_ceil(16) + nb * TQ1_COPY_LINES
+}
+
+/// One token's activations for [`x86::tq1_dot_quints`]: as [`decode_acts`] (the `y.d`s,
+/// then per block its quant lines and `[−B_0..−B_7]`), with the quants in value order,
+/// `q[64v..64v + 64]` in line `v`. `out` holds [`tq1_copy_acts_len`]`(y.len())` lines.
+pub fn tq1_copy_acts(y: &[BlockQ8K], out: &mut [Line]) {
+    assert_eq!(
+        out.len(),
+        tq1_copy_acts_len(y.len()),
+        "TQ1_0 copy activations: line count"
+    );
+    let (ds, blocks) = out.split_at_mut(y.len().div_ceil(16));
+    ds.fill(Line::default());
+    for (b, yb) in y.iter().enumerate() {
+        ds[b / 16].put_u32(b % 16, yb.d.to_bits());
+    }
+    for (yb, lines) in y.iter().zip(blocks.chunks_exact_mut(TQ1_COPY_LINES)) {
+        lines.fill(Line::default());
+        for v in 0..4 {
+            lines[v].put_i8(0, &yb.qs[64 * v..64 * v + 64]);
+        }
+        for (l, x) in neg_bsum_lanes(yb).into_iter().enumerate() {
+            lines[4].put_u32(l, x as u32);
+        }
+    }
+}
+
 /// Activations of tokens `a` and `b` (`None`: a dummy token of zeros) for the prefill tile:
 /// per block, eight lines `[slice of a | slice of b]` in `fmt.slice_order()`, then
 /// `[−B of a | −B of b]` (i32) and `[a.d × 8 | b.d × 8]` (f32). `out` holds
@@ -236,36 +276,134 @@ pub static TQ1_LUT: [u8; 256] = {
     t
 };
 
-/// TQ1_0 or TQ2_0 rows (`rows` of `cols/256` blocks) rewritten into `out` (as long) in the
-/// layout the decode kernels read four rows at a time as *one* stream, as
-/// [`super::i2s_vnni::interleave4`] for I2_S and for the same reason; rows past the last
-/// whole group of four stay as they are, at the same offsets.
+/// The table of the TQ1_0 copy's kernel ([`x86::tq1_dot_quints`]), indexed by a number
+/// `x < 81`: its four base-3 digits two bits each (`t0 | t1 << 2 | t2 << 4 | t3 << 6` for
+/// `x = t0 + 3·t1 + 9·t2 + 27·t3`); zero past 80.
+pub static TQ1_DIGITS: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut x = 0;
+    while x < 81 {
+        t[x] = ((x % 3) | ((x / 3 % 3) << 2) | ((x / 9 % 3) << 4) | ((x / 27) << 6)) as u8;
+        x += 1;
+    }
+    t
+};
+
+/// Bytes of [`interleave4`]'s copy of `rows` rows of `cols` weights in `fmt`: TQ2_0's is as
+/// long as the rows; TQ1_0's holds [`tq1_code_bytes`] and the `nb` scales of every row.
+pub const fn copy_len(fmt: Format, rows: usize, cols: usize) -> usize {
+    let nb = cols / QK_K;
+    match fmt {
+        Format::Tq1 => rows * (tq1_code_bytes(nb) + 2 * nb),
+        Format::Tq2 => rows * nb * Format::Tq2.block_bytes(),
+    }
+}
+
+/// Code bytes of one row of `nb` blocks in [`interleave4`]'s TQ1_0 layout: 256 per *quint*
+/// (five consecutive blocks, five trits to a byte), 64 per block past the last whole quint
+/// (four trits to a byte).
+pub const fn tq1_code_bytes(nb: usize) -> usize {
+    256 * (nb / 5) + 64 * (nb % 5)
+}
+
+/// Where the rows from `r0` of [`interleave4`]'s TQ1_0 layout of `rows` rows of `nb` blocks
+/// keep their codes and their scales: byte offsets.
+pub const fn tq1_rows_at(rows: usize, nb: usize, r0: usize) -> (usize, usize) {
+    let cb = tq1_code_bytes(nb);
+    (cb * r0, cb * rows + 2 * nb * r0)
+}
+
+/// TQ1_0 or TQ2_0 rows (`rows` of `cols/256` blocks) rewritten into `out`
+/// ([`copy_len`] bytes) in the layout the decode kernels read four rows at a time as *one*
+/// stream, as [`super::i2s_vnni::interleave4`] for I2_S and for the same reason.
 ///
-/// - TQ1_0 (read by [`x86::tq1_dot_rows`] with `BY4`): each group of four consecutive rows
-///   one run of `4·row_bytes`, the rows' blocks interleaved (block `b` of rows 0, 1, 2, 3,
-///   then block `b + 1`, …).
-/// - TQ2_0 (read by [`x86::tq2_dot_pairs`]): two rows to a vector, see [`pair_tq2`].
-///
-/// A model copies its TQ2_0 matrices so, not its TQ1_0 ones: that kernel is bound by
-/// decoding the trits, and read them slower interleaved.
+/// - TQ2_0 (read by [`x86::tq2_dot_pairs`]): two rows to a vector, see [`pair_tq2`]; rows
+///   past the last whole group of four stay as they are, at the same offsets.
+/// - TQ1_0 (read by [`x86::tq1_dot_quints`]): the trits re-packed so that one vector
+///   decodes into five blocks' quants, see [`quint_tq1`].
 pub fn interleave4(fmt: Format, rows_data: &[u8], rows: usize, cols: usize, out: &mut [u8]) {
     assert!(
         cols.is_multiple_of(QK_K),
         "interleave4: {cols} columns, not whole blocks"
     );
-    let (bb, nb) = (fmt.block_bytes(), cols / QK_K);
-    let rb = nb * bb;
-    if fmt == Format::Tq2 {
-        return pair_tq2(rows_data, rows, nb, out);
+    let nb = cols / QK_K;
+    match fmt {
+        Format::Tq1 => quint_tq1(rows_data, rows, nb, out),
+        Format::Tq2 => pair_tq2(rows_data, rows, nb, out),
     }
-    super::interleave_groups_of_four(rows_data, rows, rb, out, |src, dst| {
-        for b in 0..nb {
-            for k in 0..4 {
-                let (d, s) = ((4 * b + k) * bb, k * rb + b * bb);
-                dst[d..d + bb].copy_from_slice(&src[s..s + bb]);
+}
+
+/// [`interleave4`] for TQ1_0. The rows go in groups of four (the last `rows mod 4` rows
+/// each a group of one); a group of `R` rows from row `r0` keeps its codes at
+/// [`tq1_rows_at`]`.0`: per quint `q` (blocks `5q..5q + 5`) each row's 256 bytes in turn,
+/// byte `j` holding the trits of value `j` of the five blocks as one base-3 number
+/// `t₀ + 3t₁ + 9t₂ + 27t₃ + 81t₄` (`tₙ` of block `5q + n`); then per block `k` past the
+/// last whole quint each row's 64 bytes in turn, byte `j` holding values `j`, `64 + j`,
+/// `128 + j`, `192 + j` of that block as `t₀ + 3t₁ + 9t₂ + 27t₃`. Every row's `nb` scales
+/// (f16, in block order) follow all the codes, row after row. The trits are ggml's
+/// (`dequantize_row_tq1_0`, [`super::tq1::decode_block`]) for every byte value.
+fn quint_tq1(rows_data: &[u8], rows: usize, nb: usize, out: &mut [u8]) {
+    use rayon::prelude::*;
+    let bb = Format::Tq1.block_bytes();
+    let rb = nb * bb;
+    let cb = tq1_code_bytes(nb);
+    assert!(
+        rows_data.len() >= rows * rb && out.len() == copy_len(Format::Tq1, rows, nb * QK_K),
+        "interleave4: {rows} rows of {nb} TQ1_0 blocks need {} bytes in and {} out, got {} \
+         and {}",
+        rows * rb,
+        copy_len(Format::Tq1, rows, nb * QK_K),
+        rows_data.len(),
+        out.len()
+    );
+    let (codes, scales) = out.split_at_mut(rows * cb);
+    let full = rows / 4 * 4;
+    // Groups of four rows, then the others one by one: (first row, rows) of each.
+    let groups: Vec<(usize, usize)> = (0..full)
+        .step_by(4)
+        .map(|r0| (r0, 4))
+        .chain((full..rows).map(|r| (r, 1)))
+        .collect();
+    let mut dsts = Vec::with_capacity(groups.len());
+    let mut rest = codes;
+    for &(_, n) in &groups {
+        let (d, t) = rest.split_at_mut(n * cb);
+        dsts.push(d);
+        rest = t;
+    }
+    groups.into_par_iter().zip(dsts).for_each(|((r0, n), dst)| {
+        let trits: Vec<[u8; QK_K]> = (0..n * nb)
+            .map(|i| {
+                let (r, b) = (r0 + i / nb, i % nb);
+                super::tq1::decode_block(&rows_data[r * rb + b * bb..][..bb]).0
+            })
+            .collect();
+        let nq = nb / 5;
+        let (quints, tail) = dst.split_at_mut(256 * nq * n);
+        for (i, o) in quints.chunks_exact_mut(256).enumerate() {
+            let (q, r) = (i / n, i % n);
+            let t = &trits[r * nb + 5 * q..][..5];
+            for (j, o) in o.iter_mut().enumerate() {
+                *o = t[0][j] + 3 * t[1][j] + 9 * t[2][j] + 27 * t[3][j] + 81 * t[4][j];
+            }
+        }
+        for (i, o) in tail.chunks_exact_mut(64).enumerate() {
+            let (k, r) = (i / n, i % n);
+            let t = &trits[r * nb + 5 * nq + k];
+            for (j, o) in o.iter_mut().enumerate() {
+                *o = t[j] + 3 * t[64 + j] + 9 * t[128 + j] + 27 * t[192 + j];
             }
         }
     });
+    for (r, d) in scales
+        .chunks_exact_mut(2 * nb.max(1))
+        .enumerate()
+        .take(rows)
+    {
+        for (b, d) in d.chunks_exact_mut(2).enumerate() {
+            d.copy_from_slice(&rows_data[r * rb + b * bb + bb - 2..][..2]);
+        }
+    }
 }
 
 /// Where group `g` (rows `4g..4g + 4`) of [`interleave4`]'s TQ2_0 layout of `rows` rows of
@@ -488,7 +626,7 @@ pub mod x86 {
         let rb = BB * nb;
         let yd = acts as *const f32;
         let blocks = acts.add(nb.div_ceil(16));
-        let at = |r: usize, b: usize| block_at::<R, false>(rows, rb, BB, r, b);
+        let at = |r: usize, b: usize| block_at(rows, rb, BB, r, b);
         let mut sumf = [_mm256_setzero_ps(); R];
         let mut b = 0;
         while b + 2 <= nb {
@@ -622,24 +760,13 @@ pub mod x86 {
         }
     }
 
-    /// Block `b` of row `r` of the `R` rows at `rows`: `rb` bytes apart in the file's
-    /// layout, the rows' `bb`-byte blocks alternating with `BY4` ([`super::interleave4`]).
+    /// Block `b` of row `r` of the rows at `rows`, `rb` bytes apart (the file's layout).
     ///
     /// # Safety
     /// The block lies within the rows the caller's kernel may read (as `pointer::add`).
     #[inline(always)]
-    unsafe fn block_at<const R: usize, const BY4: bool>(
-        rows: *const u8,
-        rb: usize,
-        bb: usize,
-        r: usize,
-        b: usize,
-    ) -> *const u8 {
-        if BY4 {
-            rows.add((R * b + r) * bb)
-        } else {
-            rows.add(r * rb + bb * b)
-        }
+    unsafe fn block_at(rows: *const u8, rb: usize, bb: usize, r: usize, b: usize) -> *const u8 {
+        rows.add(r * rb + bb * b)
     }
 
     /// The TQ1_0 table ([`TQ1_LUT`]) as four vectors: entries 0..64, 64..128, 128..192,
@@ -729,20 +856,20 @@ pub mod x86 {
     /// `54b + 52`) and `acts` `Format::Tq1.decode_len(nb)` lines.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni,avx2,fma,f16c")]
     pub unsafe fn tq1_dot_row(row: *const u8, acts: *const Line, nb: usize) -> f32 {
-        tq1_dot_rows::<1, false>(row, acts, nb)[0]
+        tq1_dot_rows::<1>(row, acts, nb)[0]
     }
 
     /// One TQ1_0 row's dot (as [`tq1_dot_row`]) for `R` consecutive rows (`54·nb` bytes
     /// apart from `rows`) at once, block pair by block pair: every row keeps its own float
     /// sum in ggml's order (bit for bit ggml's dot), and the rows' independent decoding
     /// overlaps — TQ1_0 decode is bound by its decoding, not by memory. Prefetches the next
-    /// `R` rows front to back (`prefetch_next`); with `BY4`, as [`tq2_dot_rows`].
+    /// `R` rows front to back (`prefetch_next`). Where a model holds its rows in
+    /// [`super::interleave4`]'s layout, [`tq1_dot_quints`] reads them instead.
     ///
     /// # Safety
-    /// As [`tq1_dot_row`] for each of the `R` rows (`R·54·nb` bytes at `rows`, interleaved
-    /// with `BY4`).
+    /// As [`tq1_dot_row`] for each of the `R` rows (`R·54·nb` bytes at `rows`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni,avx2,fma,f16c")]
-    pub unsafe fn tq1_dot_rows<const R: usize, const BY4: bool>(
+    pub unsafe fn tq1_dot_rows<const R: usize>(
         rows: *const u8,
         acts: *const Line,
         nb: usize,
@@ -754,15 +881,11 @@ pub mod x86 {
         let rb = BB * nb;
         let yd = acts as *const f32;
         let blocks = acts.add(nb.div_ceil(16));
-        let at = |r: usize, b: usize| block_at::<R, BY4>(rows, rb, BB, r, b);
+        let at = |r: usize, b: usize| block_at(rows, rb, BB, r, b);
         let mut sumf = [_mm256_setzero_ps(); R];
         let mut b = 0;
         while b + 2 <= nb {
-            if BY4 {
-                prefetch_ahead(rows.wrapping_add(R * BB * b), 2 * R * BB);
-            } else {
-                prefetch_next::<R>(rows, rb, BB * b, 2 * BB);
-            }
+            prefetch_next::<R>(rows, rb, BB * b, 2 * BB);
             for (r, sumf) in sumf.iter_mut().enumerate() {
                 let (xa, xb) = (at(r, b), at(r, b + 1));
                 let acc_a = tq1_block(xa, blocks.add(LINES * b), &lut, &f);
@@ -777,6 +900,128 @@ pub mod x86 {
                 let x = at(r, b);
                 let acc = tq1_block(x, blocks.add(LINES * b), &lut, &f);
                 *sumf = block_step(acc, *yd.add(b) * f16_at(x.add(BB - 2)), *sumf);
+            }
+        }
+        sumf.map(|v| hsum8(v))
+    }
+
+    /// The trits of one vector of a quint of the TQ1_0 copy (bytes `t₀ + 3t₁ + 9t₂ + 27t₃ +
+    /// 81t₄`, [`super::interleave4`]): `[t₀, t₁, t₂, t₃, t₄]`, one byte each. `t₄` and
+    /// `x = byte − 81t₄` from two comparisons, `x`'s digits from the 128-entry table
+    /// ([`super::TQ1_DIGITS`], one `vpermi2b`), split by [`field`].
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VBMI and GFNI (inlined). Register-only.
+    #[inline(always)]
+    unsafe fn quint_trits(w: __m512i, t: &[__m512i; 2], f: &[__m512i; 3]) -> [__m512i; 5] {
+        let c81 = _mm512_set1_epi8(81);
+        let m1 = _mm512_cmpge_epu8_mask(w, c81);
+        let m2 = _mm512_cmpge_epu8_mask(w, _mm512_set1_epi8(162u8 as i8));
+        let x = _mm512_mask_sub_epi8(w, m1, w, c81);
+        let x = _mm512_mask_sub_epi8(x, m2, x, c81);
+        let t4 = _mm512_mask_mov_epi8(
+            _mm512_maskz_mov_epi8(m1, _mm512_set1_epi8(1)),
+            m2,
+            _mm512_set1_epi8(2),
+        );
+        let [a, b, c, d] = digit_trits(x, t, f);
+        [a, b, c, d, t4]
+    }
+
+    /// The four base-3 digits of every byte `x < 81` of `x`, one byte each: the table
+    /// ([`super::TQ1_DIGITS`]) and [`field`].
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VBMI and GFNI (inlined). Register-only.
+    #[inline(always)]
+    unsafe fn digit_trits(x: __m512i, t: &[__m512i; 2], f: &[__m512i; 3]) -> [__m512i; 4] {
+        let p = _mm512_permutex2var_epi8(t[0], x, t[1]);
+        [
+            _mm512_and_si512(p, _mm512_set1_epi8(3)),
+            _mm512_gf2p8affine_epi64_epi8::<0>(p, f[0]),
+            _mm512_gf2p8affine_epi64_epi8::<0>(p, f[1]),
+            _mm512_gf2p8affine_epi64_epi8::<0>(p, f[2]),
+        ]
+    }
+
+    /// [`tq1_dot_row`] of the `R` rows of one group of [`super::interleave4`]'s TQ1_0 layout
+    /// (`codes`, `ds` from [`super::tq1_rows_at`]) against [`super::tq1_copy_acts`], bit for
+    /// bit. Each 64 bytes of a quint decode into five vectors of quants, one of each of its
+    /// five blocks, all in value order (byte `i` of vector `v` is value `64v + i`, ggml lane
+    /// `(i mod 32) / 4`, dword `i / 4`): four `vpdpbusd` per block against the quants in
+    /// value order, none wasted, no code moved between lanes, and the table looked up once
+    /// per 320 trits (the file-layout kernel: five `vpdpbusd`, two lookups and two lane
+    /// moves per 256). The blocks past the last whole quint decode one vector each. The
+    /// float steps are [`tq1_dot_rows`]'s, in block order.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI and GFNI ([`super::available`]); `codes` holds
+    /// the group's `R·tq1_code_bytes(nb)` readable bytes and `ds` its rows' `2·nb·R`;
+    /// `acts` `tq1_copy_acts_len(nb)` lines.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni,avx2,fma,f16c")]
+    pub unsafe fn tq1_dot_quints<const R: usize>(
+        codes: *const u8,
+        ds: *const u8,
+        acts: *const Line,
+        nb: usize,
+    ) -> [f32; R] {
+        use super::TQ1_COPY_LINES as LINES;
+        let t = [
+            _mm512_loadu_si512(super::TQ1_DIGITS.as_ptr() as *const _),
+            _mm512_loadu_si512(super::TQ1_DIGITS.as_ptr().add(64) as *const _),
+        ];
+        let f = [field(2), field(4), field(6)];
+        let yd = acts as *const f32;
+        let blocks = acts.add(nb.div_ceil(16));
+        let line = |b: usize, v: usize| _mm512_load_si512(blocks.add(LINES * b + v) as *const _);
+        let xd = |r: usize, b: usize| ds.add(2 * (r * nb + b));
+        let mut sumf = [_mm256_setzero_ps(); R];
+        let (nq, nt) = (nb / 5, nb % 5);
+        for q in 0..nq {
+            let b0 = 5 * q;
+            prefetch_ahead(codes.add(256 * R * q), 256 * R);
+            for (r, sumf) in sumf.iter_mut().enumerate() {
+                let w = codes.add(256 * (R * q + r));
+                let bsums = |n: usize| neg_bsums(blocks.add(LINES * (b0 + n) + 4));
+                let mut acc = [bsums(0), bsums(1), bsums(2), bsums(3), bsums(4)];
+                // Written out, not looped: the accumulators stay in registers.
+                macro_rules! vector {
+                    ($v:literal) => {
+                        let x = _mm512_loadu_si512(w.add(64 * $v) as *const _);
+                        let [t0, t1, t2, t3, t4] = quint_trits(x, &t, &f);
+                        acc = [
+                            _mm512_dpbusd_epi32(acc[0], t0, line(b0, $v)),
+                            _mm512_dpbusd_epi32(acc[1], t1, line(b0 + 1, $v)),
+                            _mm512_dpbusd_epi32(acc[2], t2, line(b0 + 2, $v)),
+                            _mm512_dpbusd_epi32(acc[3], t3, line(b0 + 3, $v)),
+                            _mm512_dpbusd_epi32(acc[4], t4, line(b0 + 4, $v)),
+                        ];
+                    };
+                }
+                vector!(0);
+                vector!(1);
+                vector!(2);
+                vector!(3);
+                let xd2 = |b: usize| std::ptr::read_unaligned(xd(r, b) as *const u32);
+                *sumf = pair_step(acc[0], acc[1], xd2(b0), yd.add(b0), *sumf);
+                *sumf = pair_step(acc[2], acc[3], xd2(b0 + 2), yd.add(b0 + 2), *sumf);
+                *sumf = block_step(acc[4], *yd.add(b0 + 4) * f16_at(xd(r, b0 + 4)), *sumf);
+            }
+        }
+        let tail = codes.add(256 * R * nq);
+        for k in 0..nt {
+            let b = 5 * nq + k;
+            prefetch_ahead(tail.add(64 * R * k), 64 * R);
+            for (r, sumf) in sumf.iter_mut().enumerate() {
+                let w = _mm512_loadu_si512(tail.add(64 * (R * k + r)) as *const _);
+                let tr = digit_trits(w, &t, &f);
+                let acc0 =
+                    _mm512_dpbusd_epi32(neg_bsums(blocks.add(LINES * b + 4)), tr[0], line(b, 0));
+                let acc1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), tr[1], line(b, 1));
+                let acc0 = _mm512_dpbusd_epi32(acc0, tr[2], line(b, 2));
+                let acc1 = _mm512_dpbusd_epi32(acc1, tr[3], line(b, 3));
+                let acc = _mm512_add_epi32(acc0, acc1);
+                *sumf = block_step(acc, *yd.add(b) * f16_at(xd(r, b)), *sumf);
             }
         }
         sumf.map(|v| hsum8(v))
