@@ -70,7 +70,7 @@ impl Fmt {
 struct Mat {
     fmt: Fmt,
     data: Vec<u8>,
-    /// I2_S and TQ2_0: the rows interleaved as a model holds them for the VNNI decode
+    /// The ternary types: the rows interleaved as a model holds them for the VNNI decode
     /// kernels (`i2s_vnni::interleave4`, `tq_vnni::interleave4`), when this CPU runs them;
     /// else empty.
     by4: Vec<u8>,
@@ -95,9 +95,16 @@ impl Mat {
         if matches!(fmt, Fmt::I2S) && i2s_vnni::has_vnni() {
             by4 = vec![0; rows * cols / 4];
             i2s_vnni::interleave4(&data, rows, cols, &mut by4);
-        } else if matches!(fmt, Fmt::TQ2) && tq_vnni::available() {
-            by4 = vec![0; data.len()];
-            tq_vnni::interleave4(tq_vnni::Format::Tq2, &data, rows, cols, &mut by4);
+        } else if tq_vnni::available() {
+            let tq = match fmt {
+                Fmt::TQ1 if std::env::var_os("NOCOPY").is_none() => Some(tq_vnni::Format::Tq1),
+                Fmt::TQ2 => Some(tq_vnni::Format::Tq2),
+                _ => None,
+            };
+            if let Some(tq) = tq {
+                by4 = vec![0; tq_vnni::copy_len(tq, rows, cols)];
+                tq_vnni::interleave4(tq, &data, rows, cols, &mut by4);
+            }
         }
         Mat {
             fmt,

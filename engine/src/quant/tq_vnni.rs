@@ -289,6 +289,33 @@ pub static TQ1_DIGITS: [u8; 128] = {
     t
 };
 
+/// What a quint byte of [`interleave4`]'s TQ1_0 layout adds per unit of its fifth trit:
+/// byte `= x + 84·t₄` with `x = t₀ + 3t₁ + 9t₂ + 27t₃ < 81`, so the three `t₄` fall in
+/// 0..84, 84..168, 168..252 and the byte's top six bits tell them apart.
+pub const QUINT_STEP: u8 = 84;
+
+/// `t₄` of a quint byte by its top six bits (`byte >> 2`).
+pub static QUINT_T4: [u8; 64] = {
+    let mut t = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        t[i] = (4 * i / QUINT_STEP as usize) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// `84·t₄` of a quint byte by its top six bits: the byte minus this is `x`.
+pub static QUINT_BASE: [u8; 64] = {
+    let mut t = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        t[i] = QUINT_T4[i] * QUINT_STEP;
+        i += 1;
+    }
+    t
+};
+
 /// Bytes of [`interleave4`]'s copy of `rows` rows of `cols` weights in `fmt`: TQ2_0's is as
 /// long as the rows; TQ1_0's holds [`tq1_code_bytes`] and the `nb` scales of every row.
 pub const fn copy_len(fmt: Format, rows: usize, cols: usize) -> usize {
@@ -384,7 +411,7 @@ fn quint_tq1(rows_data: &[u8], rows: usize, nb: usize, out: &mut [u8]) {
             let (q, r) = (i / n, i % n);
             let t = &trits[r * nb + 5 * q..][..5];
             for (j, o) in o.iter_mut().enumerate() {
-                *o = t[0][j] + 3 * t[1][j] + 9 * t[2][j] + 27 * t[3][j] + 81 * t[4][j];
+                *o = t[0][j] + 3 * t[1][j] + 9 * t[2][j] + 27 * t[3][j] + QUINT_STEP * t[4][j];
             }
         }
         for (i, o) in tail.chunks_exact_mut(64).enumerate() {
@@ -914,17 +941,11 @@ pub mod x86 {
     /// The CPU has AVX-512 F/BW/VBMI and GFNI (inlined). Register-only.
     #[inline(always)]
     unsafe fn quint_trits(w: __m512i, t: &[__m512i; 2], f: &[__m512i; 3]) -> [__m512i; 5] {
-        let c81 = _mm512_set1_epi8(81);
-        let m1 = _mm512_cmpge_epu8_mask(w, c81);
-        let m2 = _mm512_cmpge_epu8_mask(w, _mm512_set1_epi8(162u8 as i8));
-        let x = _mm512_mask_sub_epi8(w, m1, w, c81);
-        let x = _mm512_mask_sub_epi8(x, m2, x, c81);
-        let t4 = _mm512_mask_mov_epi8(
-            _mm512_maskz_mov_epi8(m1, _mm512_set1_epi8(1)),
-            m2,
-            _mm512_set1_epi8(2),
-        );
-        let [a, b, c, d] = digit_trits(x, t, f);
+        // Bits 0..6 of each byte of `h` are the byte's bits 2..8, all `vpermb` looks at.
+        let h = _mm512_srli_epi16(w, 2);
+        let t4 = _mm512_permutexvar_epi8(h, _mm512_loadu_si512(super::QUINT_T4.as_ptr() as *const _));
+        let step = _mm512_permutexvar_epi8(h, _mm512_loadu_si512(super::QUINT_BASE.as_ptr() as *const _));
+        let [a, b, c, d] = digit_trits(_mm512_sub_epi8(w, step), t, f);
         [a, b, c, d, t4]
     }
 
@@ -944,6 +965,81 @@ pub mod x86 {
         ]
     }
 
+    /// The lanes of the five blocks of one row's quint (256 bytes at `w`) against their
+    /// decode lines (`a`: the first block's, [`super::tq1_copy_acts`]): per block
+    /// `Σ code·q` per dword plus `[−B | 0]`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VNNI/VBMI and GFNI (inlined); `w` points to 256 readable
+    /// bytes and `a` to five blocks' lines.
+    #[inline(always)]
+    unsafe fn quint_lanes(
+        w: *const u8,
+        a: *const Line,
+        t: &[__m512i; 2],
+        f: &[__m512i; 3],
+    ) -> [__m512i; 5] {
+        use super::TQ1_COPY_LINES as LINES;
+        let line = |n: usize, v: usize| _mm512_load_si512(a.add(LINES * n + v) as *const _);
+        let bsums = |n: usize| neg_bsums(a.add(LINES * n + 4));
+        let mut acc = [bsums(0), bsums(1), bsums(2), bsums(3), bsums(4)];
+        // Written out, not looped: the accumulators stay in registers.
+        macro_rules! vector {
+            ($v:literal) => {
+                let x = _mm512_loadu_si512(w.add(64 * $v) as *const _);
+                let [t0, t1, t2, t3, t4] = quint_trits(x, t, f);
+                acc = [
+                    _mm512_dpbusd_epi32(acc[0], t0, line(0, $v)),
+                    _mm512_dpbusd_epi32(acc[1], t1, line(1, $v)),
+                    _mm512_dpbusd_epi32(acc[2], t2, line(2, $v)),
+                    _mm512_dpbusd_epi32(acc[3], t3, line(3, $v)),
+                    _mm512_dpbusd_epi32(acc[4], t4, line(4, $v)),
+                ];
+            };
+        }
+        vector!(0);
+        vector!(1);
+        vector!(2);
+        vector!(3);
+        acc
+    }
+
+    /// The lanes of one block past a row's last quint (64 bytes at `w`, four trits to a
+    /// byte) against its decode lines `a`, as [`quint_lanes`].
+    ///
+    /// # Safety
+    /// As [`quint_lanes`], for 64 bytes at `w` and one block's lines at `a`.
+    #[inline(always)]
+    unsafe fn digit_lanes(
+        w: *const u8,
+        a: *const Line,
+        t: &[__m512i; 2],
+        f: &[__m512i; 3],
+    ) -> __m512i {
+        let line = |v: usize| _mm512_load_si512(a.add(v) as *const _);
+        let tr = digit_trits(_mm512_loadu_si512(w as *const _), t, f);
+        let acc0 = _mm512_dpbusd_epi32(neg_bsums(a.add(4)), tr[0], line(0));
+        let acc1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), tr[1], line(1));
+        let acc0 = _mm512_dpbusd_epi32(acc0, tr[2], line(2));
+        let acc1 = _mm512_dpbusd_epi32(acc1, tr[3], line(3));
+        _mm512_add_epi32(acc0, acc1)
+    }
+
+    /// ggml's float step of one block for two rows at once: `a`'s lanes folded (`k` and
+    /// `k + 8`) into lanes 0..8 and `b`'s into 8..16, one conversion, one multiplication by
+    /// `d` (`[a's d × 8 | b's d × 8]`), one addition to `sumf` (`[a's | b's]`), unfused.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F (inlined). Register-only.
+    #[inline(always)]
+    unsafe fn rows_step(a: __m512i, b: __m512i, d: __m512, sumf: __m512) -> __m512 {
+        let l = _mm512_add_epi32(
+            _mm512_shuffle_i64x2::<0b01_00_01_00>(a, b),
+            _mm512_shuffle_i64x2::<0b11_10_11_10>(a, b),
+        );
+        _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(l), d), sumf)
+    }
+
     /// [`tq1_dot_row`] of the `R` rows of one group of [`super::interleave4`]'s TQ1_0 layout
     /// (`codes`, `ds` from [`super::tq1_rows_at`]) against [`super::tq1_copy_acts`], bit for
     /// bit. Each 64 bytes of a quint decode into five vectors of quants, one of each of its
@@ -951,8 +1047,11 @@ pub mod x86 {
     /// `(i mod 32) / 4`, dword `i / 4`): four `vpdpbusd` per block against the quants in
     /// value order, none wasted, no code moved between lanes, and the table looked up once
     /// per 320 trits (the file-layout kernel: five `vpdpbusd`, two lookups and two lane
-    /// moves per 256). The blocks past the last whole quint decode one vector each. The
-    /// float steps are [`tq1_dot_rows`]'s, in block order.
+    /// moves per 256). The blocks past the last whole quint decode one vector each. Rows go
+    /// two by two (a lone row with itself), and one vector holds both rows' eight float
+    /// lanes: one conversion, multiplication and addition is the float step of a block of
+    /// both, each lane in ggml's order (`sumf = (float)L·d + sumf`, unfused, block after
+    /// block), `d = y.d · x.d` as ggml forms it.
     ///
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI and GFNI ([`super::available`]); `codes` holds
@@ -973,58 +1072,72 @@ pub mod x86 {
         let f = [field(2), field(4), field(6)];
         let yd = acts as *const f32;
         let blocks = acts.add(nb.div_ceil(16));
-        let line = |b: usize, v: usize| _mm512_load_si512(blocks.add(LINES * b + v) as *const _);
         let xd = |r: usize, b: usize| ds.add(2 * (r * nb + b));
-        let mut sumf = [_mm256_setzero_ps(); R];
+        // Pair `p`: rows 2p and 2p + 1 (the last row twice when R is odd); `sumf[p]` their
+        // float lanes.
+        let pairs = R.div_ceil(2);
+        let rows = |p: usize| (2 * p, (2 * p + 1).min(R - 1));
+        let mut sumf = [_mm512_setzero_ps(); R];
         let (nq, nt) = (nb / 5, nb % 5);
         for q in 0..nq {
             let b0 = 5 * q;
             prefetch_ahead(codes.add(256 * R * q), 256 * R);
-            for (r, sumf) in sumf.iter_mut().enumerate() {
-                let w = codes.add(256 * (R * q + r));
-                let bsums = |n: usize| neg_bsums(blocks.add(LINES * (b0 + n) + 4));
-                let mut acc = [bsums(0), bsums(1), bsums(2), bsums(3), bsums(4)];
-                // Written out, not looped: the accumulators stay in registers.
-                macro_rules! vector {
-                    ($v:literal) => {
-                        let x = _mm512_loadu_si512(w.add(64 * $v) as *const _);
-                        let [t0, t1, t2, t3, t4] = quint_trits(x, &t, &f);
-                        acc = [
-                            _mm512_dpbusd_epi32(acc[0], t0, line(b0, $v)),
-                            _mm512_dpbusd_epi32(acc[1], t1, line(b0 + 1, $v)),
-                            _mm512_dpbusd_epi32(acc[2], t2, line(b0 + 2, $v)),
-                            _mm512_dpbusd_epi32(acc[3], t3, line(b0 + 3, $v)),
-                            _mm512_dpbusd_epi32(acc[4], t4, line(b0 + 4, $v)),
-                        ];
+            let a = blocks.add(LINES * b0);
+            // y.d of the quint's five blocks, times each row's x.d: ggml's d.
+            let y5 = _mm256_maskz_loadu_ps(0x1F, yd.add(b0));
+            let d5 = |r: usize| {
+                let x = _mm_maskz_loadu_epi16(0x1F, xd(r, b0) as *const _);
+                _mm256_castps_pd(_mm256_mul_ps(y5, _mm256_cvtph_ps(x)))
+            };
+            for (p, sumf) in sumf.iter_mut().enumerate().take(pairs) {
+                let (ra, rb) = rows(p);
+                let la = quint_lanes(codes.add(256 * (R * q + ra)), a, &t, &f);
+                let lb = quint_lanes(codes.add(256 * (R * q + rb)), a, &t, &f);
+                let d = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                    _mm512_castpd256_pd512(d5(ra)),
+                    d5(rb),
+                ));
+                macro_rules! step {
+                    ($n:literal) => {
+                        let i = _mm512_setr_epi32(
+                            $n, $n, $n, $n, $n, $n, $n, $n, $n + 8, $n + 8, $n + 8, $n + 8,
+                            $n + 8, $n + 8, $n + 8, $n + 8,
+                        );
+                        *sumf = rows_step(la[$n], lb[$n], _mm512_permutexvar_ps(i, d), *sumf);
                     };
                 }
-                vector!(0);
-                vector!(1);
-                vector!(2);
-                vector!(3);
-                let xd2 = |b: usize| std::ptr::read_unaligned(xd(r, b) as *const u32);
-                *sumf = pair_step(acc[0], acc[1], xd2(b0), yd.add(b0), *sumf);
-                *sumf = pair_step(acc[2], acc[3], xd2(b0 + 2), yd.add(b0 + 2), *sumf);
-                *sumf = block_step(acc[4], *yd.add(b0 + 4) * f16_at(xd(r, b0 + 4)), *sumf);
+                step!(0);
+                step!(1);
+                step!(2);
+                step!(3);
+                step!(4);
             }
         }
         let tail = codes.add(256 * R * nq);
         for k in 0..nt {
             let b = 5 * nq + k;
             prefetch_ahead(tail.add(64 * R * k), 64 * R);
-            for (r, sumf) in sumf.iter_mut().enumerate() {
-                let w = _mm512_loadu_si512(tail.add(64 * (R * k + r)) as *const _);
-                let tr = digit_trits(w, &t, &f);
-                let acc0 =
-                    _mm512_dpbusd_epi32(neg_bsums(blocks.add(LINES * b + 4)), tr[0], line(b, 0));
-                let acc1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), tr[1], line(b, 1));
-                let acc0 = _mm512_dpbusd_epi32(acc0, tr[2], line(b, 2));
-                let acc1 = _mm512_dpbusd_epi32(acc1, tr[3], line(b, 3));
-                let acc = _mm512_add_epi32(acc0, acc1);
-                *sumf = block_step(acc, *yd.add(b) * f16_at(xd(r, b)), *sumf);
+            let a = blocks.add(LINES * b);
+            for (p, sumf) in sumf.iter_mut().enumerate().take(pairs) {
+                let (ra, rb) = rows(p);
+                let la = digit_lanes(tail.add(64 * (R * k + ra)), a, &t, &f);
+                let lb = digit_lanes(tail.add(64 * (R * k + rb)), a, &t, &f);
+                let d = |r: usize| _mm256_castps_pd(_mm256_set1_ps(*yd.add(b) * f16_at(xd(r, b))));
+                let d = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                    _mm512_castpd256_pd512(d(ra)),
+                    d(rb),
+                ));
+                *sumf = rows_step(la, lb, d, *sumf);
             }
         }
-        sumf.map(|v| hsum8(v))
+        std::array::from_fn(|r| {
+            let v = sumf[r / 2];
+            hsum8(if r % 2 == 0 {
+                _mm512_castps512_ps256(v)
+            } else {
+                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
+            })
+        })
     }
 
     /// Unpacks `n_rows` rows of `nb` blocks (consecutive, `fmt.block_bytes()·nb` bytes each,
