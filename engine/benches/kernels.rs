@@ -97,7 +97,7 @@ impl Mat {
             i2s_vnni::interleave4(&data, rows, cols, &mut by4);
         } else if tq_vnni::available() {
             let tq = match fmt {
-                Fmt::TQ1 if std::env::var_os("NOCOPY").is_none() => Some(tq_vnni::Format::Tq1),
+                Fmt::TQ1 => Some(tq_vnni::Format::Tq1),
                 Fmt::TQ2 => Some(tq_vnni::Format::Tq2),
                 _ => None,
             };

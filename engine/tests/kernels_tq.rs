@@ -224,11 +224,26 @@ fn vnni_decode_dots_equal_reference() {
                             }
                         }
                     };
-                    assert_eq!(
-                        got.to_bits(),
-                        reference(fmt, row, &y).to_bits(),
-                        "{fmt:?} nb={nb} kind={kind} r={r}"
-                    );
+                    let want = reference(fmt, row, &y).to_bits();
+                    assert_eq!(got.to_bits(), want, "{fmt:?} nb={nb} kind={kind} r={r}");
+                    if fmt == Format::Tq1 {
+                        // The row alone as a model copies it (a group of one).
+                        let mut copy = vec![0u8; tq_vnni::copy_len(fmt, 1, nb * QK_K)];
+                        tq_vnni::interleave4(fmt, row, 1, nb * QK_K, &mut copy);
+                        let (c, d) = tq_vnni::tq1_rows_at(1, nb, 0);
+                        let lines = copy_lines(&y);
+                        // SAFETY: as above; `copy` holds the row's codes and scales at
+                        // `tq1_rows_at`'s offsets, `lines` the copy kernels' activations.
+                        let got = unsafe {
+                            tq_vnni::x86::tq1_dot_quint_row(
+                                copy[c..].as_ptr(),
+                                copy[d..].as_ptr(),
+                                lines.as_ptr(),
+                                nb,
+                            )
+                        };
+                        assert_eq!(got.to_bits(), want, "copied: nb={nb} kind={kind} r={r}");
+                    }
                 }
             }
         }
@@ -278,7 +293,7 @@ fn vnni_rows_at_once_equal_the_reference() {
                         Format::Tq1 => {
                             let copy = copy_lines(&y);
                             let (c, d) = tq_vnni::tq1_rows_at(4, nb, 0);
-                            tq_vnni::x86::tq1_dot_quints::<4>(
+                            tq_vnni::x86::tq1_dot_quint_pairs(
                                 by4[c..].as_ptr(),
                                 by4[d..].as_ptr(),
                                 copy.as_ptr(),
@@ -504,12 +519,15 @@ fn scratch_reuse_across_tq_shapes() {
     }
 }
 
-/// `tq_vnni::interleave4`'s TQ1_0 layout, trit by trit: in the group of row `r` (of four
-/// rows, or of one past the last whole group), at `tq1_rows_at`'s offset, quint `q`'s byte
-/// `j` of row `r` is the base-3 number of the trits of value `j` of blocks `5q..5q + 5`
-/// (`tq1::decode_block`, ggml's), a block `k` past the last quint's byte `j` that of its
-/// values `j`, `64 + j`, `128 + j`, `192 + j`; every row's scales in block order after
-/// every code.
+/// `tq_vnni::interleave4`'s TQ1_0 layout, trit by trit: the byte of value `j` of row `r`'s
+/// quint `q` is `t₀ + 3t₁ + 9t₂ + 27t₃ + 84t₄` of the trits of value `j` of blocks
+/// `5q..5q + 5` (`tq1::decode_block`, ggml's), that of a block past the last quint
+/// `t₀ + 3t₁ + 9t₂ + 27t₃` of its values `j`, `64 + j`, `128 + j`, `192 + j` (`j < 64`). In
+/// a group of four rows (at `tq1_rows_at`'s offset) each quint takes 1024 bytes and each
+/// block past the quints 256, the unit's first half for rows 0 and 1 and its second for
+/// rows 2 and 3, in vectors of 32 bytes of each row of the pair (`[r0 | r1]`, byte `j` in
+/// vector `j / 32`); a row past the last whole group keeps its own bytes in order (256 a
+/// quint, 64 a block). Every row's scales in block order after every code.
 #[test]
 fn interleave4_packs_tq1_trits_where_documented() {
     let mut rng = Rng::new(46);
@@ -532,12 +550,25 @@ fn interleave4_packs_tq1_trits_where_documented() {
             let (codes, _) = tq_vnni::tq1_rows_at(rows, nb, g0);
             let (_, ds) = tq_vnni::tq1_rows_at(rows, nb, r);
             let k = r - g0;
+            // Byte `j` of a `unit`-byte unit (a quint's or a block's) starting at `at`.
+            let place = |at: usize, unit: usize, j: usize| {
+                if n == 1 {
+                    at + j
+                } else {
+                    at + 2 * unit * (k / 2) + 64 * (j / 32) + 32 * (k % 2) + j % 32
+                }
+            };
             for (q, five) in trits.chunks_exact(5).enumerate() {
-                let got = &out[codes + 256 * (n * q + k)..][..256];
-                for (j, &got) in got.iter().enumerate() {
-                    let want = (0..4).map(|m| five[m][j] as u32 * 3u32.pow(m as u32)).sum::<u32>()
-                        + five[4][j] as u32 * tq_vnni::QUINT_STEP as u32;
-                    assert_eq!(got as u32, want, "{rows}x{nb}: row {r} quint {q} byte {j}");
+                let wants = (0..256).map(|j| {
+                    let t = |m: usize| five[m][j] as u32;
+                    t(0) + 3 * t(1) + 9 * t(2) + 27 * t(3) + tq_vnni::QUINT_STEP as u32 * t(4)
+                });
+                for (j, want) in wants.enumerate() {
+                    let at = place(codes + 256 * n * q, 256, j);
+                    assert_eq!(
+                        out[at] as u32, want,
+                        "{rows}x{nb}: row {r} quint {q} byte {j}"
+                    );
                 }
             }
             for t in 0..nt {
@@ -546,7 +577,7 @@ fn interleave4_packs_tq1_trits_where_documented() {
                     let want: u32 = (0..4)
                         .map(|m| trits[b][64 * m + j] as u32 * 3u32.pow(m as u32))
                         .sum();
-                    let at = codes + 256 * n * nq + 64 * (n * t + k) + j;
+                    let at = place(codes + 256 * n * nq + 64 * n * t, 64, j);
                     assert_eq!(
                         out[at] as u32, want,
                         "{rows}x{nb}: row {r} block {b} byte {j}"

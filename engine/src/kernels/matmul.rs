@@ -764,10 +764,9 @@ unsafe fn matmul_tq_vnni(
                 // lines.
                 let v = unsafe {
                     if n == TQ_ROWS {
-                        x86::tq1_dot_quints::<TQ_ROWS>(c, d, a, nb)
+                        x86::tq1_dot_quint_pairs(c, d, a, nb)
                     } else {
-                        let [v] = x86::tq1_dot_quints::<1>(c, d, a, nb);
-                        [v, 0.0, 0.0, 0.0]
+                        [x86::tq1_dot_quint_row(c, d, a, nb), 0.0, 0.0, 0.0]
                     }
                 };
                 for (k, v) in v[..n].iter().enumerate() {

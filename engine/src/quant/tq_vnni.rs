@@ -54,11 +54,12 @@
 //!   value `240 + 4n + j`, lane `4 + n`). Quants are zero wherever a plane holds nothing.
 //!   Decoding, not memory, bounds it, so the driver hands it four rows at a time
 //!   ([`x86::tq1_dot_rows`]) to overlap their decoding. From a model's copy
-//!   ([`interleave4`], [`x86::tq1_dot_quints`]) a byte holds the trits of one value of five
-//!   blocks (`t₀ + 3t₁ + 9t₂ + 27t₃ + 81t₄`): two comparisons give `t₄`, one lookup in a
-//!   128-entry table ([`TQ1_DIGITS`]) the other four, and a vector decodes into 64 values
-//!   of each of five blocks, in value order, meeting quant lines in value order — four
-//!   `vpdpbusd` per block, no lane moves, one lookup per 320 trits.
+//!   ([`interleave4`], [`x86::tq1_dot_quint_pairs`]) a byte holds the trits of one value of
+//!   five blocks (`t₀ + 3t₁ + 9t₂ + 27t₃ + 84t₄`): the byte's top six bits give `t₄` and
+//!   `84t₄` (two `vpermb`), one lookup of the rest in a 128-entry table ([`TQ1_DIGITS`])
+//!   the other four, and a vector decodes into 32 values of each of five blocks of each of
+//!   two rows, in value order, meeting quant halves in value order — four `vpdpbusd` per
+//!   block, no lane moves, one lookup per 320 trits, no lanes to fold.
 //! - Prefill ([`x86::gemm_panel`]) unpacks each row once to one code byte per weight in
 //!   32-value slices (TQ2_0 in slice order 0, 4, 1, 5, 2, 6, 3, 7 as its planes come out,
 //!   TQ1_0 in value order), and pairs tokens: a 64-byte quant line holds one slice of two
@@ -203,7 +204,8 @@ pub const fn tq1_copy_acts_len(nb: usize) -> usize {
     nb.div_ceil(16) + nb * TQ1_COPY_LINES
 }
 
-/// One token's activations for [`x86::tq1_dot_quints`]: as [`decode_acts`] (the `y.d`s,
+/// One token's activations for the TQ1_0 copy's kernels ([`x86::tq1_dot_quint_pairs`],
+/// [`x86::tq1_dot_quint_row`]): as [`decode_acts`] (the `y.d`s,
 /// then per block its quant lines and `[−B_0..−B_7]`), with the quants in value order,
 /// `q[64v..64v + 64]` in line `v`. `out` holds [`tq1_copy_acts_len`]`(y.len())` lines.
 pub fn tq1_copy_acts(y: &[BlockQ8K], out: &mut [Line]) {
@@ -276,7 +278,7 @@ pub static TQ1_LUT: [u8; 256] = {
     t
 };
 
-/// The table of the TQ1_0 copy's kernel ([`x86::tq1_dot_quints`]), indexed by a number
+/// The table of the TQ1_0 copy's kernels ([`x86::tq1_dot_quint_pairs`]), indexed by a number
 /// `x < 81`: its four base-3 digits two bits each (`t0 | t1 << 2 | t2 << 4 | t3 << 6` for
 /// `x = t0 + 3·t1 + 9·t2 + 27·t3`); zero past 80.
 pub static TQ1_DIGITS: [u8; 128] = {
@@ -346,8 +348,9 @@ pub const fn tq1_rows_at(rows: usize, nb: usize, r0: usize) -> (usize, usize) {
 ///
 /// - TQ2_0 (read by [`x86::tq2_dot_pairs`]): two rows to a vector, see [`pair_tq2`]; rows
 ///   past the last whole group of four stay as they are, at the same offsets.
-/// - TQ1_0 (read by [`x86::tq1_dot_quints`]): the trits re-packed so that one vector
-///   decodes into five blocks' quants, see [`quint_tq1`].
+/// - TQ1_0 (read by [`x86::tq1_dot_quint_pairs`], the last `rows mod 4` rows by
+///   [`x86::tq1_dot_quint_row`]): the trits re-packed so that one vector decodes into five
+///   blocks' quants of two rows, see [`quint_tq1`].
 pub fn interleave4(fmt: Format, rows_data: &[u8], rows: usize, cols: usize, out: &mut [u8]) {
     assert!(
         cols.is_multiple_of(QK_K),
@@ -360,15 +363,18 @@ pub fn interleave4(fmt: Format, rows_data: &[u8], rows: usize, cols: usize, out:
     }
 }
 
-/// [`interleave4`] for TQ1_0. The rows go in groups of four (the last `rows mod 4` rows
-/// each a group of one); a group of `R` rows from row `r0` keeps its codes at
-/// [`tq1_rows_at`]`.0`: per quint `q` (blocks `5q..5q + 5`) each row's 256 bytes in turn,
-/// byte `j` holding the trits of value `j` of the five blocks as one base-3 number
-/// `t₀ + 3t₁ + 9t₂ + 27t₃ + 81t₄` (`tₙ` of block `5q + n`); then per block `k` past the
-/// last whole quint each row's 64 bytes in turn, byte `j` holding values `j`, `64 + j`,
-/// `128 + j`, `192 + j` of that block as `t₀ + 3t₁ + 9t₂ + 27t₃`. Every row's `nb` scales
-/// (f16, in block order) follow all the codes, row after row. The trits are ggml's
-/// (`dequantize_row_tq1_0`, [`super::tq1::decode_block`]) for every byte value.
+/// [`interleave4`] for TQ1_0. A row's *quint* `q` (blocks `5q..5q + 5`) is 256 bytes, byte
+/// `j` holding the trits of value `j` of the five blocks as `t₀ + 3t₁ + 9t₂ + 27t₃ + 84t₄`
+/// (`tₙ` of block `5q + n`, [`QUINT_STEP`]); a block `k` past the last whole quint is 64
+/// bytes, byte `j` holding its values `j`, `64 + j`, `128 + j`, `192 + j` as
+/// `t₀ + 3t₁ + 9t₂ + 27t₃`. The trits are ggml's (`dequantize_row_tq1_0`,
+/// [`super::tq1::decode_block`]) for every byte value. The rows go in groups of four, the
+/// last `rows mod 4` rows each a group of one; a group's codes start at [`tq1_rows_at`]`.0`
+/// (per quint, then per block past the quints, all its rows' units together). A group of
+/// one holds its row's units as they are; a group of four gives each unit (of rows 0..4,
+/// `4·unit` bytes) first to rows 0 and 1, then to rows 2 and 3, in vectors of 32 bytes of
+/// each of the pair (`[row 0's bytes 32u..32u + 32 | row 1's]`, u = 0, 1, …). Every row's
+/// `nb` scales (f16, in block order) follow all the codes, row after row.
 fn quint_tq1(rows_data: &[u8], rows: usize, nb: usize, out: &mut [u8]) {
     use rayon::prelude::*;
     let bb = Format::Tq1.block_bytes();
@@ -406,7 +412,9 @@ fn quint_tq1(rows_data: &[u8], rows: usize, nb: usize, out: &mut [u8]) {
             })
             .collect();
         let nq = nb / 5;
-        let (quints, tail) = dst.split_at_mut(256 * nq * n);
+        // Each row's bytes whole (a group of one keeps them so), then paired.
+        let mut plain = vec![0u8; dst.len()];
+        let (quints, tail) = plain.split_at_mut(256 * nq * n);
         for (i, o) in quints.chunks_exact_mut(256).enumerate() {
             let (q, r) = (i / n, i % n);
             let t = &trits[r * nb + 5 * q..][..5];
@@ -420,6 +428,31 @@ fn quint_tq1(rows_data: &[u8], rows: usize, nb: usize, out: &mut [u8]) {
             for (j, o) in o.iter_mut().enumerate() {
                 *o = t[j] + 3 * t[64 + j] + 9 * t[128 + j] + 27 * t[192 + j];
             }
+        }
+        if n == 1 {
+            dst.copy_from_slice(&plain);
+            return;
+        }
+        // A unit (a quint's 256 bytes per row, or a block's 64) of rows 0..4 in turn
+        // becomes, per pair of rows (0, 1), (2, 3), vectors of 32 bytes of each.
+        let pair_up = |src: &[u8], dst: &mut [u8], unit: usize| {
+            for p in 0..2 {
+                for u in 0..unit / 32 {
+                    for h in 0..2 {
+                        let at = 2 * unit * p + 64 * u + 32 * h;
+                        let from = unit * (2 * p + h) + 32 * u;
+                        dst[at..at + 32].copy_from_slice(&src[from..from + 32]);
+                    }
+                }
+            }
+        };
+        let (pq, pt) = plain.split_at(256 * nq * n);
+        let (dq, dt) = dst.split_at_mut(256 * nq * n);
+        for (src, dst) in pq.chunks_exact(1024).zip(dq.chunks_exact_mut(1024)) {
+            pair_up(src, dst, 256);
+        }
+        for (src, dst) in pt.chunks_exact(256).zip(dt.chunks_exact_mut(256)) {
+            pair_up(src, dst, 64);
         }
     });
     for (r, d) in scales
@@ -891,7 +924,7 @@ pub mod x86 {
     /// sum in ggml's order (bit for bit ggml's dot), and the rows' independent decoding
     /// overlaps — TQ1_0 decode is bound by its decoding, not by memory. Prefetches the next
     /// `R` rows front to back (`prefetch_next`). Where a model holds its rows in
-    /// [`super::interleave4`]'s layout, [`tq1_dot_quints`] reads them instead.
+    /// [`super::interleave4`]'s layout, [`tq1_dot_quint_pairs`] reads them instead.
     ///
     /// # Safety
     /// As [`tq1_dot_row`] for each of the `R` rows (`R·54·nb` bytes at `rows`).
@@ -932,10 +965,13 @@ pub mod x86 {
         sumf.map(|v| hsum8(v))
     }
 
-    /// The trits of one vector of a quint of the TQ1_0 copy (bytes `t₀ + 3t₁ + 9t₂ + 27t₃ +
-    /// 81t₄`, [`super::interleave4`]): `[t₀, t₁, t₂, t₃, t₄]`, one byte each. `t₄` and
-    /// `x = byte − 81t₄` from two comparisons, `x`'s digits from the 128-entry table
-    /// ([`super::TQ1_DIGITS`], one `vpermi2b`), split by [`field`].
+    /// The trits of one vector of a quint of the TQ1_0 copy (bytes `x + 84t₄`, `x = t₀ + 3t₁ +
+    /// 9t₂ + 27t₃`, [`super::interleave4`]): `[t₀, t₁, t₂, t₃, t₄]`, one byte each. `t₄` and
+    /// `84t₄` by the byte's top six bits ([`super::QUINT_T4`], [`super::QUINT_BASE`], a
+    /// `vpermb` each), `x`'s digits from the 128-entry table ([`super::TQ1_DIGITS`], one
+    /// `vpermi2b`), split by [`field`]. (Two comparisons and masked steps instead of the
+    /// `vpermb`s: 11% slower in the criterion bench; a table per digit instead of the
+    /// fields: 5% slower.)
     ///
     /// # Safety
     /// The CPU has AVX-512 F/BW/VBMI and GFNI (inlined). Register-only.
@@ -943,8 +979,12 @@ pub mod x86 {
     unsafe fn quint_trits(w: __m512i, t: &[__m512i; 2], f: &[__m512i; 3]) -> [__m512i; 5] {
         // Bits 0..6 of each byte of `h` are the byte's bits 2..8, all `vpermb` looks at.
         let h = _mm512_srli_epi16(w, 2);
-        let t4 = _mm512_permutexvar_epi8(h, _mm512_loadu_si512(super::QUINT_T4.as_ptr() as *const _));
-        let step = _mm512_permutexvar_epi8(h, _mm512_loadu_si512(super::QUINT_BASE.as_ptr() as *const _));
+        let t4 =
+            _mm512_permutexvar_epi8(h, _mm512_loadu_si512(super::QUINT_T4.as_ptr() as *const _));
+        let step = _mm512_permutexvar_epi8(
+            h,
+            _mm512_loadu_si512(super::QUINT_BASE.as_ptr() as *const _),
+        );
         let [a, b, c, d] = digit_trits(_mm512_sub_epi8(w, step), t, f);
         [a, b, c, d, t4]
     }
@@ -1025,45 +1065,33 @@ pub mod x86 {
         _mm512_add_epi32(acc0, acc1)
     }
 
-    /// ggml's float step of one block for two rows at once: `a`'s lanes folded (`k` and
-    /// `k + 8`) into lanes 0..8 and `b`'s into 8..16, one conversion, one multiplication by
-    /// `d` (`[a's d × 8 | b's d × 8]`), one addition to `sumf` (`[a's | b's]`), unfused.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512 F (inlined). Register-only.
-    #[inline(always)]
-    unsafe fn rows_step(a: __m512i, b: __m512i, d: __m512, sumf: __m512) -> __m512 {
-        let l = _mm512_add_epi32(
-            _mm512_shuffle_i64x2::<0b01_00_01_00>(a, b),
-            _mm512_shuffle_i64x2::<0b11_10_11_10>(a, b),
-        );
-        _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(l), d), sumf)
-    }
+    /// How far ahead [`tq1_dot_quint_pairs`] prefetches its codes (`prefetcht0`, every line
+    /// of the quint that far on). On the EPYC, alternating runs, one thread, kernel samples
+    /// per F16-head sample: none 2.37–2.42, 2 KiB 1.52–1.55, 4 KiB 1.47–1.52, 8 KiB 1.53.
+    /// Not measured on the Xeon.
+    const QUINT_PREFETCH: usize = 4096;
 
-    /// [`tq1_dot_row`] of the `R` rows of one group of [`super::interleave4`]'s TQ1_0 layout
-    /// (`codes`, `ds` from [`super::tq1_rows_at`]) against [`super::tq1_copy_acts`], bit for
-    /// bit. Each 64 bytes of a quint decode into five vectors of quants, one of each of its
-    /// five blocks, all in value order (byte `i` of vector `v` is value `64v + i`, ggml lane
-    /// `(i mod 32) / 4`, dword `i / 4`): four `vpdpbusd` per block against the quants in
-    /// value order, none wasted, no code moved between lanes, and the table looked up once
-    /// per 320 trits (the file-layout kernel: five `vpdpbusd`, two lookups and two lane
-    /// moves per 256). The blocks past the last whole quint decode one vector each. Rows go
-    /// two by two (a lone row with itself), and one vector holds both rows' eight float
-    /// lanes: one conversion, multiplication and addition is the float step of a block of
-    /// both, each lane in ggml's order (`sumf = (float)L·d + sumf`, unfused, block after
-    /// block), `d = y.d · x.d` as ggml forms it.
+    /// [`tq1_dot_row`] of the four rows of one group of [`super::interleave4`]'s TQ1_0
+    /// layout (`codes`, `ds` from [`super::tq1_rows_at`]) against
+    /// [`super::tq1_copy_acts`], bit for bit. Two rows share every vector: 32 bytes of row A
+    /// (values `32u..32u + 32` of five blocks, or of one block past the last quint) and the
+    /// same of row B, each half meeting the same 32 quants (an activation line's half
+    /// broadcast to both), so an accumulator's dwords 0..8 are A's ggml lanes and 8..16
+    /// B's, with nothing to fold, and one conversion, multiplication and addition is the
+    /// float step of a block of both rows, each lane in ggml's order (`sumf = (float)L·d +
+    /// sumf`, unfused, block after block), `d = y.d · x.d` as ggml forms it.
     ///
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI and GFNI ([`super::available`]); `codes` holds
-    /// the group's `R·tq1_code_bytes(nb)` readable bytes and `ds` its rows' `2·nb·R`;
-    /// `acts` `tq1_copy_acts_len(nb)` lines.
+    /// the group's `4·tq1_code_bytes(nb)` readable bytes and `ds` its rows' `8·nb`; `acts`
+    /// `tq1_copy_acts_len(nb)` lines.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni,avx2,fma,f16c")]
-    pub unsafe fn tq1_dot_quints<const R: usize>(
+    pub unsafe fn tq1_dot_quint_pairs(
         codes: *const u8,
         ds: *const u8,
         acts: *const Line,
         nb: usize,
-    ) -> [f32; R] {
+    ) -> [f32; 4] {
         use super::TQ1_COPY_LINES as LINES;
         let t = [
             _mm512_loadu_si512(super::TQ1_DIGITS.as_ptr() as *const _),
@@ -1071,39 +1099,82 @@ pub mod x86 {
         ];
         let f = [field(2), field(4), field(6)];
         let yd = acts as *const f32;
-        let blocks = acts.add(nb.div_ceil(16));
+        let blocks = acts.add(nb.div_ceil(16)) as *const u8;
         let xd = |r: usize, b: usize| ds.add(2 * (r * nb + b));
-        // Pair `p`: rows 2p and 2p + 1 (the last row twice when R is odd); `sumf[p]` their
-        // float lanes.
-        let pairs = R.div_ceil(2);
-        let rows = |p: usize| (2 * p, (2 * p + 1).min(R - 1));
-        let mut sumf = [_mm512_setzero_ps(); R];
+        // 32 bytes at `p` (32-byte aligned) in both halves.
+        let both = |p: *const u8| _mm512_broadcast_i64x4(_mm256_load_si256(p as *const _));
+        // [d of row 2p × 8 | d of row 2p + 1 × 8] from their d of each block as a vector.
+        let pair_d = |p: usize, d: &dyn Fn(usize) -> __m256| {
+            _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                _mm512_castpd256_pd512(_mm256_castps_pd(d(2 * p))),
+                _mm256_castps_pd(d(2 * p + 1)),
+            ))
+        };
+        let mut sumf = [_mm512_setzero_ps(); 2];
         let (nq, nt) = (nb / 5, nb % 5);
         for q in 0..nq {
             let b0 = 5 * q;
-            prefetch_ahead(codes.add(256 * R * q), 256 * R);
-            let a = blocks.add(LINES * b0);
-            // y.d of the quint's five blocks, times each row's x.d: ggml's d.
+            // The hardware prefetchers alone leave this kernel waiting on its loads.
+            for i in 0..16 {
+                prefetch(codes.wrapping_add(1024 * q + QUINT_PREFETCH + 64 * i));
+            }
+            // Block b0 + n's lines from byte `64·LINES·n` of `a`.
+            let a = blocks.add(64 * LINES * b0);
             let y5 = _mm256_maskz_loadu_ps(0x1F, yd.add(b0));
             let d5 = |r: usize| {
                 let x = _mm_maskz_loadu_epi16(0x1F, xd(r, b0) as *const _);
-                _mm256_castps_pd(_mm256_mul_ps(y5, _mm256_cvtph_ps(x)))
+                _mm256_mul_ps(y5, _mm256_cvtph_ps(x))
             };
-            for (p, sumf) in sumf.iter_mut().enumerate().take(pairs) {
-                let (ra, rb) = rows(p);
-                let la = quint_lanes(codes.add(256 * (R * q + ra)), a, &t, &f);
-                let lb = quint_lanes(codes.add(256 * (R * q + rb)), a, &t, &f);
-                let d = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-                    _mm512_castpd256_pd512(d5(ra)),
-                    d5(rb),
-                ));
+            for (p, sumf) in sumf.iter_mut().enumerate() {
+                let w = codes.add(1024 * q + 512 * p);
+                let bsums = |n: usize| both(a.add(64 * (LINES * n + 4)));
+                let mut acc = [bsums(0), bsums(1), bsums(2), bsums(3), bsums(4)];
+                // Written out, not looped: the accumulators stay in registers.
+                macro_rules! vector {
+                    ($u:literal) => {
+                        let x = _mm512_loadu_si512(w.add(64 * $u) as *const _);
+                        let [t0, t1, t2, t3, t4] = quint_trits(x, &t, &f);
+                        let q = |n: usize| both(a.add(64 * LINES * n + 32 * $u));
+                        acc = [
+                            _mm512_dpbusd_epi32(acc[0], t0, q(0)),
+                            _mm512_dpbusd_epi32(acc[1], t1, q(1)),
+                            _mm512_dpbusd_epi32(acc[2], t2, q(2)),
+                            _mm512_dpbusd_epi32(acc[3], t3, q(3)),
+                            _mm512_dpbusd_epi32(acc[4], t4, q(4)),
+                        ];
+                    };
+                }
+                vector!(0);
+                vector!(1);
+                vector!(2);
+                vector!(3);
+                vector!(4);
+                vector!(5);
+                vector!(6);
+                vector!(7);
+                let d = pair_d(p, &d5);
                 macro_rules! step {
                     ($n:literal) => {
                         let i = _mm512_setr_epi32(
-                            $n, $n, $n, $n, $n, $n, $n, $n, $n + 8, $n + 8, $n + 8, $n + 8,
-                            $n + 8, $n + 8, $n + 8, $n + 8,
+                            $n,
+                            $n,
+                            $n,
+                            $n,
+                            $n,
+                            $n,
+                            $n,
+                            $n,
+                            $n + 8,
+                            $n + 8,
+                            $n + 8,
+                            $n + 8,
+                            $n + 8,
+                            $n + 8,
+                            $n + 8,
+                            $n + 8,
                         );
-                        *sumf = rows_step(la[$n], lb[$n], _mm512_permutexvar_ps(i, d), *sumf);
+                        let l = _mm512_cvtepi32_ps(acc[$n]);
+                        *sumf = _mm512_add_ps(_mm512_mul_ps(l, _mm512_permutexvar_ps(i, d)), *sumf);
                     };
                 }
                 step!(0);
@@ -1113,31 +1184,85 @@ pub mod x86 {
                 step!(4);
             }
         }
-        let tail = codes.add(256 * R * nq);
+        let tail = codes.add(1024 * nq);
         for k in 0..nt {
             let b = 5 * nq + k;
-            prefetch_ahead(tail.add(64 * R * k), 64 * R);
-            let a = blocks.add(LINES * b);
-            for (p, sumf) in sumf.iter_mut().enumerate().take(pairs) {
-                let (ra, rb) = rows(p);
-                let la = digit_lanes(tail.add(64 * (R * k + ra)), a, &t, &f);
-                let lb = digit_lanes(tail.add(64 * (R * k + rb)), a, &t, &f);
-                let d = |r: usize| _mm256_castps_pd(_mm256_set1_ps(*yd.add(b) * f16_at(xd(r, b))));
-                let d = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-                    _mm512_castpd256_pd512(d(ra)),
-                    d(rb),
-                ));
-                *sumf = rows_step(la, lb, d, *sumf);
+            prefetch_ahead(tail.add(256 * k), 256);
+            let a = blocks.add(64 * LINES * b);
+            let d1 = |r: usize| _mm256_set1_ps(*yd.add(b) * f16_at(xd(r, b)));
+            for (p, sumf) in sumf.iter_mut().enumerate() {
+                let w = tail.add(256 * k + 128 * p);
+                let half = |u: usize| {
+                    let tr = digit_trits(_mm512_loadu_si512(w.add(64 * u) as *const _), &t, &f);
+                    let q = |m: usize| both(a.add(64 * m + 32 * u));
+                    let acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), tr[0], q(0));
+                    let acc = _mm512_dpbusd_epi32(acc, tr[1], q(1));
+                    let acc = _mm512_dpbusd_epi32(acc, tr[2], q(2));
+                    _mm512_dpbusd_epi32(acc, tr[3], q(3))
+                };
+                let l = _mm512_add_epi32(_mm512_add_epi32(both(a.add(64 * 4)), half(0)), half(1));
+                let l = _mm512_cvtepi32_ps(l);
+                *sumf = _mm512_add_ps(_mm512_mul_ps(l, pair_d(p, &d1)), *sumf);
             }
         }
-        std::array::from_fn(|r| {
-            let v = sumf[r / 2];
-            hsum8(if r % 2 == 0 {
+        let half = |v: __m512, k: usize| {
+            if k == 0 {
                 _mm512_castps512_ps256(v)
             } else {
                 _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
-            })
-        })
+            }
+        };
+        [
+            hsum8(half(sumf[0], 0)),
+            hsum8(half(sumf[0], 1)),
+            hsum8(half(sumf[1], 0)),
+            hsum8(half(sumf[1], 1)),
+        ]
+    }
+
+    /// [`tq1_dot_row`] of a row past the last whole group of four of
+    /// [`super::interleave4`]'s TQ1_0 layout (a group of one: `codes`, `ds` from
+    /// [`super::tq1_rows_at`]), its bytes in value order, against [`super::tq1_copy_acts`],
+    /// bit for bit: as [`tq1_dot_quint_pairs`] for one row, whose vectors hold 64 values of
+    /// the row, so each block's lanes `k` and `k + 8` are folded before [`tq1_dot_rows`]'s
+    /// float steps.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI and GFNI ([`super::available`]); `codes` holds
+    /// the row's `tq1_code_bytes(nb)` readable bytes and `ds` its `2·nb`; `acts`
+    /// `tq1_copy_acts_len(nb)` lines.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni,avx2,fma,f16c")]
+    pub unsafe fn tq1_dot_quint_row(
+        codes: *const u8,
+        ds: *const u8,
+        acts: *const Line,
+        nb: usize,
+    ) -> f32 {
+        use super::TQ1_COPY_LINES as LINES;
+        let t = [
+            _mm512_loadu_si512(super::TQ1_DIGITS.as_ptr() as *const _),
+            _mm512_loadu_si512(super::TQ1_DIGITS.as_ptr().add(64) as *const _),
+        ];
+        let f = [field(2), field(4), field(6)];
+        let yd = acts as *const f32;
+        let blocks = acts.add(nb.div_ceil(16));
+        let xd = |b: usize| ds.add(2 * b);
+        let xd2 = |b: usize| std::ptr::read_unaligned(xd(b) as *const u32);
+        let mut sumf = _mm256_setzero_ps();
+        let (nq, nt) = (nb / 5, nb % 5);
+        for q in 0..nq {
+            let b0 = 5 * q;
+            let l = quint_lanes(codes.add(256 * q), blocks.add(LINES * b0), &t, &f);
+            sumf = pair_step(l[0], l[1], xd2(b0), yd.add(b0), sumf);
+            sumf = pair_step(l[2], l[3], xd2(b0 + 2), yd.add(b0 + 2), sumf);
+            sumf = block_step(l[4], *yd.add(b0 + 4) * f16_at(xd(b0 + 4)), sumf);
+        }
+        for k in 0..nt {
+            let b = 5 * nq + k;
+            let l = digit_lanes(codes.add(256 * nq + 64 * k), blocks.add(LINES * b), &t, &f);
+            sumf = block_step(l, *yd.add(b) * f16_at(xd(b)), sumf);
+        }
+        hsum8(sumf)
     }
 
     /// Unpacks `n_rows` rows of `nb` blocks (consecutive, `fmt.block_bytes()·nb` bytes each,
