@@ -363,6 +363,40 @@ pub fn interleave4(fmt: Format, rows_data: &[u8], rows: usize, cols: usize, out:
     }
 }
 
+/// The trits (0..=2) of `n` consecutive TQ1_0 blocks at `src`, 256 per block in value order:
+/// [`super::tq1::decode_block`]'s, by the prefill's vector unpacking ([`x86::unpack_panel`])
+/// where it runs (a model's copy is made only there; it took a third of a 2B-4T load scalar).
+fn tq1_codes(src: &[u8], n: usize) -> Vec<u8> {
+    let bb = Format::Tq1.block_bytes();
+    assert!(
+        src.len() >= n * bb,
+        "tq1_codes: {n} blocks, {} bytes",
+        src.len()
+    );
+    let mut codes = vec![0u8; n * QK_K];
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        let mut xd = vec![0f32; n];
+        // SAFETY: the CPU has what the kernels need (`available`); `src` holds the n blocks'
+        // n·54 bytes (asserted), `codes` n·256 bytes and `xd` n f32, separate buffers.
+        unsafe {
+            x86::unpack_panel(
+                Format::Tq1,
+                src.as_ptr(),
+                1,
+                n,
+                codes.as_mut_ptr(),
+                xd.as_mut_ptr(),
+            )
+        };
+        return codes;
+    }
+    for (b, c) in src.chunks_exact(bb).zip(codes.chunks_exact_mut(QK_K)) {
+        c.copy_from_slice(&super::tq1::decode_block(b).0);
+    }
+    codes
+}
+
 /// [`interleave4`] for TQ1_0. A row's *quint* `q` (blocks `5q..5q + 5`) is 256 bytes, byte
 /// `j` holding the trits of value `j` of the five blocks as `t₀ + 3t₁ + 9t₂ + 27t₃ + 84t₄`
 /// (`tₙ` of block `5q + n`, [`QUINT_STEP`]); a block `k` past the last whole quint is 64
@@ -405,26 +439,25 @@ fn quint_tq1(rows_data: &[u8], rows: usize, nb: usize, out: &mut [u8]) {
         rest = t;
     }
     groups.into_par_iter().zip(dsts).for_each(|((r0, n), dst)| {
-        let trits: Vec<[u8; QK_K]> = (0..n * nb)
-            .map(|i| {
-                let (r, b) = (r0 + i / nb, i % nb);
-                super::tq1::decode_block(&rows_data[r * rb + b * bb..][..bb]).0
-            })
-            .collect();
+        let trits = tq1_codes(&rows_data[r0 * rb..][..n * rb], n * nb);
+        // Block `b` of the group's row `r`: its 256 trits in value order.
+        let block = |r: usize, b: usize| -> &[u8; QK_K] {
+            trits[QK_K * (r * nb + b)..][..QK_K].try_into().unwrap()
+        };
         let nq = nb / 5;
         // Each row's bytes whole (a group of one keeps them so), then paired.
         let mut plain = vec![0u8; dst.len()];
         let (quints, tail) = plain.split_at_mut(256 * nq * n);
         for (i, o) in quints.chunks_exact_mut(256).enumerate() {
             let (q, r) = (i / n, i % n);
-            let t = &trits[r * nb + 5 * q..][..5];
+            let t = [0, 1, 2, 3, 4].map(|k| block(r, 5 * q + k));
             for (j, o) in o.iter_mut().enumerate() {
                 *o = t[0][j] + 3 * t[1][j] + 9 * t[2][j] + 27 * t[3][j] + QUINT_STEP * t[4][j];
             }
         }
         for (i, o) in tail.chunks_exact_mut(64).enumerate() {
             let (k, r) = (i / n, i % n);
-            let t = &trits[r * nb + 5 * nq + k];
+            let t = block(r, 5 * nq + k);
             for (j, o) in o.iter_mut().enumerate() {
                 *o = t[j] + 3 * t[64 + j] + 9 * t[128 + j] + 27 * t[192 + j];
             }
