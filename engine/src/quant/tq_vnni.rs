@@ -808,6 +808,17 @@ pub mod x86 {
                 *sumf = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(l), dv), *sumf);
             }
         }
+        pair_sums(sumf)
+    }
+
+    /// The four rows' results of a paired kernel's two accumulators (rows 0 and 1 in the
+    /// halves of the first, rows 2 and 3 in the second): each half's eight ggml lanes summed
+    /// as [`hsum8`] does for one row.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F (inlined). Register-only.
+    #[inline(always)]
+    unsafe fn pair_sums(sumf: [__m512; 2]) -> [f32; 4] {
         let half = |v: __m512, k: usize| {
             if k == 0 {
                 _mm512_castps512_ps256(v)
@@ -1238,19 +1249,7 @@ pub mod x86 {
                 *sumf = _mm512_add_ps(_mm512_mul_ps(l, pair_d(p, &d1)), *sumf);
             }
         }
-        let half = |v: __m512, k: usize| {
-            if k == 0 {
-                _mm512_castps512_ps256(v)
-            } else {
-                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
-            }
-        };
-        [
-            hsum8(half(sumf[0], 0)),
-            hsum8(half(sumf[0], 1)),
-            hsum8(half(sumf[1], 0)),
-            hsum8(half(sumf[1], 1)),
-        ]
+        pair_sums(sumf)
     }
 
     /// [`tq1_dot_row`] of a row past the last whole group of four of
