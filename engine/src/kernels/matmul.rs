@@ -784,8 +784,9 @@ unsafe fn matmul_tq_vnni(
         grow(&mut scratch.tq_lines, nl);
         tq_vnni::decode_acts(fmt, ys, &mut scratch.tq_lines[..nl]);
         let acts = &scratch.tq_lines[..nl];
-        // Whole groups of TQ_ROWS = 4 rows per task, so a task's rows start a group of
-        // `by4`; its rows past the last whole group sit where they do in `data`.
+        // From here `by4` is TQ2_0's, if any (TQ1_0's copy is read above). Whole groups of
+        // TQ_ROWS = 4 rows per task, so a task's rows start a group of `by4`; its rows past
+        // the last whole group sit where they do in `data`.
         let src = by4.unwrap_or(data);
         let per_task = stream_rows_per_task(rows).next_multiple_of(TQ_ROWS);
         let pairs = fmt == tq_vnni::Format::Tq2 && by4.is_some();

@@ -59,7 +59,7 @@
 //!   `84t₄` (two `vpermb`), one lookup of the rest in a 128-entry table ([`TQ1_DIGITS`])
 //!   the other four, and a vector decodes into 32 values of each of five blocks of each of
 //!   two rows, in value order, meeting quant halves in value order — four `vpdpbusd` per
-//!   block, no lane moves, one lookup per 320 trits, no lanes to fold.
+//!   block, no lane moves, three byte permutes per 320 trits, no lanes to fold.
 //! - Prefill ([`x86::gemm_panel`]) unpacks each row once to one code byte per weight in
 //!   32-value slices (TQ2_0 in slice order 0, 4, 1, 5, 2, 6, 3, 7 as its planes come out,
 //!   TQ1_0 in value order), and pairs tokens: a 64-byte quant line holds one slice of two
@@ -163,13 +163,7 @@ pub fn decode_acts(fmt: Format, y: &[BlockQ8K], out: &mut [Line]) {
         fmt.decode_len(y.len()),
         "TQ decode activations: line count"
     );
-    let (ds, blocks) = out.split_at_mut(y.len().div_ceil(16));
-    ds.fill(Line::default());
-    for (b, yb) in y.iter().enumerate() {
-        ds[b / 16].put_u32(b % 16, yb.d.to_bits());
-    }
-    for (yb, lines) in y.iter().zip(blocks.chunks_exact_mut(nl)) {
-        lines.fill(Line::default());
+    block_lines(y, out, nl, |yb, lines| {
         let q = &yb.qs;
         match fmt {
             Format::Tq2 => {
@@ -188,6 +182,26 @@ pub fn decode_acts(fmt: Format, y: &[BlockQ8K], out: &mut [Line]) {
                 lines[0].put_i8(48, &q[240..256]);
             }
         }
+    });
+}
+
+/// The lines of one token's activations the TQ decode kernels read: the `y.d` of every block
+/// (16 per line), then `nl` lines per block, zeroed, the first `nl − 1` filled by
+/// `quants(block, lines)` and the last `[−B_0..−B_7]` (i32, bytes 0..32).
+fn block_lines(
+    y: &[BlockQ8K],
+    out: &mut [Line],
+    nl: usize,
+    quants: impl Fn(&BlockQ8K, &mut [Line]),
+) {
+    let (ds, blocks) = out.split_at_mut(y.len().div_ceil(16));
+    ds.fill(Line::default());
+    for (b, yb) in y.iter().enumerate() {
+        ds[b / 16].put_u32(b % 16, yb.d.to_bits());
+    }
+    for (yb, lines) in y.iter().zip(blocks.chunks_exact_mut(nl)) {
+        lines.fill(Line::default());
+        quants(yb, &mut lines[..nl - 1]);
         for (l, v) in neg_bsum_lanes(yb).into_iter().enumerate() {
             lines[nl - 1].put_u32(l, v as u32);
         }
@@ -214,20 +228,11 @@ pub fn tq1_copy_acts(y: &[BlockQ8K], out: &mut [Line]) {
         tq1_copy_acts_len(y.len()),
         "TQ1_0 copy activations: line count"
     );
-    let (ds, blocks) = out.split_at_mut(y.len().div_ceil(16));
-    ds.fill(Line::default());
-    for (b, yb) in y.iter().enumerate() {
-        ds[b / 16].put_u32(b % 16, yb.d.to_bits());
-    }
-    for (yb, lines) in y.iter().zip(blocks.chunks_exact_mut(TQ1_COPY_LINES)) {
-        lines.fill(Line::default());
-        for v in 0..4 {
-            lines[v].put_i8(0, &yb.qs[64 * v..64 * v + 64]);
+    block_lines(y, out, TQ1_COPY_LINES, |yb, lines| {
+        for (v, line) in lines.iter_mut().enumerate() {
+            line.put_i8(0, &yb.qs[64 * v..64 * v + 64]);
         }
-        for (l, x) in neg_bsum_lanes(yb).into_iter().enumerate() {
-            lines[4].put_u32(l, x as u32);
-        }
-    }
+    });
 }
 
 /// Activations of tokens `a` and `b` (`None`: a dummy token of zeros) for the prefill tile:
